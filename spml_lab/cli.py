@@ -1,0 +1,133 @@
+"""The ``spml-lab`` command.
+
+Sub-commands are thin: each parses its arguments and calls one library function.
+
+* ``spml-lab make-data OUT``: write a synthetic dataset in the SPML list-file layout.
+* ``spml-lab run-notebook NOTEBOOK``: execute a notebook with papermill, keep it and its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser():
+    """Build the argument parser of the ``spml-lab`` command.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+        Parser with one sub-parser per sub-command.
+    """
+    parser = argparse.ArgumentParser(
+        prog="spml-lab",
+        description="Weakly supervised segmentation by pixel-to-segment contrastive learning.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser(
+        "make-data",
+        help="write a synthetic dataset (images, masks, superpixels, every weak-label kind)",
+        description="Generate synthetic scenes and write them in the SPML list-file layout.",
+    )
+    data.add_argument("out", help="output folder (created; must be empty or absent)")
+    data.add_argument("--kind", default="objects", choices=["objects", "parts"])
+    data.add_argument("--train", type=int, default=2000, help="number of training images")
+    data.add_argument("--val", type=int, default=500, help="number of validation images")
+    data.add_argument("--size", type=int, default=128, help="image side in pixels")
+    data.add_argument("--seed", type=int, default=0, help="same seed, same dataset")
+    data.add_argument(
+        "--difficulty",
+        type=float,
+        default=None,
+        help="0 = clean scenes, 1 = hardest (default: generator's)",
+    )
+    data.add_argument(
+        "--superpixel-method", default="slic", help="slic | felzenszwalb | quickshift | watershed"
+    )
+    data.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    data.add_argument("--quiet", action="store_true", help="no progress bar")
+    data.set_defaults(run=_make_data)
+
+    run = commands.add_parser(
+        "run-notebook",
+        help="execute a notebook headlessly with papermill and export its figures",
+        description="Execute NOTEBOOK with papermill; write the executed copy and its PNG figures.",
+    )
+    run.add_argument("notebook", help="notebook to run")
+    run.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="inject a parameter; VALUE is read as a Python literal when it is one",
+    )
+    run.set_defaults(run=_run_notebook)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``spml-lab`` console script.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    status : int
+        Exit status: 0 on success, 2 on bad input.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"spml-lab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _make_data(args):
+    from spml_lab import make_data
+
+    options = {} if args.difficulty is None else {"difficulty": args.difficulty}
+    root = make_data.write_dataset(
+        args.out,
+        kind=args.kind,
+        num_train=args.train,
+        num_val=args.val,
+        size=args.size,
+        seed=args.seed,
+        superpixel_method=args.superpixel_method,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        **options,
+    )
+    print(f"wrote {root}")
+
+
+def _literal(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word is a string
+
+
+def _run_notebook(args):
+    from spml_lab import runner
+
+    parameters = {name: _literal(value) for name, value in args.parameter}
+    executed = runner.run_notebook(args.notebook, args.out, parameters)
+    print(f"wrote {executed} and its figures in {executed.parent / 'figures'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

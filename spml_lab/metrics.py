@@ -1,0 +1,92 @@
+"""Segmentation scores: confusion matrix and intersection-over-union.
+
+Rows of the confusion matrix are ground truth and columns are predictions, as in
+``sklearn.metrics.confusion_matrix(target, pred)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["confusion_matrix", "mean_iou"]
+
+
+def confusion_matrix(pred, target, num_classes, ignore_index=255):
+    """Count (ground truth, prediction) pairs over all pixels.
+
+    Parameters
+    ----------
+    pred : (...) int tensor or ndarray
+        Predicted class per pixel, any shape.
+    target : (...) int tensor or ndarray
+        Ground-truth class per pixel, same shape as `pred`.
+    num_classes : int
+        Number of classes C, background included.
+    ignore_index : int, optional
+        Target value whose pixels are not counted (unlabelled).
+
+    Returns
+    -------
+    confusion : (C, C) int64 tensor
+        ``confusion[t, p]`` is the number of pixels of true class ``t`` predicted as ``p``.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or a counted value lies outside ``[0, num_classes)``.
+
+    Examples
+    --------
+    >>> confusion_matrix(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 255]), 2)
+    tensor([[1, 1],
+            [0, 1]])
+    """
+    pred = torch.as_tensor(np.asarray(pred) if not torch.is_tensor(pred) else pred)
+    target = torch.as_tensor(np.asarray(target) if not torch.is_tensor(target) else target)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred has shape {tuple(pred.shape)} but target {tuple(target.shape)}")
+    pred = pred.reshape(-1).long()
+    target = target.reshape(-1).long()
+    keep = target != ignore_index
+    pred, target = pred[keep], target[keep]
+    for name, values in (("target", target), ("pred", pred)):
+        if values.numel() and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(
+                f"{name} has values outside [0, {num_classes}) "
+                f"(min {int(values.min())}, max {int(values.max())}) besides ignore_index"
+            )
+    # one bincount over the flattened (t, p) pair index instead of a loop over classes
+    flat = target * num_classes + pred
+    counts = torch.bincount(flat, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def mean_iou(confusion):
+    """Mean intersection-over-union from a confusion matrix.
+
+    Parameters
+    ----------
+    confusion : (C, C) int tensor or ndarray
+        Rows are ground truth, columns prediction (see `confusion_matrix`).
+
+    Returns
+    -------
+    miou : float
+        Mean IoU over the classes that occur in the ground truth or the prediction.
+    iou : (C,) float64 tensor
+        Per-class IoU; NaN for a class absent from both ground truth and prediction.
+
+    Examples
+    --------
+    >>> miou, iou = mean_iou(torch.tensor([[3, 1, 0], [0, 2, 0], [0, 0, 0]]))
+    >>> round(miou, 4), iou[2].isnan().item()
+    (0.7083, True)
+    """
+    confusion = torch.as_tensor(np.asarray(confusion)).double()
+    intersection = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    iou = intersection / union  # 0 / 0 = NaN marks a class that never occurs
+    valid = ~iou.isnan()
+    miou = float(iou[valid].mean()) if valid.any() else float("nan")
+    return miou, iou

@@ -1,0 +1,141 @@
+"""Run notebooks headlessly with papermill and keep what they show.
+
+`run_notebook` executes a notebook with injected parameters (papermill writes them in a cell
+right after the `parameters` cell) and `export_figures` saves every PNG figure of an executed
+notebook next to it, so a batch run leaves pictures a person can open without Jupyter.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+__all__ = ["run_notebook", "export_figures"]
+
+
+def run_notebook(notebook, out_dir, parameters=None, *, kernel_name=None, progress=True):
+    """Execute `notebook` with papermill and write the executed copy and its figures.
+
+    Parameters
+    ----------
+    notebook : str or Path
+        The notebook to run (stored without outputs, first code cell tagged ``parameters``).
+    out_dir : str or Path
+        Folder that receives the executed notebook (same file name) and a ``figures/`` folder.
+    parameters : dict, optional
+        Values injected after the ``parameters`` cell; names must exist in that cell.
+    kernel_name : str, optional
+        Jupyter kernel; default: the one named in the notebook.
+    progress : bool, optional
+        Show papermill's cell progress bar.
+
+    Returns
+    -------
+    executed : Path
+        The executed notebook.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `notebook` does not exist.
+    ValueError
+        If a parameter name is not defined in the notebook's ``parameters`` cell.
+    """
+    import papermill
+
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"notebook not found: {notebook}")
+    parameters = dict(parameters or {})
+    unknown = sorted(set(parameters) - set(parameter_names(notebook)))
+    if unknown:
+        raise ValueError(
+            f"{notebook}: parameters {unknown} are not defined in its `parameters` cell "
+            f"(known: {parameter_names(notebook)})"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / notebook.name
+    papermill.execute_notebook(
+        str(notebook),
+        str(executed),
+        parameters=parameters,
+        kernel_name=kernel_name,
+        progress_bar=progress,
+        cwd=str(notebook.parent),
+    )
+    export_figures(executed, out_dir / "figures")
+    return executed
+
+
+def parameter_names(notebook):
+    """Names assigned in the notebook's ``parameters`` cell.
+
+    Parameters
+    ----------
+    notebook : str or Path
+        Notebook file.
+
+    Returns
+    -------
+    names : list of str
+        Assigned names in order of appearance.
+
+    Raises
+    ------
+    ValueError
+        If the first code cell is not tagged ``parameters``.
+    """
+    import ast
+
+    cell = _first_code_cell(notebook)
+    if "parameters" not in cell.get("metadata", {}).get("tags", []):
+        raise ValueError(f"{notebook}: the first code cell is not tagged `parameters`")
+    tree = ast.parse(_source(cell))
+    return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
+
+
+def export_figures(executed, out_dir):
+    """Save every PNG output of an executed notebook as ``<stem>_cellNN_K.png``.
+
+    Parameters
+    ----------
+    executed : str or Path
+        An executed notebook (with outputs).
+    out_dir : str or Path
+        Folder for the PNG files (created).
+
+    Returns
+    -------
+    paths : list of Path
+        The files written, in cell order.
+    """
+    executed, out_dir = Path(executed), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = json.loads(executed.read_text())["cells"]
+    paths = []
+    for index, cell in enumerate(cells):
+        pngs = [
+            o["data"]["image/png"]
+            for o in cell.get("outputs", [])
+            if "image/png" in o.get("data", {})
+        ]
+        for k, data in enumerate(pngs):
+            path = out_dir / f"{executed.stem}_cell{index:02d}_{k}.png"
+            path.write_bytes(base64.b64decode(data))
+            paths.append(path)
+    return paths
+
+
+def _first_code_cell(notebook):
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    if not code:
+        raise ValueError(f"{notebook}: has no code cell")
+    return code[0]
+
+
+def _source(cell):
+    source = cell["source"]
+    return source if isinstance(source, str) else "".join(source)

@@ -1,0 +1,68 @@
+"""The package's own files agree with each other: dependencies, entry points, CI."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+# conda-forge spells a few packages differently from PyPI
+CONDA_TO_PYPI = {"pytorch": "torch"}
+
+
+def _split(requirement):
+    name, spec = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)", requirement.strip()).groups()
+    return name.lower().replace("_", "-"), spec.replace(" ", "")
+
+
+def _pyproject_requirements():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    return dict(_split(r) for r in requirements)
+
+
+def _environment_requirements():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    found = {}
+    for item in env["dependencies"]:
+        entries = item["pip"] if isinstance(item, dict) else [item]
+        for entry in entries:
+            if entry.startswith("-e") or entry.split(">")[0].split("=")[0] in ("python", "pip"):
+                continue
+            name, spec = _split(entry)
+            found[CONDA_TO_PYPI.get(name, name)] = spec
+    return found
+
+
+def test_environment_yml_names_the_same_dependencies_as_pyproject():
+    pyproject = _pyproject_requirements()
+    environment = _environment_requirements()
+    assert sorted(set(pyproject) - set(environment)) == [], "missing from environment.yml"
+    assert sorted(set(environment) - set(pyproject)) == [], "missing from pyproject.toml"
+    for name, spec in pyproject.items():
+        assert environment[name] == spec, f"{name}: pyproject {spec!r} vs environment.yml"
+
+
+def test_console_script_points_at_cli_main():
+    from spml_lab import cli
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["spml-lab"] == "spml_lab.cli:main"
+    assert callable(cli.main)
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme
+    commands = [line for line in ci.splitlines() if line and not line.startswith(("#", "set", "cd"))]
+    assert commands == ["make test"]
+
+
+def test_readme_lists_every_notebook():
+    readme = (ROOT / "README.md").read_text()
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert notebook.name in readme, f"README does not list {notebook.name}"
