@@ -19,8 +19,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # cheap, so the injected cell is really used.
 CI_PARAMETERS = {
     "00_quickstart.ipynb": {"SEED": 1},
-    "01_superpixels.ipynb": {},
-    "02_weak_annotations.ipynb": {},
+    "01_superpixels.ipynb": {"NUM_SCENES": 4, "SEED": 1},
+    "02_weak_annotations.ipynb": {"NUM_STATS": 24, "SEED": 1},
 }
 
 
