@@ -1,9 +1,9 @@
 """The package's own files agree with each other: dependencies, entry points, CI."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,9 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme
-    commands = [line for line in ci.splitlines() if line and not line.startswith(("#", "set", "cd"))]
+    commands = [
+        line for line in ci.splitlines() if line and not line.startswith(("#", "set", "cd"))
+    ]
     assert commands == ["make test"]
 
 
