@@ -40,7 +40,7 @@ def train_and_score(images, labels, val_images, val_semantic, num_classes, steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - s / steps) ** 0.9)
     rng = np.random.default_rng(seed)
     size = images.shape[-2:]
-    for _ in range(steps):
+    for step in range(steps):
         pick = torch.from_numpy(rng.choice(len(images), batch, replace=False))
         x, y = images[pick], labels[pick]
         flip = torch.from_numpy(rng.random(batch) < 0.5)
@@ -50,6 +50,8 @@ def train_and_score(images, labels, val_images, val_semantic, num_classes, steps
         loss.backward()
         optimizer.step()
         schedule.step()
+        if step % 250 == 0 or step == steps - 1:
+            print(f"  step {step:5d}  loss {loss.item():.3f}", flush=True)
     net.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     with torch.no_grad():
