@@ -1,0 +1,414 @@
+"""The pixel-to-segment contrastive loss (SPML), for single labels and label sets.
+
+Each pixel embedding ``v_i`` is compared with every segment prototype ``u_s`` through
+``e_s = exp(kappa * v_i . u_s)``. Segments whose label agrees with the pixel's are its positives,
+all others its negatives, and the loss is a soft nearest-neighbour classification:
+
+    loss_i = -log( pos(i) / (pos(i) + sum_{s in diff(i)} e_s) )
+
+where ``pos(i)`` sums the positives other than the pixel's own segment ``o(i)``, falling back to
+``e_{o(i)}`` alone when there are none. "Agrees" means equal labels for single labels, and at
+least one shared label for label sets (multi-hot rows). The four SPML relations (low-level image
+similarity, semantic annotation, semantic co-occurrence, feature affinity) are this one loss
+with different labels, prototypes and ``kappa``.
+
+The ``P x S`` similarity matrix of a real batch does not fit in memory (65,536 pixels against
+20,000 prototypes is 5.2 GB in float32), so the loss walks over blocks of pixels with the
+log-sum-exp shift (every ``exp`` is of ``logit - row max`` <= 0, so nothing overflows), and a
+custom autograd function keeps only ``(P, D)`` and ``(S, D)`` gradients, never a block.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["pixel_segment_loss", "default_chunk_size"]
+
+# Elements of one block's (pixels x prototypes) logit matrix: 2**24 float32 values are 64 MB.
+# With the masked copy and the bool mask a block's work buffers take ~2.3x that (~150 MB).
+CHUNK_ELEMENTS = 2**24
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def default_chunk_size(num_prototypes):
+    """Pixels per block so that one block's logit matrix holds about `CHUNK_ELEMENTS` values.
+
+    Parameters
+    ----------
+    num_prototypes : int
+        Number of prototypes S.
+
+    Returns
+    -------
+    chunk_size : int
+        At least 1.
+
+    Examples
+    --------
+    >>> default_chunk_size(20_000)
+    838
+    """
+    return max(1, CHUNK_ELEMENTS // max(int(num_prototypes), 1))
+
+
+def _check_inputs(embeddings, labels, segment_ids, prototypes, prototype_labels, reduction):
+    """Raise ValueError on inconsistent shapes; return whether labels are multi-hot sets."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if embeddings.ndim != 2 or prototypes.ndim != 2:
+        raise ValueError(
+            f"embeddings and prototypes must be 2-D, got shapes {tuple(embeddings.shape)} "
+            f"and {tuple(prototypes.shape)}"
+        )
+    num_pixels, dim = embeddings.shape
+    if prototypes.shape[1] != dim:
+        raise ValueError(f"prototypes have dimension {prototypes.shape[1]} but embeddings {dim}")
+    if labels.ndim not in (1, 2) or labels.shape[0] != num_pixels:
+        raise ValueError(
+            f"labels must be (P,) or (P, C) with P={num_pixels}, got {tuple(labels.shape)}"
+        )
+    multi_label = labels.ndim == 2
+    want = (prototypes.shape[0], labels.shape[1]) if multi_label else (prototypes.shape[0],)
+    if tuple(prototype_labels.shape) != want:
+        raise ValueError(
+            f"prototype_labels must have shape {want} to match labels {tuple(labels.shape)} "
+            f"and prototypes {tuple(prototypes.shape)}, got {tuple(prototype_labels.shape)}"
+        )
+    if segment_ids.shape != (num_pixels,):
+        raise ValueError(
+            f"segment_ids must have shape ({num_pixels},), got {tuple(segment_ids.shape)}"
+        )
+    if segment_ids.dtype.is_floating_point or segment_ids.dtype == torch.bool:
+        raise ValueError(f"segment_ids must be an integer tensor, got {segment_ids.dtype}")
+    return multi_label
+
+
+def _valid_labels(labels, multi_label, ignore_index):
+    """(N,) bool: rows that carry a label (see `pixel_segment_loss` Notes)."""
+    if multi_label:
+        return (labels != 0).any(1)
+    valid = labels >= 0
+    if ignore_index is not None:
+        valid = valid & (labels != ignore_index)
+    return valid
+
+
+class _Problem:
+    """Inputs of one loss call in the form the block kernel wants, plus reusable buffers.
+
+    Single labels become int64 keys where unlabelled pixels hold -2 and ignored prototypes -1,
+    so an equality test never pairs them; ignored prototypes also get a -inf logit bias so
+    their ``exp`` is exactly 0. Label sets become float multi-hot rows.
+    """
+
+    def __init__(
+        self, embeddings, prototypes, keys, proto_keys, proto_bias, segment_ids, kappa, chunk_size
+    ):
+        # detached: the kernel runs outside autograd, `_PixelSegmentLoss` owns the graph
+        self.embeddings = embeddings.detach()  # (P, D)
+        self.prototypes = prototypes.detach()  # (S, D)
+        self.scaled = kappa * self.prototypes  # (S, D): kappa folded in once
+        self.kappa = kappa
+        self.keys = keys  # (P,) int64 or (P, C) float
+        self.proto_keys = proto_keys  # (S,) int64 or (S, C) float
+        self.proto_bias = proto_bias  # (1, S) 0 / -inf, or None for label sets
+        self.segment_ids = segment_ids  # (P,) int64, valid indices
+        self.multi_label = keys.ndim == 2
+        self.sorted_keys = None if self.multi_label else torch.sort(proto_keys).values
+        self.chunk_size = chunk_size
+        self.release()
+
+    def release(self):
+        """Drop the (chunk_size, S) work buffers; `block` makes them again when needed."""
+        self.logits = self.masked = self.mask = None
+
+    def _buffers(self):
+        if self.logits is None:
+            # one set of (rows, S) buffers reused by every block: a fresh 64 MB tensor per
+            # block would cost a page-faulting allocation each time on CPU
+            shape = (min(self.chunk_size, self.embeddings.shape[0]), self.prototypes.shape[0])
+            self.logits = self.embeddings.new_empty(shape)
+            self.masked = self.embeddings.new_empty(shape)
+            if not self.multi_label:
+                self.mask = torch.empty(shape, dtype=torch.bool, device=self.embeddings.device)
+        return self.logits, self.masked, self.mask
+
+    def blocks(self):
+        """Yield row slices of at most `chunk_size` pixels."""
+        for start in range(0, self.embeddings.shape[0], self.chunk_size):
+            yield slice(start, min(start + self.chunk_size, self.embeddings.shape[0]))
+
+    def block(self, rows, weights=None):
+        """Loss of the pixels in `rows`; with `weights`, also the weighted gradients.
+
+        Returns ``loss`` (p,), and when `weights` (p,) is given ``grad_v`` (p, D) and
+        ``grad_u`` (S, D), the gradients of ``sum(weights * loss)``.
+        """
+        v = self.embeddings[rows]  # (p, D)
+        own = self.segment_ids[rows, None]  # (p, 1)
+        p = v.shape[0]
+        logits, masked, mask = self._buffers()
+        exp = logits[:p]  # (p, S), becomes exp(logit - row max) in place
+        if self.proto_bias is None:
+            torch.mm(v, self.scaled.T, out=exp)
+        else:
+            torch.addmm(self.proto_bias, v, self.scaled.T, out=exp)
+        # shift by the row max: every exp is <= 1 (no overflow at any kappa or dtype), and
+        # the shift cancels in every ratio below
+        shift = exp.amax(1, keepdim=True)  # (p, 1)
+        shift = torch.where(torch.isfinite(shift), shift, 0.0)  # all prototypes ignored
+        exp.sub_(shift).exp_()
+        # own logit from the unbiased dot product: an ignored own segment still serves as
+        # the fallback positive; its column is then zeroed so that no sum counts it
+        own_logit = (v * self.scaled[own[:, 0]]).sum(1, keepdim=True)  # (p, 1)
+        e_own = torch.exp(own_logit - shift)  # (p, 1)
+        exp.scatter_(1, own, 0.0)
+
+        # same(i) without o(i): masked copy of exp, and whether it is non-empty
+        masked = masked[:p]
+        if self.multi_label:
+            keys = self.keys[rows]  # (p, C)
+            torch.mm(keys, self.proto_keys.T, out=masked)  # (p, S) shared-label counts
+            own_same = (keys * self.proto_keys[own[:, 0]]).sum(1, keepdim=True) > 0
+            own_diff = ~own_same
+            masked.clamp_(max=1.0).scatter_(1, own, 0.0)
+            has_pos = masked.amax(1, keepdim=True) > 0  # (p, 1)
+            masked.mul_(exp)
+        else:
+            keys = self.keys[rows, None]  # (p, 1)
+            mask = mask[:p]
+            torch.eq(keys, self.proto_keys[None, :], out=mask)  # (p, S)
+            own_key = self.proto_keys[own]  # (p, 1)
+            own_same = own_key == keys
+            own_diff = (own_key != keys) & (own_key != -1)
+            # prototypes per label from the sorted keys: no (p, S) reduction needed
+            same_count = torch.searchsorted(self.sorted_keys, keys, right=True)
+            same_count = same_count - torch.searchsorted(self.sorted_keys, keys)  # (p, 1)
+            has_pos = same_count > own_same.long()
+            torch.where(mask, exp, exp.new_zeros(()), out=masked)  # exp is 0 at o(i)
+
+        tiny = torch.finfo(exp.dtype).tiny
+        # pos: the other positives, else the own segment; clamp only guards exp underflow,
+        # which needs kappa * (largest - smallest similarity) > 87 (float32)
+        pos = torch.where(has_pos, masked.sum(1, keepdim=True), e_own).clamp_min(tiny)
+        # total = pos + neg; exp already holds every prototype except o(i) and ignored ones
+        total = exp.sum(1, keepdim=True) + e_own * (
+            own_diff.to(exp.dtype) + (~has_pos).to(exp.dtype)
+        )
+        total = torch.maximum(total, pos)  # equal in exact arithmetic when neg is empty
+        loss = (torch.log(total) - torch.log(pos))[:, 0]  # (p,)
+        if weights is None:
+            return loss, None, None
+
+        # d loss_i / d logit_is = exp_is / total_i - [s in pos(i)] exp_is / pos_i
+        w = weights[:, None]  # (p, 1)
+        inv_total = w / total
+        inv_pos = torch.where(has_pos, w / pos, 0.0)
+        grad = exp.mul_(inv_total).addcmul_(masked, -inv_pos)  # (p, S)
+        own_coef = (own_diff.to(exp.dtype) + (~has_pos).to(exp.dtype)) * inv_total
+        own_coef = own_coef - torch.where(has_pos, 0.0, w / pos)
+        grad.scatter_(1, own, e_own * own_coef)
+        grad_v = grad @ self.scaled  # (p, D)
+        grad_u = grad.T @ v  # (S, D), times kappa by the caller
+        return loss, grad_v, grad_u
+
+
+class _PixelSegmentLoss(torch.autograd.Function):
+    """Blockwise loss with hand-written gradients (see `pixel_segment_loss` Notes)."""
+
+    @staticmethod
+    def forward(ctx, embeddings, prototypes, problem, weights, reduce, track):
+        ctx.problem, ctx.reduce = problem, reduce
+        want = reduce and track
+        if want:
+            grad_v = torch.zeros_like(embeddings)
+            grad_u = torch.zeros_like(prototypes)
+        losses = []
+        for rows in problem.blocks():
+            loss, gv, gu = problem.block(rows, weights[rows] if want else None)
+            losses.append(loss)
+            if want:
+                grad_v[rows] = gv
+                grad_u += gu
+        problem.release()
+        loss = torch.cat(losses) * weights
+        if want:
+            ctx.problem = None  # the saved gradients are all backward needs
+            # gradients of sum(weights * loss) were made alongside it: a backward pass
+            # then costs nothing instead of a second sweep over the P x S similarities
+            ctx.save_for_backward(grad_v, grad_u.mul_(problem.kappa))
+            return loss.sum()
+        ctx.save_for_backward(weights)
+        return loss.sum() if reduce else loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        problem = ctx.problem
+        if ctx.reduce:
+            grad_v, grad_u = ctx.saved_tensors
+            return grad_output * grad_v, grad_output * grad_u, None, None, None, None
+        # per-pixel output: the weights are the incoming gradient, so sweep the blocks again
+        (weights,) = ctx.saved_tensors
+        weights = grad_output * weights
+        grad_v = torch.zeros_like(problem.embeddings)
+        grad_u = torch.zeros_like(problem.prototypes)
+        for rows in problem.blocks():
+            _, gv, gu = problem.block(rows, weights[rows])
+            grad_v[rows] = gv
+            grad_u += gu
+        problem.release()
+        return grad_v, grad_u.mul_(problem.kappa), None, None, None, None
+
+
+def pixel_segment_loss(
+    embeddings,
+    labels,
+    segment_ids,
+    prototypes,
+    prototype_labels,
+    concentration,
+    reduction="mean",
+    *,
+    ignore_index=255,
+    chunk_size=None,
+):
+    """Pixel-to-segment contrastive loss of SPML, computed in blocks and in log space.
+
+    Parameters
+    ----------
+    embeddings : (P, D) float tensor
+        Pixel embeddings ``v_i``, unit rows.
+    labels : (P,) int tensor, or (P, C) multi-hot tensor (bool, int or float)
+        Each pixel's label, or its label set for set-valued relations (image tags, affinity).
+    segment_ids : (P,) int tensor
+        Row of each pixel's own segment ``o(i)`` in `prototypes`. Ignored pixels may hold any
+        value (they are clamped to 0 internally).
+    prototypes : (S, D) float tensor
+        Segment prototypes ``u_s``, unit rows (current batch, optionally plus a memory bank).
+    prototype_labels : (S,) int tensor, or (S, C) multi-hot tensor
+        Label (or label set) of each prototype; same kind as `labels`.
+    concentration : float
+        ``kappa``, the inverse temperature of the von Mises-Fisher similarity
+        (6-16 in the paper's VOC runs).
+    reduction : {"mean", "sum", "none"}, optional
+        ``"mean"`` averages over labelled pixels, ``"sum"`` adds them, ``"none"`` returns the
+        per-pixel loss, 0 at ignored pixels.
+    ignore_index : int or None, optional
+        Single-label value meaning "unlabelled"; negative labels are always unlabelled. Pass
+        None when labels are ids that may legitimately equal 255 (e.g. superpixel ids).
+    chunk_size : int, optional
+        Pixels per block; default `default_chunk_size` (a ~64 MB float32 logit block).
+
+    Returns
+    -------
+    loss : () or (P,) float tensor
+        At least float32 (bf16/fp16 inputs are upcast), float64 for float64 inputs.
+
+    Raises
+    ------
+    ValueError
+        If shapes disagree, `reduction` is unknown, `chunk_size` is not positive, or (on CPU
+        only, where checking costs no device sync) a labelled pixel's segment id is outside
+        ``[0, S)``.
+
+    Notes
+    -----
+    Ignored pixels: a single label that is negative or equals `ignore_index`, or an all-zero
+    label set. They contribute 0 loss and no gradient; ``"mean"`` divides by the number of
+    labelled pixels, and with none at all the loss is an exact 0 that still backpropagates
+    (zero gradients), so a batch without labels needs no special case.
+
+    Ignored prototypes (single labels only): a prototype whose label is negative or equals
+    `ignore_index` is neither positive nor negative for any pixel (an unlabelled segment says
+    nothing about "different class"), as the paper's code drops unlabelled prototypes from its
+    semantic-annotation loss. It still serves as ``e_{o(i)}`` in the own-segment fallback. An
+    all-zero prototype label set is a known empty set and therefore a negative for everyone.
+
+    ``same(i)`` is decided by the labels alone, so a pixel whose own segment has a different
+    label sees that segment among its negatives, exactly as the formula reads.
+
+    Memory and speed: pixels are processed in blocks of `chunk_size` against all S
+    prototypes, reusing one set of ``(chunk_size, S)`` buffers, so peak memory does not grow
+    with P. For ``"mean"`` and ``"sum"`` with gradients required, the same sweep also forms
+    ``d loss / d logits`` block by block and contracts it into the ``(P, D)`` and ``(S, D)``
+    gradients, which backward only scales: one matmul for the logits, one ``exp`` per element
+    and two gradient matmuls, instead of a second sweep. For ``"none"`` backward sweeps the
+    blocks again, weighting pixels by the incoming gradient. Double backward is not supported.
+
+    Numerics: arithmetic runs in float32 or wider with autocast off (bf16/fp16 inputs are
+    upcast), and each row is shifted by its largest logit, so no ``exp`` exceeds 1 and
+    kappa = 20 in bf16 is finite. This is the log-sum-exp trick with one shift shared by the
+    positive and negative sums; it is exact unless a pixel's positives all lie more than ~87
+    (float32) below its best logit, which for unit rows needs kappa > 43; the loss is
+    then held finite (clamped) rather than exact. No ``.item()`` or boolean indexing: empty
+    sets are handled with masks, and the Python loop is over blocks only.
+
+    References
+    ----------
+    .. [1] T.-W. Ke, J.-J. Hwang, S. X. Yu, "Universal Weakly Supervised Segmentation by
+       Pixel-to-Segment Contrastive Learning", ICLR 2021, Eq. (1)-(2).
+
+    Examples
+    --------
+    Two pixels, three segments; pixel 0 lies in segment 0 and has segment 1 as its other
+    positive.
+
+    >>> v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> u = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> loss = pixel_segment_loss(v, torch.tensor([0, 1]), torch.tensor([0, 2]), u,
+    ...                           torch.tensor([0, 0, 1]), 1.0, reduction="none")
+    >>> torch.allclose(loss, torch.log1p(torch.exp(torch.tensor([-1.0, -1.0 + 0.6931472]))))
+    True
+    """
+    multi_label = _check_inputs(
+        embeddings, labels, segment_ids, prototypes, prototype_labels, reduction
+    )
+    if chunk_size is None:
+        chunk_size = default_chunk_size(prototypes.shape[0])
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    num_pixels, num_prototypes = embeddings.shape[0], prototypes.shape[0]
+    dtype = torch.promote_types(embeddings.dtype, prototypes.dtype)
+    dtype = torch.promote_types(dtype, torch.float32)  # bf16 / fp16 inputs: float32 maths
+    valid = _valid_labels(labels, multi_label, ignore_index)  # (P,)
+    if num_prototypes == 0 or num_pixels == 0:
+        # nothing to contrast with: exact zeros that keep a (zero) gradient path
+        zero = embeddings.to(dtype).sum(1) * 0.0 + prototypes.to(dtype).sum() * 0.0  # (P,)
+        return zero if reduction == "none" else zero.sum()
+    if embeddings.device.type == "cpu":  # a value check here would be a sync on a GPU
+        bad = valid & ((segment_ids < 0) | (segment_ids >= num_prototypes))
+        if bool(bad.any()):
+            raise ValueError(f"segment_ids of labelled pixels must lie in [0, {num_prototypes})")
+
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        embeddings = embeddings.to(dtype)
+        prototypes = prototypes.to(dtype)
+        if multi_label:
+            keys = (labels != 0).to(dtype)  # (P, C); float, so one matmul counts overlaps
+            proto_keys, proto_bias = (prototype_labels != 0).to(dtype), None
+        else:
+            keys = torch.where(valid, labels.long(), -2)  # (P,)
+            proto_valid = _valid_labels(prototype_labels, False, ignore_index)  # (S,)
+            proto_keys = torch.where(proto_valid, prototype_labels.long(), -1)
+            proto_bias = torch.where(proto_valid, 0.0, float("-inf")).to(dtype)[None, :]
+        problem = _Problem(
+            embeddings,
+            prototypes,
+            keys,
+            proto_keys,
+            proto_bias,
+            torch.where(valid, segment_ids.long(), 0),
+            float(concentration),
+            int(chunk_size),
+        )
+        weights = valid.to(dtype)  # (P,)
+        if reduction == "mean":
+            weights = weights / weights.sum().clamp(min=1.0)
+        # needs_input_grad ignores no_grad mode: ask autograd's own question here
+        track = torch.is_grad_enabled() and (embeddings.requires_grad or prototypes.requires_grad)
+        return _PixelSegmentLoss.apply(
+            embeddings, prototypes, problem, weights, reduction != "none", track
+        )
