@@ -53,7 +53,9 @@ def default_chunk_size(num_prototypes):
     return max(1, CHUNK_ELEMENTS // max(int(num_prototypes), 1))
 
 
-def _check_inputs(embeddings, labels, segment_ids, prototypes, prototype_labels, reduction):
+def _check_inputs(
+    embeddings, labels, segment_ids, prototypes, prototype_labels, reduction, groups=(None, None)
+):
     """Raise ValueError on inconsistent shapes; return whether labels are multi-hot sets."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -82,6 +84,18 @@ def _check_inputs(embeddings, labels, segment_ids, prototypes, prototype_labels,
         )
     if segment_ids.dtype.is_floating_point or segment_ids.dtype == torch.bool:
         raise ValueError(f"segment_ids must be an integer tensor, got {segment_ids.dtype}")
+    pixel_groups, prototype_groups = groups
+    if (pixel_groups is None) != (prototype_groups is None):
+        raise ValueError("pixel_groups and prototype_groups must be given together")
+    if pixel_groups is not None:
+        for name, value, size in (
+            ("pixel_groups", pixel_groups, num_pixels),
+            ("prototype_groups", prototype_groups, prototypes.shape[0]),
+        ):
+            if tuple(value.shape) != (size,):
+                raise ValueError(f"{name} must have shape ({size},), got {tuple(value.shape)}")
+            if value.dtype.is_floating_point or value.dtype == torch.bool:
+                raise ValueError(f"{name} must be an integer tensor, got {value.dtype}")
     return multi_label
 
 
@@ -100,11 +114,21 @@ class _Problem:
 
     Single labels become int64 keys where unlabelled pixels hold -2 and ignored prototypes -1,
     so an equality test never pairs them; ignored prototypes also get a -inf logit bias so
-    their ``exp`` is exactly 0. Label sets become float multi-hot rows.
+    their ``exp`` is exactly 0. Label sets become float multi-hot rows. With groups, a
+    prototype of another group than the pixel gets a -inf logit and leaves every count.
     """
 
     def __init__(
-        self, embeddings, prototypes, keys, proto_keys, proto_bias, segment_ids, kappa, chunk_size
+        self,
+        embeddings,
+        prototypes,
+        keys,
+        proto_keys,
+        proto_bias,
+        segment_ids,
+        kappa,
+        chunk_size,
+        groups=None,
     ):
         # detached: the kernel runs outside autograd, `_PixelSegmentLoss` owns the graph
         self.embeddings = embeddings.detach()  # (P, D)
@@ -118,11 +142,12 @@ class _Problem:
         self.multi_label = keys.ndim == 2
         self.sorted_keys = None if self.multi_label else torch.sort(proto_keys).values
         self.chunk_size = chunk_size
+        self.groups = groups  # None, or ((P,) int64 pixel groups, (S,) int64 prototype groups)
         self.release()
 
     def release(self):
         """Drop the (chunk_size, S) work buffers; `block` makes them again when needed."""
-        self.logits = self.masked = self.mask = None
+        self.logits = self.masked = self.mask = self.outside = None
 
     def _buffers(self):
         if self.logits is None:
@@ -131,9 +156,12 @@ class _Problem:
             shape = (min(self.chunk_size, self.embeddings.shape[0]), self.prototypes.shape[0])
             self.logits = self.embeddings.new_empty(shape)
             self.masked = self.embeddings.new_empty(shape)
+            device = self.embeddings.device
             if not self.multi_label:
-                self.mask = torch.empty(shape, dtype=torch.bool, device=self.embeddings.device)
-        return self.logits, self.masked, self.mask
+                self.mask = torch.empty(shape, dtype=torch.bool, device=device)
+            if self.groups is not None:
+                self.outside = torch.empty(shape, dtype=torch.bool, device=device)
+        return self.logits, self.masked, self.mask, self.outside
 
     def blocks(self):
         """Yield row slices of at most `chunk_size` pixels."""
@@ -149,12 +177,19 @@ class _Problem:
         v = self.embeddings[rows]  # (p, D)
         own = self.segment_ids[rows, None]  # (p, 1)
         p = v.shape[0]
-        logits, masked, mask = self._buffers()
+        logits, masked, mask, outside = self._buffers()
         exp = logits[:p]  # (p, S), becomes exp(logit - row max) in place
         if self.proto_bias is None:
             torch.mm(v, self.scaled.T, out=exp)
         else:
             torch.addmm(self.proto_bias, v, self.scaled.T, out=exp)
+        own_inside = None
+        if self.groups is not None:
+            pixel_groups, proto_groups = self.groups
+            outside = outside[:p]
+            torch.ne(pixel_groups[rows, None], proto_groups[None, :], out=outside)  # (p, S)
+            exp.masked_fill_(outside, float("-inf"))  # before the shift: exp is exactly 0
+            own_inside = proto_groups[own] == pixel_groups[rows, None]  # (p, 1)
         # shift by the row max: every exp is <= 1 (no overflow at any kappa or dtype), and
         # the shift cancels in every ratio below
         shift = exp.amax(1, keepdim=True)  # (p, 1)
@@ -173,6 +208,9 @@ class _Problem:
             torch.mm(keys, self.proto_keys.T, out=masked)  # (p, S) shared-label counts
             own_same = (keys * self.proto_keys[own[:, 0]]).sum(1, keepdim=True) > 0
             own_diff = ~own_same
+            if own_inside is not None:
+                masked.masked_fill_(outside, 0.0)
+                own_diff = own_diff & own_inside
             masked.clamp_(max=1.0).scatter_(1, own, 0.0)
             has_pos = masked.amax(1, keepdim=True) > 0  # (p, 1)
             masked.mul_(exp)
@@ -183,9 +221,15 @@ class _Problem:
             own_key = self.proto_keys[own]  # (p, 1)
             own_same = own_key == keys
             own_diff = (own_key != keys) & (own_key != -1)
-            # prototypes per label from the sorted keys: no (p, S) reduction needed
-            same_count = torch.searchsorted(self.sorted_keys, keys, right=True)
-            same_count = same_count - torch.searchsorted(self.sorted_keys, keys)  # (p, 1)
+            if own_inside is None:
+                # prototypes per label from the sorted keys: no (p, S) reduction needed
+                same_count = torch.searchsorted(self.sorted_keys, keys, right=True)
+                same_count = same_count - torch.searchsorted(self.sorted_keys, keys)  # (p, 1)
+            else:
+                # the sorted keys know nothing of groups: count the pixel's own group only
+                mask.masked_fill_(outside, False)
+                own_same, own_diff = own_same & own_inside, own_diff & own_inside
+                same_count = mask.sum(1, keepdim=True)  # (p, 1)
             has_pos = same_count > own_same.long()
             torch.where(mask, exp, exp.new_zeros(()), out=masked)  # exp is 0 at o(i)
 
@@ -274,6 +318,8 @@ def pixel_segment_loss(
     *,
     ignore_index=255,
     chunk_size=None,
+    pixel_groups=None,
+    prototype_groups=None,
 ):
     """Pixel-to-segment contrastive loss of SPML, computed in blocks and in log space.
 
@@ -301,6 +347,13 @@ def pixel_segment_loss(
         None when labels are ids that may legitimately equal 255 (e.g. superpixel ids).
     chunk_size : int, optional
         Pixels per block; default `default_chunk_size` (a ~64 MB float32 logit block).
+    pixel_groups : (P,) int tensor, optional
+        Group of each pixel, e.g. its image in the batch. Given together with
+        `prototype_groups`, pixel i is compared only with the prototypes of its own group
+        (the low-level relation contrasts a pixel with the segments of its own image only),
+        without a Python loop over groups.
+    prototype_groups : (S,) int tensor, optional
+        Group of each prototype; any integers (a memory bank may use negative ids).
 
     Returns
     -------
@@ -329,6 +382,13 @@ def pixel_segment_loss(
 
     ``same(i)`` is decided by the labels alone, so a pixel whose own segment has a different
     label sees that segment among its negatives, exactly as the formula reads.
+
+    Groups: a prototype whose group differs from the pixel's is neither positive nor negative
+    for it (like an ignored prototype: its logit is -inf before the row shift, so its ``exp``
+    is exactly 0, and it leaves the positive count), for single labels and label sets alike.
+    The own segment is normally in the pixel's group; if not, it only serves as the fallback
+    positive. Each block then also compares ``(p, S)`` group ids and counts positives by a
+    row sum instead of the sorted-key search.
 
     Memory and speed: pixels are processed in blocks of `chunk_size` against all S
     prototypes, reusing one set of ``(chunk_size, S)`` buffers, so peak memory does not grow
@@ -364,7 +424,13 @@ def pixel_segment_loss(
     True
     """
     multi_label = _check_inputs(
-        embeddings, labels, segment_ids, prototypes, prototype_labels, reduction
+        embeddings,
+        labels,
+        segment_ids,
+        prototypes,
+        prototype_labels,
+        reduction,
+        (pixel_groups, prototype_groups),
     )
     if chunk_size is None:
         chunk_size = default_chunk_size(prototypes.shape[0])
@@ -403,6 +469,7 @@ def pixel_segment_loss(
             torch.where(valid, segment_ids.long(), 0),
             float(concentration),
             int(chunk_size),
+            None if pixel_groups is None else (pixel_groups.long(), prototype_groups.long()),
         )
         weights = valid.to(dtype)  # (P,)
         if reduction == "mean":

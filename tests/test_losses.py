@@ -16,8 +16,11 @@ def unit(rows, dim, seed, dtype=torch.float64):
     return F.normalize(torch.randn(rows, dim, generator=g, dtype=dtype), dim=1)
 
 
-def brute_force(v, labels, seg, u, plabels, kappa, ignore_index=255):
-    """The formula of DESIGN.md, one pixel and one prototype at a time, in float64."""
+def brute_force(v, labels, seg, u, plabels, kappa, ignore_index=255, groups=None):
+    """The formula of DESIGN.md, one pixel and one prototype at a time, in float64.
+
+    With ``groups = (pixel_groups, prototype_groups)`` a pixel only sees its group's prototypes.
+    """
     multi = labels.ndim == 2
     v, u = v.double().tolist(), u.double().tolist()
 
@@ -39,6 +42,8 @@ def brute_force(v, labels, seg, u, plabels, kappa, ignore_index=255):
             plab = plabels[s].tolist()
             if not multi and not labelled(plab):
                 continue  # ignored prototypes: neither positive nor negative
+            if groups is not None and int(groups[0][i]) != int(groups[1][s]):
+                continue  # another group: neither positive nor negative
             (same if agree(lab, plab) else diff).append(s)
         own = int(seg[i])
         others = [s for s in same if s != own]
@@ -390,3 +395,126 @@ def test_loss_on_built_segments_backpropagates_through_prototypes():
         6.0,
     ).backward()
     assert not torch.allclose(detached.grad, emb.grad)
+
+
+def grouped_case(case, seed, num_groups=3):
+    v, labels, seg, u, plabels = case(seed)
+    g = torch.Generator().manual_seed(seed + 50)
+    proto_groups = torch.randint(0, num_groups, (len(u),), generator=g) - 1  # ids -1, 0, 1
+    pixel_groups = proto_groups[seg].clone()  # a pixel lies in its own segment's group
+    return v, labels, seg, u, plabels, (pixel_groups, proto_groups)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("case", [single_label_case, label_set_case])
+def test_groups_match_brute_force(case, seed):
+    v, labels, seg, u, plabels, groups = grouped_case(case, seed)
+    got = pixel_segment_loss(
+        v,
+        labels,
+        seg,
+        u,
+        plabels,
+        5.0,
+        reduction="none",
+        pixel_groups=groups[0],
+        prototype_groups=groups[1],
+    )
+    want = brute_force(v, labels, seg, u, plabels, 5.0, groups=groups)
+    torch.testing.assert_close(got, want)
+    ungrouped = pixel_segment_loss(v, labels, seg, u, plabels, 5.0, reduction="none")
+    assert not torch.allclose(got, ungrouped)  # the groups changed something
+
+
+def test_groups_fallback_counts_own_group_only():
+    # pixel 0 (label 0, group 0) shares its label with segment 1, but segment 1 is in group 1:
+    # its only positive is its own segment 0; segment 2 (group 0, label 1) is its negative
+    v = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    u = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    got = pixel_segment_loss(
+        v,
+        torch.tensor([0]),
+        torch.tensor([0]),
+        u,
+        torch.tensor([0, 0, 1]),
+        2.0,
+        reduction="none",
+        pixel_groups=torch.tensor([0]),
+        prototype_groups=torch.tensor([0, 1, 0]),
+    )
+    e_own, e_neg = math.exp(2 * 0.6), math.exp(0.0)
+    assert got.item() == pytest.approx(-math.log(e_own / (e_own + e_neg)))
+
+
+def test_own_segment_in_another_group_is_only_the_fallback():
+    v, u = unit(2, 3, 30), unit(3, 3, 31)
+    labels, seg, plabels = torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([1, 0, 1])
+    groups = (torch.tensor([5, 5]), torch.tensor([7, 5, 5]))
+    got = pixel_segment_loss(
+        v,
+        labels,
+        seg,
+        u,
+        plabels,
+        3.0,
+        reduction="none",
+        pixel_groups=groups[0],
+        prototype_groups=groups[1],
+    )
+    torch.testing.assert_close(got, brute_force(v, labels, seg, u, plabels, 3.0, groups=groups))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("case", [single_label_case, label_set_case])
+def test_groups_gradcheck_and_chunking(case, reduction):
+    v, labels, seg, u, plabels = case(7, num_pixels=9, num_prototypes=6)
+    proto_groups = torch.tensor([0, 1, 0, 1, 0, 1])
+    pixel_groups = proto_groups[seg]
+    v.requires_grad_(True)
+    u.requires_grad_(True)
+
+    def loss(v, u, chunk_size=4):
+        return pixel_segment_loss(
+            v,
+            labels,
+            seg,
+            u,
+            plabels,
+            3.0,
+            reduction,
+            chunk_size=chunk_size,
+            pixel_groups=pixel_groups,
+            prototype_groups=proto_groups,
+        )
+
+    assert torch.autograd.gradcheck(loss, (v, u))
+    torch.testing.assert_close(loss(v, u, 1), loss(v, u, None))
+
+
+def test_groups_at_kappa_20_in_bfloat16_are_finite():
+    v, labels, seg, u, plabels, groups = grouped_case(single_label_case, 4)
+    v, u = v.bfloat16().requires_grad_(), u.bfloat16().requires_grad_()
+    loss = pixel_segment_loss(
+        v, labels, seg, u, plabels, 20.0, pixel_groups=groups[0], prototype_groups=groups[1]
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(v.grad).all() and torch.isfinite(u.grad).all()
+
+
+def test_bad_groups_raise():
+    v, labels, seg, u, plabels = single_label_case(22)
+    with pytest.raises(ValueError, match="together"):
+        pixel_segment_loss(v, labels, seg, u, plabels, 1.0, pixel_groups=seg)
+    with pytest.raises(ValueError, match="prototype_groups must have shape"):
+        pixel_segment_loss(v, labels, seg, u, plabels, 1.0, pixel_groups=seg, prototype_groups=seg)
+    with pytest.raises(ValueError, match="pixel_groups must be an integer"):
+        pixel_segment_loss(
+            v,
+            labels,
+            seg,
+            u,
+            plabels,
+            1.0,
+            pixel_groups=seg.float(),
+            prototype_groups=torch.zeros(len(u), dtype=torch.long),
+        )
