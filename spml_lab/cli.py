@@ -4,6 +4,8 @@ Sub-commands are thin: each parses its arguments and calls one library function.
 
 * ``spml-lab make-data OUT``: write a synthetic dataset in the SPML list-file layout.
 * ``spml-lab run-notebook NOTEBOOK``: execute a notebook with papermill, keep it and its figures.
+* ``spml-lab train [--config run.yaml] [--FIELD VALUE ...]``: stage-1 training (`train.fit`); one
+  flag per `config.TrainConfig` field.
 """
 
 from __future__ import annotations
@@ -70,6 +72,17 @@ def build_parser():
         help="inject a parameter; VALUE is read as a Python literal when it is one",
     )
     run.set_defaults(run=_run_notebook)
+
+    from spml_lab import config  # the flags are generated from TrainConfig's fields
+
+    train = commands.add_parser(
+        "train",
+        help="train the embedding (stage 1): relations + softmax head, checkpoints, resume",
+        description="Train an SPML embedding network. Every TrainConfig field is a flag; "
+        "precedence: defaults < --config YAML < flags. --resume continues a killed run.",
+    )
+    config.add_arguments(train)
+    train.set_defaults(run=_train)
     return parser
 
 
@@ -127,6 +140,13 @@ def _run_notebook(args):
     parameters = {name: _literal(value) for name, value in args.parameter}
     executed = runner.run_notebook(args.notebook, args.out, parameters)
     print(f"wrote {executed} and its figures in {executed.parent / 'figures'}")
+
+
+def _train(args):
+    from spml_lab import config, train
+
+    run = train.fit(config.from_arguments(args))
+    print(f"wrote {run} (final.pt, metrics.csv)")
 
 
 if __name__ == "__main__":

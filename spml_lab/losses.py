@@ -20,16 +20,28 @@ custom autograd function keeps only ``(P, D)`` and ``(S, D)`` gradients, never a
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch.autograd.function import once_differentiable
 
 __all__ = ["pixel_segment_loss", "default_chunk_size"]
 
-# Elements of one block's (pixels x prototypes) logit matrix: 2**24 float32 values are 64 MB.
-# With the masked copy and the bool mask a block's work buffers take ~2.3x that (~150 MB).
-CHUNK_ELEMENTS = 2**24
+# Elements of one block's (pixels x prototypes) logit matrix: 2**22 float32 values are 16 MB.
+# With the masked copy and the bool mask a block's work buffers take ~2.3x that (~40 MB).
+# Smaller blocks stay closer to the CPU caches between the passes over them (2**22 was the
+# fastest of 2**16 .. 2**24 in benchmarks/contrastive_speed.py); much smaller ones pay the
+# Python cost per block and lose matmul efficiency.
+CHUNK_ELEMENTS = 2**22
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+# Devices where the block plan may read values back (which pixels are labelled, how many per
+# group) for free: on the CPU the "device" is the host. Elsewhere that would be a sync, so
+# every pixel meets every prototype under masks instead (see `_Problem`).
+PLAN_DEVICES = ("cpu",)
+# Split label-set pixels into parts by their set when a call has at most this many sets.
+MAX_LABEL_SETS = 64
 
 
 def default_chunk_size(num_prototypes):
@@ -48,7 +60,7 @@ def default_chunk_size(num_prototypes):
     Examples
     --------
     >>> default_chunk_size(20_000)
-    838
+    209
     """
     return max(1, CHUNK_ELEMENTS // max(int(num_prototypes), 1))
 
@@ -109,13 +121,42 @@ def _valid_labels(labels, multi_label, ignore_index):
     return valid
 
 
+class _Part(NamedTuple):
+    """Pixels and prototype columns that one run of blocks compares (see `_Problem.plan`)."""
+
+    rows: torch.Tensor | None  # (p,) pixel indices; None = every pixel, in order
+    cols: torch.Tensor | None  # (c,) prototype indices; None = every prototype
+    scaled: torch.Tensor  # (c, D) kappa * prototypes[cols]
+    keys: torch.Tensor  # (c,) int64 or (c, C) float: the columns' label keys
+    sorted_keys: torch.Tensor | None  # (c,) sorted single-label keys, for positive counts
+    bias: torch.Tensor | None  # (1, c) 0 / -inf for ignored prototypes, or None
+    col_of: torch.Tensor | None  # (S,) column of each prototype in the part, -1 if absent
+    group_mask: bool  # compare pixel and prototype groups inside every block
+    chunk_size: int  # pixels per block
+    same_row: torch.Tensor | None  # (c,) 0/1: same(i) of every pixel of the part (label sets)
+    same_count: torch.Tensor | None  # () number of ones in `same_row`
+
+    @property
+    def num_rows(self):
+        return None if self.rows is None else self.rows.shape[0]
+
+
 class _Problem:
     """Inputs of one loss call in the form the block kernel wants, plus reusable buffers.
 
     Single labels become int64 keys where unlabelled pixels hold -2 and ignored prototypes -1,
-    so an equality test never pairs them; ignored prototypes also get a -inf logit bias so
-    their ``exp`` is exactly 0. Label sets become float multi-hot rows. With groups, a
-    prototype of another group than the pixel gets a -inf logit and leaves every count.
+    so an equality test never pairs them. Label sets become float multi-hot rows.
+
+    The work is a list of parts, each a set of pixels against a set of prototype columns,
+    walked in blocks of pixels. Where reading values back is free (`PLAN_DEVICES`, the CPU)
+    the plan leaves out what cannot matter: unlabelled pixels, ignored prototypes, and with
+    groups every (pixel, prototype) pair of different groups, by making one part per group;
+    pixels with label sets are further split by set when there are few distinct sets (image
+    tags), so that a part's same(i) is one 0/1 row. Elsewhere there is one part, every pixel
+    against every prototype: ignored prototypes get a -inf logit bias (their ``exp`` is
+    exactly 0), a prototype of another group than the pixel gets a -inf logit inside the
+    block and leaves every count, and unlabelled pixels get weight 0. Both give the same
+    losses and gradients.
     """
 
     def __init__(
@@ -124,11 +165,12 @@ class _Problem:
         prototypes,
         keys,
         proto_keys,
-        proto_bias,
+        proto_valid,
         segment_ids,
         kappa,
         chunk_size,
         groups=None,
+        valid=None,
     ):
         # detached: the kernel runs outside autograd, `_PixelSegmentLoss` owns the graph
         self.embeddings = embeddings.detach()  # (P, D)
@@ -137,99 +179,194 @@ class _Problem:
         self.kappa = kappa
         self.keys = keys  # (P,) int64 or (P, C) float
         self.proto_keys = proto_keys  # (S,) int64 or (S, C) float
-        self.proto_bias = proto_bias  # (1, S) 0 / -inf, or None for label sets
+        self.proto_valid = proto_valid  # (S,) bool, or None for label sets (all take part)
         self.segment_ids = segment_ids  # (P,) int64, valid indices
         self.multi_label = keys.ndim == 2
-        self.sorted_keys = None if self.multi_label else torch.sort(proto_keys).values
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size  # None: `default_chunk_size` of each part's columns
         self.groups = groups  # None, or ((P,) int64 pixel groups, (S,) int64 prototype groups)
+        self.parts = self.plan(valid)
         self.release()
 
-    def release(self):
-        """Drop the (chunk_size, S) work buffers; `block` makes them again when needed."""
-        self.logits = self.masked = self.mask = self.outside = None
+    def _part(self, rows, cols, group_mask, label_set=None):
+        """Make the `_Part` of pixels `rows` against prototypes `cols` (None = all of them).
 
-    def _buffers(self):
-        if self.logits is None:
-            # one set of (rows, S) buffers reused by every block: a fresh 64 MB tensor per
-            # block would cost a page-faulting allocation each time on CPU
-            shape = (min(self.chunk_size, self.embeddings.shape[0]), self.prototypes.shape[0])
-            self.logits = self.embeddings.new_empty(shape)
-            self.masked = self.embeddings.new_empty(shape)
+        `label_set` (C,): the one label set all these pixels share, if known.
+        """
+        num_prototypes = self.prototypes.shape[0]
+        if cols is None:
+            scaled, keys, col_of = self.scaled, self.proto_keys, None
+            bias = None  # every prototype is a column: ignored ones get a -inf logit
+            if self.proto_valid is not None:
+                bias = torch.where(self.proto_valid, 0.0, float("-inf")).to(scaled.dtype)[None]
+        else:
+            scaled, keys, bias = self.scaled[cols], self.proto_keys[cols], None
+            col_of = torch.full((num_prototypes,), -1, dtype=torch.long, device=cols.device)
+            col_of[cols] = torch.arange(len(cols), device=cols.device)
+        sorted_keys = None if self.multi_label else torch.sort(keys).values
+        chunk = self.chunk_size or default_chunk_size(scaled.shape[0])
+        same_row = same_count = None
+        if label_set is not None:
+            same_row = ((keys @ label_set) > 0).to(scaled.dtype)  # (c,)
+            same_count = same_row.sum()
+        return _Part(
+            rows, cols, scaled, keys, sorted_keys, bias, col_of, group_mask, chunk, same_row,
+            same_count,
+        )  # fmt: skip
+
+    def plan(self, valid):
+        """Split the work into parts (see the class notes); a list of `_Part`."""
+        device = self.embeddings.device
+        if device.type not in PLAN_DEVICES or valid is None:
+            return [self._part(None, None, self.groups is not None)]
+        # on the host nonzero and tolist cost no device sync: leave out what cannot matter
+        rows = valid.nonzero()[:, 0]  # labelled pixels
+        if self.proto_valid is None:
+            cols = torch.arange(self.prototypes.shape[0], device=device)
+        else:
+            cols = self.proto_valid.nonzero()[:, 0]  # prototypes that take part
+        pairs = [(rows, cols)]
+        if self.groups is not None:
+            # one part per group: sort pixels and prototypes by group, pair the runs
+            pixel_groups, proto_groups = self.groups
+            row_groups, order = torch.sort(pixel_groups[rows], stable=True)
+            rows = rows[order]
+            col_groups, order = torch.sort(proto_groups[cols], stable=True)
+            cols = cols[order]
+            values, counts = torch.unique_consecutive(row_groups, return_counts=True)
+            first = torch.searchsorted(col_groups, values).tolist()
+            last = torch.searchsorted(col_groups, values, right=True).tolist()
+            pairs, start = [], 0
+            for count, a, b in zip(counts.tolist(), first, last, strict=True):
+                pairs.append((rows[start : start + count], cols[a:b]))
+                start += count
+        if not self.multi_label:
+            return [self._part(r, c, False) for r, c in pairs]
+        # few distinct label sets (image tags): split by set, so that same(i) is one row of
+        # 0/1 per part, applied by broadcasting instead of a (p, c) label-overlap matmul
+        sets, inverse = torch.unique(self.keys[rows], dim=0, return_inverse=True)
+        if len(sets) > MAX_LABEL_SETS:
+            return [self._part(r, c, False) for r, c in pairs]
+        which = torch.empty(self.keys.shape[0], dtype=torch.long, device=device)
+        which[rows] = inverse
+        parts = []
+        for r, c in pairs:
+            kinds, order = torch.sort(which[r], stable=True)
+            r = r[order]
+            values, counts = torch.unique_consecutive(kinds, return_counts=True)
+            for value, part_rows in zip(values.tolist(), r.split(counts.tolist()), strict=True):
+                parts.append(self._part(part_rows, c, False, sets[value]))
+        return parts
+
+    def release(self):
+        """Drop the work buffers; `block` makes them again when needed."""
+        self._flat = None
+
+    def _buffers(self, rows, cols, group_mask):
+        """(rows, cols) views of the reused work buffers: logits, masked, mask, outside."""
+        if self._flat is None:
+            # one set of flat buffers, big enough for every block of every part and reused
+            # by all: a fresh large tensor per block would page-fault on CPU each time
+            size = max(
+                min(part.chunk_size, part.num_rows or self.embeddings.shape[0])
+                * part.scaled.shape[0]
+                for part in self.parts
+            )
             device = self.embeddings.device
-            if not self.multi_label:
-                self.mask = torch.empty(shape, dtype=torch.bool, device=device)
-            if self.groups is not None:
-                self.outside = torch.empty(shape, dtype=torch.bool, device=device)
-        return self.logits, self.masked, self.mask, self.outside
+            self._flat = (
+                self.embeddings.new_empty(size),
+                self.embeddings.new_empty(size),
+                None if self.multi_label else torch.empty(size, dtype=torch.bool, device=device),
+                torch.empty(size, dtype=torch.bool, device=device)
+                if any(part.group_mask for part in self.parts)
+                else None,
+            )
+        n = rows * cols
+        return [None if b is None else b[:n].view(rows, cols) for b in self._flat]
 
     def blocks(self):
-        """Yield row slices of at most `chunk_size` pixels."""
-        for start in range(0, self.embeddings.shape[0], self.chunk_size):
-            yield slice(start, min(start + self.chunk_size, self.embeddings.shape[0]))
+        """Yield ``(part, index)``: pixel index tensors (or slices) of at most a part's chunk."""
+        num_pixels = self.embeddings.shape[0]
+        for part in self.parts:
+            total = num_pixels if part.rows is None else part.num_rows
+            for start in range(0, total, part.chunk_size):
+                stop = min(start + part.chunk_size, total)
+                yield part, slice(start, stop) if part.rows is None else part.rows[start:stop]
 
-    def block(self, rows, weights=None):
-        """Loss of the pixels in `rows`; with `weights`, also the weighted gradients.
+    def block(self, part, index, weights=None, grad_u=None):
+        """Loss of the pixels `index` of `part`; with `weights`, also the weighted gradients.
 
-        Returns ``loss`` (p,), and when `weights` (p,) is given ``grad_v`` (p, D) and
-        ``grad_u`` (S, D), the gradients of ``sum(weights * loss)``.
+        Returns ``loss`` (p,), and when `weights` (p,) is given ``grad_v`` (p, D), the
+        gradient of ``sum(weights * loss)``; the prototypes' gradient (unscaled by kappa) is
+        added into `grad_u` (S, D).
         """
-        v = self.embeddings[rows]  # (p, D)
-        own = self.segment_ids[rows, None]  # (p, 1)
-        p = v.shape[0]
-        logits, masked, mask, outside = self._buffers()
-        exp = logits[:p]  # (p, S), becomes exp(logit - row max) in place
-        if self.proto_bias is None:
-            torch.mm(v, self.scaled.T, out=exp)
+        v = self.embeddings[index]  # (p, D)
+        own = self.segment_ids[index][:, None]  # (p, 1)
+        p, c = v.shape[0], part.scaled.shape[0]
+        exp, masked, mask, outside = self._buffers(p, c, part.group_mask)
+        if part.bias is None:
+            torch.mm(v, part.scaled.T, out=exp)  # (p, c), becomes exp(logit - shift) in place
         else:
-            torch.addmm(self.proto_bias, v, self.scaled.T, out=exp)
+            torch.addmm(part.bias, v, part.scaled.T, out=exp)
         own_inside = None
         if self.groups is not None:
             pixel_groups, proto_groups = self.groups
-            outside = outside[:p]
-            torch.ne(pixel_groups[rows, None], proto_groups[None, :], out=outside)  # (p, S)
-            exp.masked_fill_(outside, float("-inf"))  # before the shift: exp is exactly 0
-            own_inside = proto_groups[own] == pixel_groups[rows, None]  # (p, 1)
-        # shift by the row max: every exp is <= 1 (no overflow at any kappa or dtype), and
-        # the shift cancels in every ratio below
-        shift = exp.amax(1, keepdim=True)  # (p, 1)
-        shift = torch.where(torch.isfinite(shift), shift, 0.0)  # all prototypes ignored
-        exp.sub_(shift).exp_()
-        # own logit from the unbiased dot product: an ignored own segment still serves as
-        # the fallback positive; its column is then zeroed so that no sum counts it
+            groups = pixel_groups[index][:, None]  # (p, 1)
+            own_inside = proto_groups[own] == groups  # (p, 1)
+            if part.group_mask:
+                torch.ne(groups, proto_groups[None, :], out=outside)  # (p, S)
+                exp.masked_fill_(outside, float("-inf"))  # before the shift: exp is exactly 0
+        # own logit from the unbiased dot product: an ignored (or left out) own segment still
+        # serves as the fallback positive, while no column sum counts it
         own_logit = (v * self.scaled[own[:, 0]]).sum(1, keepdim=True)  # (p, 1)
+        # shift by the row max (own logit included): every exp is <= 1, no overflow at any
+        # kappa or dtype, and the shift cancels in every ratio below
+        shift = own_logit if c == 0 else torch.maximum(exp.amax(1, keepdim=True), own_logit)
+        exp.sub_(shift).exp_()
         e_own = torch.exp(own_logit - shift)  # (p, 1)
-        exp.scatter_(1, own, 0.0)
+        own_col, own_here = self._own_column(part, own)
+        _zero_at(exp, own_col, own_here)
 
         # same(i) without o(i): masked copy of exp, and whether it is non-empty
-        masked = masked[:p]
-        if self.multi_label:
-            keys = self.keys[rows]  # (p, C)
-            torch.mm(keys, self.proto_keys.T, out=masked)  # (p, S) shared-label counts
+        if self.multi_label and part.same_row is not None:
+            # one label set for the whole part: same(i) is `same_row` for every pixel
+            keys = self.keys[index]  # (p, C)
+            own_same = (keys * self.proto_keys[own[:, 0]]).sum(1, keepdim=True) > 0
+            own_diff = ~own_same if own_inside is None else ~own_same & own_inside
+            counted = own_same if own_here is None else own_same & own_here  # o(i) in same
+            has_pos = part.same_count > counted.to(exp.dtype)  # (p, 1)
+            torch.mul(exp, part.same_row, out=masked)  # exp is 0 at o(i)
+        elif self.multi_label:
+            keys = self.keys[index]  # (p, C)
+            torch.mm(keys, part.keys.T, out=masked)  # (p, c) shared-label counts
             own_same = (keys * self.proto_keys[own[:, 0]]).sum(1, keepdim=True) > 0
             own_diff = ~own_same
             if own_inside is not None:
-                masked.masked_fill_(outside, 0.0)
+                if part.group_mask:
+                    masked.masked_fill_(outside, 0.0)
                 own_diff = own_diff & own_inside
-            masked.clamp_(max=1.0).scatter_(1, own, 0.0)
-            has_pos = masked.amax(1, keepdim=True) > 0  # (p, 1)
+            masked.clamp_(max=1.0)
+            _zero_at(masked, own_col, own_here)
+            if c:
+                has_pos = masked.amax(1, keepdim=True) > 0  # (p, 1)
+            else:
+                has_pos = torch.zeros_like(own_same)
             masked.mul_(exp)
         else:
-            keys = self.keys[rows, None]  # (p, 1)
-            mask = mask[:p]
-            torch.eq(keys, self.proto_keys[None, :], out=mask)  # (p, S)
+            keys = self.keys[index][:, None]  # (p, 1)
+            torch.eq(keys, part.keys[None, :], out=mask)  # (p, c)
             own_key = self.proto_keys[own]  # (p, 1)
             own_same = own_key == keys
             own_diff = (own_key != keys) & (own_key != -1)
-            if own_inside is None:
-                # prototypes per label from the sorted keys: no (p, S) reduction needed
-                same_count = torch.searchsorted(self.sorted_keys, keys, right=True)
-                same_count = same_count - torch.searchsorted(self.sorted_keys, keys)  # (p, 1)
-            else:
+            if own_inside is not None:
+                own_same, own_diff = own_same & own_inside, own_diff & own_inside
+            if part.group_mask:
                 # the sorted keys know nothing of groups: count the pixel's own group only
                 mask.masked_fill_(outside, False)
-                own_same, own_diff = own_same & own_inside, own_diff & own_inside
                 same_count = mask.sum(1, keepdim=True)  # (p, 1)
+            else:
+                # prototypes per label from the sorted keys: no (p, c) reduction needed
+                same_count = torch.searchsorted(part.sorted_keys, keys, right=True)
+                same_count = same_count - torch.searchsorted(part.sorted_keys, keys)  # (p, 1)
             has_pos = same_count > own_same.long()
             torch.where(mask, exp, exp.new_zeros(()), out=masked)  # exp is 0 at o(i)
 
@@ -237,26 +374,46 @@ class _Problem:
         # pos: the other positives, else the own segment; clamp only guards exp underflow,
         # which needs kappa * (largest - smallest similarity) > 87 (float32)
         pos = torch.where(has_pos, masked.sum(1, keepdim=True), e_own).clamp_min(tiny)
-        # total = pos + neg; exp already holds every prototype except o(i) and ignored ones
-        total = exp.sum(1, keepdim=True) + e_own * (
-            own_diff.to(exp.dtype) + (~has_pos).to(exp.dtype)
-        )
+        # total = pos + neg; exp already holds every column except o(i) and ignored ones
+        own_count = own_diff.to(exp.dtype) + (~has_pos).to(exp.dtype)  # (p, 1)
+        total = exp.sum(1, keepdim=True) + e_own * own_count
         total = torch.maximum(total, pos)  # equal in exact arithmetic when neg is empty
         loss = (torch.log(total) - torch.log(pos))[:, 0]  # (p,)
         if weights is None:
-            return loss, None, None
+            return loss, None
 
         # d loss_i / d logit_is = exp_is / total_i - [s in pos(i)] exp_is / pos_i
         w = weights[:, None]  # (p, 1)
         inv_total = w / total
         inv_pos = torch.where(has_pos, w / pos, 0.0)
-        grad = exp.mul_(inv_total).addcmul_(masked, -inv_pos)  # (p, S)
-        own_coef = (own_diff.to(exp.dtype) + (~has_pos).to(exp.dtype)) * inv_total
-        own_coef = own_coef - torch.where(has_pos, 0.0, w / pos)
-        grad.scatter_(1, own, e_own * own_coef)
-        grad_v = grad @ self.scaled  # (p, D)
-        grad_u = grad.T @ v  # (S, D), times kappa by the caller
-        return loss, grad_v, grad_u
+        grad = exp.mul_(inv_total).addcmul_(masked, -inv_pos)  # (p, c), 0 at o(i)
+        # the own segment's term, kept out of the columns (o(i) may be no column at all)
+        own_grad = e_own * (own_count * inv_total - torch.where(has_pos, 0.0, w / pos))
+        grad_v = torch.addmm(own_grad * self.scaled[own[:, 0]], grad, part.scaled)  # (p, D)
+        if part.cols is None:
+            grad_u.addmm_(grad.T, v)  # (S, D), times kappa by the caller
+        else:
+            grad_u.index_add_(0, part.cols, grad.T @ v)
+        grad_u.index_add_(0, own[:, 0], own_grad * v)
+        return loss, grad_v
+
+    @staticmethod
+    def _own_column(part, own):
+        """Column of o(i) in `part` (clamped to a valid index) and whether it is there."""
+        if part.col_of is None:
+            return own, None
+        col = part.col_of[own]  # (p, 1)
+        return col.clamp(min=0), col >= 0
+
+
+def _zero_at(matrix, column, present):
+    """Set ``matrix[i, column[i]] = 0`` in place where `present` (None: everywhere)."""
+    if matrix.shape[1] == 0:
+        return
+    if present is None:
+        matrix.scatter_(1, column, 0.0)
+    else:  # write back the old value where the own segment is not a column of this part
+        matrix.scatter_(1, column, torch.where(present, 0.0, matrix.gather(1, column)))
 
 
 class _PixelSegmentLoss(torch.autograd.Function):
@@ -269,15 +426,16 @@ class _PixelSegmentLoss(torch.autograd.Function):
         if want:
             grad_v = torch.zeros_like(embeddings)
             grad_u = torch.zeros_like(prototypes)
-        losses = []
-        for rows in problem.blocks():
-            loss, gv, gu = problem.block(rows, weights[rows] if want else None)
-            losses.append(loss)
+        loss = torch.zeros_like(weights)  # pixels left out of the plan: 0
+        for part, index in problem.blocks():
+            block_loss, gv = problem.block(
+                part, index, weights[index] if want else None, grad_u if want else None
+            )
+            loss[index] = block_loss
             if want:
-                grad_v[rows] = gv
-                grad_u += gu
+                grad_v[index] = gv
         problem.release()
-        loss = torch.cat(losses) * weights
+        loss = loss * weights
         if want:
             ctx.problem = None  # the saved gradients are all backward needs
             # gradients of sum(weights * loss) were made alongside it: a backward pass
@@ -299,10 +457,9 @@ class _PixelSegmentLoss(torch.autograd.Function):
         weights = grad_output * weights
         grad_v = torch.zeros_like(problem.embeddings)
         grad_u = torch.zeros_like(problem.prototypes)
-        for rows in problem.blocks():
-            _, gv, gu = problem.block(rows, weights[rows])
-            grad_v[rows] = gv
-            grad_u += gu
+        for part, index in problem.blocks():
+            _, gv = problem.block(part, index, weights[index], grad_u)
+            grad_v[index] = gv
         problem.release()
         return grad_v, grad_u.mul_(problem.kappa), None, None, None, None
 
@@ -346,7 +503,8 @@ def pixel_segment_loss(
         Single-label value meaning "unlabelled"; negative labels are always unlabelled. Pass
         None when labels are ids that may legitimately equal 255 (e.g. superpixel ids).
     chunk_size : int, optional
-        Pixels per block; default `default_chunk_size` (a ~64 MB float32 logit block).
+        Pixels per block; default `default_chunk_size` of the prototypes a block meets (a
+        ~16 MB float32 logit block).
     pixel_groups : (P,) int tensor, optional
         Group of each pixel, e.g. its image in the batch. Given together with
         `prototype_groups`, pixel i is compared only with the prototypes of its own group
@@ -387,8 +545,8 @@ def pixel_segment_loss(
     for it (like an ignored prototype: its logit is -inf before the row shift, so its ``exp``
     is exactly 0, and it leaves the positive count), for single labels and label sets alike.
     The own segment is normally in the pixel's group; if not, it only serves as the fallback
-    positive. Each block then also compares ``(p, S)`` group ids and counts positives by a
-    row sum instead of the sorted-key search.
+    positive. Off the CPU each block then also compares ``(p, S)`` group ids and counts
+    positives by a row sum instead of the sorted-key search.
 
     Memory and speed: pixels are processed in blocks of `chunk_size` against all S
     prototypes, reusing one set of ``(chunk_size, S)`` buffers, so peak memory does not grow
@@ -398,13 +556,20 @@ def pixel_segment_loss(
     and two gradient matmuls, instead of a second sweep. For ``"none"`` backward sweeps the
     blocks again, weighting pixels by the incoming gradient. Double backward is not supported.
 
+    On the CPU, where it costs no device sync, the blocks skip the work that cannot matter:
+    unlabelled pixels, ignored prototypes, and with groups every pair of different groups
+    (each group's pixels meet only its own prototypes). On other devices every pixel meets
+    every prototype under masks, with no read-back; the results are the same.
+
     Numerics: arithmetic runs in float32 or wider with autocast off (bf16/fp16 inputs are
-    upcast), and each row is shifted by its largest logit, so no ``exp`` exceeds 1 and
+    upcast), and each row is shifted by its largest logit (own segment's included), so no
+    ``exp`` exceeds 1 and
     kappa = 20 in bf16 is finite. This is the log-sum-exp trick with one shift shared by the
     positive and negative sums; it is exact unless a pixel's positives all lie more than ~87
     (float32) below its best logit, which for unit rows needs kappa > 43; the loss is
-    then held finite (clamped) rather than exact. No ``.item()`` or boolean indexing: empty
-    sets are handled with masks, and the Python loop is over blocks only.
+    then held finite (clamped) rather than exact. Off the CPU no ``.item()`` or boolean
+    indexing: empty sets are handled with masks, and the Python loop is over blocks only (on
+    the CPU, over the blocks of each group).
 
     References
     ----------
@@ -432,9 +597,7 @@ def pixel_segment_loss(
         reduction,
         (pixel_groups, prototype_groups),
     )
-    if chunk_size is None:
-        chunk_size = default_chunk_size(prototypes.shape[0])
-    if int(chunk_size) < 1:
+    if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     num_pixels, num_prototypes = embeddings.shape[0], prototypes.shape[0]
     dtype = torch.promote_types(embeddings.dtype, prototypes.dtype)
@@ -454,22 +617,22 @@ def pixel_segment_loss(
         prototypes = prototypes.to(dtype)
         if multi_label:
             keys = (labels != 0).to(dtype)  # (P, C); float, so one matmul counts overlaps
-            proto_keys, proto_bias = (prototype_labels != 0).to(dtype), None
+            proto_keys, proto_valid = (prototype_labels != 0).to(dtype), None
         else:
             keys = torch.where(valid, labels.long(), -2)  # (P,)
             proto_valid = _valid_labels(prototype_labels, False, ignore_index)  # (S,)
             proto_keys = torch.where(proto_valid, prototype_labels.long(), -1)
-            proto_bias = torch.where(proto_valid, 0.0, float("-inf")).to(dtype)[None, :]
         problem = _Problem(
             embeddings,
             prototypes,
             keys,
             proto_keys,
-            proto_bias,
+            proto_valid,
             torch.where(valid, segment_ids.long(), 0),
             float(concentration),
-            int(chunk_size),
+            None if chunk_size is None else int(chunk_size),
             None if pixel_groups is None else (pixel_groups.long(), prototype_groups.long()),
+            valid,
         )
         weights = valid.to(dtype)  # (P,)
         if reduction == "mean":

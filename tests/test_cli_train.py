@@ -1,0 +1,63 @@
+import csv
+
+import pytest
+import torch
+
+from spml_lab import cli, train
+from spml_lab.config import TrainConfig
+
+TINY = ["--crop-size", "64", "--batch-size", "2", "--width", "8", "--embedding-dim", "8"]
+TINY += ["--kmeans-grid", "3", "3", "--no-progress", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_train_runs_and_writes_the_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *TINY, "--max-steps", "3", "--out-dir", str(run), "--annotation", "points"]
+    assert cli.main([*args, "--no-cooccurrence", "--lr", "0.02"]) == 0
+    assert str(run) in capsys.readouterr().out
+    cfg = TrainConfig.from_yaml(run / "config.yaml")
+    assert (cfg.annotation, cfg.cooccurrence, cfg.lr, cfg.kmeans_grid) == (
+        "points",
+        False,
+        0.02,
+        (3, 3),
+    )
+    with open(run / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["step"] for r in rows] == ["1", "2", "3"] and "cooccurrence" not in rows[0]
+    net, head, loaded, class_names = train.load_final(run)
+    assert loaded == cfg and head.classifier.out_channels == len(class_names)
+
+
+def test_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    TrainConfig(max_steps=2, lr=0.5, memory_size=0, out_dir=str(tmp_path / "x")).to_yaml(path)
+    run = tmp_path / "run"
+    assert cli.main(["train", "--config", str(path), *TINY, "--out-dir", str(run)]) == 0
+    cfg = TrainConfig.from_yaml(run / "config.yaml")
+    assert (cfg.max_steps, cfg.lr, cfg.memory_size, cfg.out_dir) == (2, 0.5, 0, str(run))
+
+
+def test_bad_values_exit_2_naming_the_field(tmp_path, capsys):
+    assert cli.main(["train", "--batch-size", "0", "--out-dir", str(tmp_path / "r")]) == 2
+    assert "TrainConfig.batch_size must be >= 1" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 0.1\n")
+    assert cli.main(["train", "--config", str(bad)]) == 2
+    assert "unknown field 'learning_rate'" in capsys.readouterr().err
+
+
+def test_a_second_run_in_the_same_folder_needs_resume(tmp_path, capsys):
+    args = ["train", *TINY, "--max-steps", "1", "--out-dir", str(tmp_path / "run")]
+    assert cli.main(args) == 0
+    assert cli.main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main([*args, "--resume"]) == 0
