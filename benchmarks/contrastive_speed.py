@@ -20,6 +20,7 @@ weights from `relations.PAPER_SETTINGS`) and all four relations.
     python benchmarks/contrastive_speed.py                    # CPU, 2 threads, CSV + PNG
     python benchmarks/contrastive_speed.py --device cuda      # on a GPU
     python benchmarks/contrastive_speed.py --crops 128 --repeats 3 --profile
+    python benchmarks/contrastive_speed.py --crops 512 --append   # re-measure one crop size
 
 Timing: warm-up runs, then the median of N runs, the library's and the loop's in alternation
 so that both see the same background load (the loop gets fewer runs at 512 x 512, where one
@@ -448,7 +449,7 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [f"{r['crop']}x{r['crop']}\n{r['config']}" for r in rows]
+    groups = [f"{r['crop']}x{r['crop']} crop\n({r['embedding']} map)\n{r['config']}" for r in rows]
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 4.2))
     width = 0.38
@@ -494,6 +495,9 @@ def main():
     parser.add_argument("--profile", action="store_true", help="print library stage times")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--append", action="store_true", help="keep the CSV's rows of other crops, replace these"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = args.device
@@ -595,8 +599,18 @@ def main():
         return
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "contrastive_speed" if device == "cpu" else "contrastive_speed_cuda"
-    with open(args.out / f"{stem}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+    path = args.out / f"{stem}.csv"
+    if args.append and path.is_file():  # e.g. crops measured in separate quiet moments
+        with open(path, newline="") as handle:
+            old = [
+                r for r in csv.DictReader(handle) if r["crop"] not in {str(c) for c in args.crops}
+            ]
+        for r in old:
+            r.update({k: float(r[k]) for k in ("ours_s", "loop_s", "speedup")})
+            r["crop"] = int(r["crop"])
+        rows = sorted(old + rows, key=lambda r: (r["crop"], list(CONFIGS).index(r["config"])))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[-1]))
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, args.out / f"{stem}.png")
