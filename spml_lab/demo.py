@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from spml_lab import clustering, datasets, model, relations
+from spml_lab.labelio import IGNORE_INDEX  # one definition of "unlabelled"
 
 __all__ = [
     "DemoBatch",
@@ -29,8 +30,6 @@ __all__ = [
     "segment_weights",
     "nearest_labels",
 ]
-
-IGNORE_INDEX = 255
 
 
 @dataclass

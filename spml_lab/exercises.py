@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from spml_lab import relations
+from spml_lab.labelio import IGNORE_INDEX  # one definition of "unlabelled"
 
 __all__ = [
     "SegmentFields",
@@ -30,8 +31,6 @@ __all__ = [
     "check",
     "solution",
 ]
-
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from spml_lab import annotations, labelio, superpixels, synthetic
+from spml_lab.datasets import ANNOTATIONS
 
 __all__ = ["write_dataset", "ANNOTATIONS", "LABEL_FOLDERS"]
 
-ANNOTATIONS = ("full", "points", "scribbles", "boxes", "tags")
 # the label column of each annotation's list file
 LABEL_FOLDERS = {
     "full": "semantic",

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from spml_lab.labelio import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.losses import default_chunk_size, pixel_segment_loss
 
 __all__ = [
@@ -41,8 +42,6 @@ __all__ = [
 ]
 
 RELATIONS = ("low_level", "semantic_annotation", "cooccurrence", "feature_affinity")
-
-IGNORE_INDEX = 255  # "unlabelled" in weak label maps and segment labels, as everywhere here
 
 
 @dataclass

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from spml_lab import clustering, datasets, model, relations
 from spml_lab.config import RESUMABLE_CHANGES, TrainConfig
+from spml_lab.labelio import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.memory import PrototypeMemory
 
 __all__ = [
@@ -66,7 +67,6 @@ __all__ = [
 ]
 
 CONFIG, METRICS, CHECKPOINT, FINAL = "config.yaml", "metrics.csv", "checkpoint.pt", "final.pt"
-IGNORE_INDEX = 255
 SHORT = {"low_level": "low", "semantic_annotation": "ann", "cooccurrence": "occ"}
 SHORT.update(feature_affinity="aff", total="total", softmax_ce="ce")
 

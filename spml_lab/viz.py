@@ -10,7 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from spml_lab.labelio import voc_palette
+from spml_lab.labelio import (
+    IGNORE_INDEX,  # one definition of "unlabelled"
+    voc_palette,
+)
 
 __all__ = [
     "palette",
@@ -25,7 +28,6 @@ __all__ = [
     "show_relation",
 ]
 
-IGNORE_INDEX = 255
 # Distinct, colour-blind-friendly colours for the synthetic classes (background is dark grey so
 # that black outlines and the VOC palette's black background do not collide with it).
 _SYNTHETIC = np.array(
