@@ -135,6 +135,7 @@ class _Part(NamedTuple):
     chunk_size: int  # pixels per block
     same_row: torch.Tensor | None  # (c,) 0/1: same(i) of every pixel of the part (label sets)
     same_count: torch.Tensor | None  # () number of ones in `same_row`
+    trainable: int  # the first `trainable` columns need a gradient, the rest are detached
 
     @property
     def num_rows(self):
@@ -171,6 +172,7 @@ class _Problem:
         chunk_size,
         groups=None,
         valid=None,
+        trainable=None,
     ):
         # detached: the kernel runs outside autograd, `_PixelSegmentLoss` owns the graph
         self.embeddings = embeddings.detach()  # (P, D)
@@ -184,6 +186,8 @@ class _Problem:
         self.multi_label = keys.ndim == 2
         self.chunk_size = chunk_size  # None: `default_chunk_size` of each part's columns
         self.groups = groups  # None, or ((P,) int64 pixel groups, (S,) int64 prototype groups)
+        # prototypes [trainable:] are a detached memory: no gradient is formed for them
+        self.trainable = self.prototypes.shape[0] if trainable is None else trainable
         self.parts = self.plan(valid)
         self.release()
 
@@ -194,11 +198,17 @@ class _Problem:
         """
         num_prototypes = self.prototypes.shape[0]
         if cols is None:
+            # every prototype in its own order: the trainable ones are the leading columns
+            trainable = self.trainable
             scaled, keys, col_of = self.scaled, self.proto_keys, None
             bias = None  # every prototype is a column: ignored ones get a -inf logit
             if self.proto_valid is not None:
                 bias = torch.where(self.proto_valid, 0.0, float("-inf")).to(scaled.dtype)[None]
         else:
+            # trainable columns first (stable), so their gradient is one matmul on a view
+            trainable_col = cols < self.trainable
+            cols = cols[torch.argsort((~trainable_col).to(torch.uint8), stable=True)]
+            trainable = int(trainable_col.sum())  # on the host: no device sync
             scaled, keys, bias = self.scaled[cols], self.proto_keys[cols], None
             col_of = torch.full((num_prototypes,), -1, dtype=torch.long, device=cols.device)
             col_of[cols] = torch.arange(len(cols), device=cols.device)
@@ -210,7 +220,7 @@ class _Problem:
             same_count = same_row.sum()
         return _Part(
             rows, cols, scaled, keys, sorted_keys, bias, col_of, group_mask, chunk, same_row,
-            same_count,
+            same_count, trainable,
         )  # fmt: skip
 
     def plan(self, valid):
@@ -243,7 +253,7 @@ class _Problem:
             return [self._part(r, c, False) for r, c in pairs]
         # few distinct label sets (image tags): split by set, so that same(i) is one row of
         # 0/1 per part, applied by broadcasting instead of a (p, c) label-overlap matmul
-        sets, inverse = torch.unique(self.keys[rows], dim=0, return_inverse=True)
+        sets, inverse = _unique_rows(self.keys[rows])
         if len(sets) > MAX_LABEL_SETS:
             return [self._part(r, c, False) for r, c in pairs]
         which = torch.empty(self.keys.shape[0], dtype=torch.long, device=device)
@@ -390,10 +400,11 @@ class _Problem:
         # the own segment's term, kept out of the columns (o(i) may be no column at all)
         own_grad = e_own * (own_count * inv_total - torch.where(has_pos, 0.0, w / pos))
         grad_v = torch.addmm(own_grad * self.scaled[own[:, 0]], grad, part.scaled)  # (p, D)
+        k = part.trainable  # memory columns get no gradient: skip their share of the matmul
         if part.cols is None:
-            grad_u.addmm_(grad.T, v)  # (S, D), times kappa by the caller
-        else:
-            grad_u.index_add_(0, part.cols, grad.T @ v)
+            grad_u[:k].addmm_(grad[:, :k].T, v)  # (k, D), times kappa by the caller
+        elif k:
+            grad_u.index_add_(0, part.cols[:k], grad[:, :k].T @ v)
         grad_u.index_add_(0, own[:, 0], own_grad * v)
         return loss, grad_v
 
@@ -404,6 +415,23 @@ class _Problem:
             return own, None
         col = part.col_of[own]  # (p, 1)
         return col.clamp(min=0), col >= 0
+
+
+def _unique_rows(rows):
+    """``torch.unique(rows, dim=0, return_inverse=True)`` for 0/1 rows, fast for few columns.
+
+    With at most 62 columns each row is packed into one int64 code, so the unique runs on a
+    vector: ``unique(dim=0)`` sorts rows lexicographically and costs ~10x more. Codes sort in
+    the same order as the rows do, so the sets come back in the same order too.
+    """
+    num_columns = rows.shape[1]
+    if num_columns > 62:
+        return torch.unique(rows, dim=0, return_inverse=True)
+    weights = 2 ** torch.arange(num_columns - 1, -1, -1, device=rows.device)  # (C,) int64
+    codes = (rows.long() * weights).sum(1)  # (n,)
+    values, inverse = torch.unique(codes, return_inverse=True)
+    bits = (values[:, None] // weights) % 2  # (k, C)
+    return bits.to(rows.dtype), inverse
 
 
 def _zero_at(matrix, column, present):
@@ -477,6 +505,7 @@ def pixel_segment_loss(
     chunk_size=None,
     pixel_groups=None,
     prototype_groups=None,
+    trainable_prototypes=None,
 ):
     """Pixel-to-segment contrastive loss of SPML, computed in blocks and in log space.
 
@@ -512,6 +541,10 @@ def pixel_segment_loss(
         without a Python loop over groups.
     prototype_groups : (S,) int tensor, optional
         Group of each prototype; any integers (a memory bank may use negative ids).
+    trainable_prototypes : int, optional
+        Only the first `trainable_prototypes` prototypes need a gradient: the rest are a
+        detached memory bank, whose gradient is then reported as 0 without being computed
+        (about a third of the work when the memory is twice the batch). Default: all.
 
     Returns
     -------
@@ -599,6 +632,11 @@ def pixel_segment_loss(
     )
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    if trainable_prototypes is not None and not 0 <= trainable_prototypes <= prototypes.shape[0]:
+        raise ValueError(
+            f"trainable_prototypes must lie in [0, {prototypes.shape[0]}], "
+            f"got {trainable_prototypes}"
+        )
     num_pixels, num_prototypes = embeddings.shape[0], prototypes.shape[0]
     dtype = torch.promote_types(embeddings.dtype, prototypes.dtype)
     dtype = torch.promote_types(dtype, torch.float32)  # bf16 / fp16 inputs: float32 maths
@@ -633,6 +671,7 @@ def pixel_segment_loss(
             None if chunk_size is None else int(chunk_size),
             None if pixel_groups is None else (pixel_groups.long(), prototype_groups.long()),
             valid,
+            None if trainable_prototypes is None else int(trainable_prototypes),
         )
         weights = valid.to(dtype)  # (P,)
         if reduction == "mean":

@@ -83,6 +83,7 @@ class _Inputs(NamedTuple):
     pixel_groups: torch.Tensor | None  # (P,) image of each pixel (low-level only)
     prototype_groups: torch.Tensor | None  # (S,)
     ignore_index: int | None
+    trainable: int | None = None  # prototypes [trainable:] are the detached memory
 
 
 def _flatten(embeddings, segments, values, name):
@@ -218,7 +219,8 @@ def _relation_inputs(relation, embeddings, labels, tags, segments, memory, thres
         prototypes = torch.cat([prototypes, bank.prototypes.to(prototypes)])
         proto_labels = torch.cat([proto_labels, extra.to(proto_labels)])
     ignore = None if relation == "cooccurrence" else IGNORE_INDEX
-    return _Inputs(rows, pixel_labels, own, prototypes, proto_labels, None, None, ignore)
+    trainable = segments.prototypes.shape[0]
+    return _Inputs(rows, pixel_labels, own, prototypes, proto_labels, None, None, ignore, trainable)
 
 
 def _loss(inputs, concentration):
@@ -232,6 +234,7 @@ def _loss(inputs, concentration):
         ignore_index=inputs.ignore_index,
         pixel_groups=inputs.pixel_groups,
         prototype_groups=inputs.prototype_groups,
+        trainable_prototypes=inputs.trainable,
     )
 
 

@@ -518,3 +518,47 @@ def test_bad_groups_raise():
             pixel_groups=seg.float(),
             prototype_groups=torch.zeros(len(u), dtype=torch.long),
         )
+
+
+@pytest.mark.parametrize("plan", [True, False])
+@pytest.mark.parametrize("case", [single_label_case, label_set_case])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_detached_memory_gets_no_gradient_and_changes_nothing_else(
+    case, plan, reduction, monkeypatch
+):
+    from spml_lab import losses
+
+    if not plan:  # the masked path that GPUs take: every pixel against every column
+        monkeypatch.setattr(losses, "PLAN_DEVICES", ())
+    v, labels, seg, u, plabels = case(11)
+    seg = seg % 4  # own segments among the first 4 (the batch); the rest are memory
+    results = []
+    for trainable in (None, 4):
+        vv, uu = v.clone().requires_grad_(), u.clone().requires_grad_()
+        loss = pixel_segment_loss(
+            vv, labels, seg, uu, plabels, 7.0, reduction, trainable_prototypes=trainable
+        )
+        loss.sum().backward()
+        results.append((loss.detach(), vv.grad, uu.grad))
+    (full_loss, full_v, full_u), (loss, grad_v, grad_u) = results
+    torch.testing.assert_close(loss, full_loss)
+    torch.testing.assert_close(grad_v, full_v)
+    torch.testing.assert_close(grad_u[:4], full_u[:4])
+    assert full_u[4:].abs().sum() > 0 and grad_u[4:].abs().sum() == 0
+
+
+def test_trainable_prototypes_out_of_range_raises():
+    v, labels, seg, u, plabels = single_label_case(0)
+    with pytest.raises(ValueError, match="trainable_prototypes"):
+        pixel_segment_loss(v, labels, seg, u, plabels, 1.0, trainable_prototypes=len(u) + 1)
+
+
+@pytest.mark.parametrize("num_columns", [1, 7, 62, 70])
+def test_unique_label_sets_match_torch_unique(num_columns):
+    from spml_lab.losses import _unique_rows
+
+    g = torch.Generator().manual_seed(num_columns)
+    rows = (torch.rand(300, num_columns, generator=g) < 0.3).float()
+    expected_sets, expected_inverse = torch.unique(rows, dim=0, return_inverse=True)
+    sets, inverse = _unique_rows(rows)
+    assert torch.equal(sets, expected_sets) and torch.equal(inverse, expected_inverse)
