@@ -31,11 +31,13 @@ from spml_lab.relations import RELATIONS, RelationSetting
 
 __all__ = ["TrainConfig", "add_arguments", "from_arguments", "RESUMABLE_CHANGES"]
 
-MODELS = ("small",)
+MODELS = ("small", "resnet50", "resnet101")
 LR_POLICIES = ("poly", "constant")
 EMBEDDED_KINDS = ("objects", "parts")
 # Fields that may differ between a run and its resumption without changing what it computes.
-RESUMABLE_CHANGES = ("resume", "device", "num_workers", "progress", "log_every", "out_dir")
+RESUMABLE_CHANGES = (
+    "resume", "device", "num_workers", "progress", "log_every", "out_dir", "pretrained",
+)  # fmt: skip
 
 
 def _f(default, why, choices=None):
@@ -80,9 +82,19 @@ class TrainConfig:
     flip: bool = _f(True, "random horizontal flips (paper: random_mirror true)")
     num_workers: int = _f(0, "DataLoader worker processes; 0 loads in the main process")
     # ---- model
-    model: str = _f("small", "embedding network; 'small' trains from scratch on a CPU", MODELS)
+    model: str = _f(
+        "small",
+        "embedding network: 'small' trains from scratch on a CPU; 'resnet50' / 'resnet101' are "
+        "DeepLab-v2 (ASPP) nets at output stride 8 (paper: ResNet-101)",
+        MODELS,
+    )
     embedding_dim: int = _f(32, "embedding dimension D (paper: 64)")
     width: int = _f(64, "channels of the small net's trunk (speed vs capacity)")
+    pretrained: str = _f(
+        "",
+        "torchvision ImageNet checkpoint (.pth) for the resnet50/101 backbone; '' = random "
+        "init; ignored by 'small' (paper: ImageNet-pretrained ResNet-101)",
+    )
     # ---- the four relations: on/off, kappa (concentration), weight in the total loss
     low_level: bool = _f(True, "low-level image similarity (superpixels); paper: on")
     low_level_concentration: float = _f(16.0, "kappa of low-level similarity (paper: 16)")

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from spml_lab import clustering, datasets, model, relations
+from spml_lab import clustering, datasets, distributed, model, relations
 from spml_lab.config import RESUMABLE_CHANGES, TrainConfig
 from spml_lab.labelio import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.memory import PrototypeMemory
@@ -73,7 +73,7 @@ SHORT.update(feature_affinity="aff", total="total", softmax_ce="ce")
 
 def _is_main_process():
     """Tell whether this process writes files: always, unless a non-zero DDP rank."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return distributed.rank() == 0
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -165,23 +165,28 @@ def param_groups(net, head, cfg):
     return groups
 
 
-def build_model(cfg, num_classes):
+def build_model(cfg, num_classes, *, load_pretrained=True):
     """Return ``(net, head)``: the embedding network and the softmax head of `cfg`.
 
     Parameters
     ----------
     cfg : TrainConfig
+        ``model``, ``embedding_dim``, ``width`` and ``pretrained``.
     num_classes : int
         Classes C of the head, background included.
+    load_pretrained : bool, optional
+        Load ``cfg.pretrained`` into a ResNet backbone; a resumed run skips it, as its
+        checkpoint holds the weights (and the ImageNet file may have moved since).
 
     Returns
     -------
-    net : model.SmallEmbeddingNet
+    net : model.SmallEmbeddingNet or model.DeepLabEmbeddingNet
     head : model.SoftmaxHead
     """
-    if cfg.model != "small":  # TrainConfig validates; ResNet + ASPP comes later
-        raise ValueError(f"TrainConfig.model {cfg.model!r} is not available yet")
-    net = model.SmallEmbeddingNet(cfg.embedding_dim, cfg.width)
+    pretrained = cfg.pretrained if (load_pretrained and cfg.pretrained) else None
+    net = model.build_embedding_net(
+        cfg.model, cfg.embedding_dim, width=cfg.width, pretrained=pretrained
+    )
     return net, model.SoftmaxHead(cfg.embedding_dim, num_classes)
 
 
@@ -268,6 +273,8 @@ def downsample_nearest(maps, size):
 def softmax_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
     """Mean cross-entropy over labelled pixels; 0 (not NaN) when none is labelled.
 
+    Under DDP the mean is over the labelled pixels of every process (`distributed.global_mean`).
+
     Parameters
     ----------
     logits : (B, C, H, W) float tensor
@@ -286,7 +293,7 @@ def softmax_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
     tensor(0.)
     """
     loss = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
-    return loss / (labels != ignore_index).sum().clamp(min=1)  # a tensor: no sync
+    return distributed.global_mean(loss, (labels != ignore_index).sum())  # a tensor: no sync
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -447,12 +454,19 @@ class _Metrics:
 
 
 def _batches(dataset, cfg, epoch, start, device):
-    """Yield ``(epoch, batch index, batch)`` forever from position (epoch, start)."""
-    per_epoch = len(dataset) // cfg.batch_size  # whole batches only: every step sees B images
+    """Yield ``(epoch, batch index, batch)`` forever from position (epoch, start).
+
+    Under DDP batch b of the global order has ``world * batch_size`` images and process r
+    loads its r-th slice, so the processes together see what one process would.
+    """
+    world, rank = distributed.world_size(), distributed.rank()
+    size = cfg.batch_size * world  # the global batch
+    per_epoch = len(dataset) // size  # whole batches only: every step sees the same count
     while True:
         order = epoch_order(len(dataset), cfg.seed, epoch)
+        first = rank * cfg.batch_size
         sampler = [
-            order[b * cfg.batch_size : (b + 1) * cfg.batch_size].tolist()
+            order[b * size + first : b * size + first + cfg.batch_size].tolist()
             for b in range(start, per_epoch)
         ]
         dataset.set_epoch(epoch)
@@ -514,6 +528,8 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
     segments = clustering.segment_batch(
         rows, small_sp, small_labels, cfg.kmeans_grid, cfg.kmeans_iterations, tags=tags, valid=valid
     )
+    # under DDP: the segments of every process, so negatives come from the global batch
+    segments = distributed.gather_segments(segments)
     losses = relations.spml_loss(
         rows,
         small_labels,
@@ -581,7 +597,9 @@ def fit(cfg):
     """
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
     run = Path(cfg.out_dir)
-    device = resolve_device(cfg.device)
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    device = distributed.setup(cfg.device) or resolve_device(cfg.device)  # torchrun or not
+    world = distributed.world_size()
     main = _is_main_process()
     run.mkdir(parents=True, exist_ok=True)
     state = _open_run(run, cfg)
@@ -590,21 +608,30 @@ def fit(cfg):
     np.random.seed(cfg.seed)  # noqa: NPY002  (the global RNG of any user code, see _rng_state)
     random.seed(cfg.seed)
     dataset = build_dataset(cfg)
-    if len(dataset) < cfg.batch_size:
+    if len(dataset) < cfg.batch_size * world:
+        times = f" x {world} processes" if world > 1 else ""
         raise ValueError(
-            f"TrainConfig.batch_size ({cfg.batch_size}) exceeds the {len(dataset)} images of "
-            f"{cfg.data!r} split {cfg.split!r}"
+            f"TrainConfig.batch_size ({cfg.batch_size}){times} exceeds the "
+            f"{len(dataset)} images of {cfg.data!r} split {cfg.split!r}"
         )
     if cfg.low_level and not dataset.has_superpixels:
         raise ValueError(
             f"TrainConfig.low_level needs superpixels, but {dataset.list_file} has no "
             "superpixel column; disable it (--no-low-level) or add superpixels"
         )
-    net, head = build_model(cfg, dataset.num_classes)
+    net, head = build_model(cfg, dataset.num_classes, load_pretrained=state is None)
+    if world > 1:  # batch norm over the global batch (before the optimizer sees parameters)
+        net = distributed.convert_batchnorm(net, device)
     net, head = net.to(device).train(), head.to(device).train()
     optimizer = torch.optim.SGD(
         param_groups(net, head, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0
     )
+    if world > 1:  # gradients averaged across processes
+        ids = [device.index] if device.type == "cuda" else None
+        net_ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        head_ddp = torch.nn.parallel.DistributedDataParallel(head, device_ids=ids)
+    else:
+        net_ddp, head_ddp = net, head
     memory = PrototypeMemory(cfg.memory_size, affinity_threshold=cfg.affinity_threshold)
     settings = cfg.relation_settings()
     columns = ["step", "lr", *settings, "total", "softmax_ce", "images_per_s"]
@@ -656,12 +683,15 @@ def fit(cfg):
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
             sums += _train_step(
-                batch, net, head, optimizer, memory, cfg, device, dataset.has_superpixels
+                batch, net_ddp, head_ddp, optimizer, memory, cfg, device, dataset.has_superpixels
             )
             step, index = step + 1, index + 1
             window_steps += 1
-            window_images += len(batch["image"])
+            window_images += len(batch["image"]) * world
             if step % cfg.log_every == 0 or step == cfg.max_steps:
+                if world > 1:  # each process holds its share of the global mean
+                    dist.all_reduce(sums)
+                    sums /= world
                 means = (sums / window_steps).tolist()  # the one read-back per row
                 elapsed = time.perf_counter() - tic
                 row = dict(zip(columns[2:-1], means, strict=True))
@@ -671,8 +701,12 @@ def fit(cfg):
                     metrics.append(row)
                 sums.zero_()
                 window_steps, window_images, tic = 0, 0, time.perf_counter()
-            if main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
-                save_checkpoint(snapshot(), run / CHECKPOINT)
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                if world > 1:  # every process resumes from the same (averaged) window
+                    dist.all_reduce(sums)
+                    sums /= world
+                if main:
+                    save_checkpoint(snapshot(), run / CHECKPOINT)
             bar.update(1)
     finally:
         batches.close()
@@ -687,4 +721,7 @@ def fit(cfg):
             "step": step,
         }
         save_checkpoint(final, run / FINAL)
+    if world > 1 and owns_group:  # the group this call joined (torchrun) ends with it
+        dist.barrier()
+        dist.destroy_process_group()
     return run

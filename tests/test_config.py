@@ -17,7 +17,8 @@ def _other_value(name):
         "data": "embedded:parts",
         "annotation": "points",
         "split": "val",
-        "model": "small",  # the only model so far: the flag must still exist
+        "model": "resnet101",
+        "pretrained": "weights/resnet101.pth",
         "lr_policy": "constant",
         "device": "cpu",
         "out_dir": "elsewhere/run",
