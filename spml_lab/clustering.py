@@ -214,6 +214,11 @@ class Segments:
         Pixels per segment.
     tags : (S, C) bool tensor or None
         Tags of the segment's image (when image tags were given).
+    first_image : int
+        Index in the global batch of the first image of ``segment_ids``: 0, except for the
+        segments of several processes joined by `distributed.gather_segments`.
+    num_images : int or None
+        Images of the global batch the rows come from; None: those of ``segment_ids``.
     """
 
     segment_ids: torch.Tensor
@@ -224,11 +229,18 @@ class Segments:
     clusters: torch.Tensor
     sizes: torch.Tensor
     tags: torch.Tensor | None = None
+    first_image: int = 0
+    num_images: int | None = None
 
     @property
     def num_segments(self):
         """Number of segments S."""
         return self.prototypes.shape[0]
+
+    @property
+    def is_global(self):
+        """Whether the rows are those of a global batch larger than this process's images."""
+        return self.num_images is not None
 
 
 def segment_prototypes(features, segment_ids, num_segments):

@@ -119,7 +119,8 @@ class PrototypeMemory:
             If `labels_per_segment` or `tags` have the wrong shape, or the tag width differs
             from the stored batches'.
         """
-        num_images = segments.segment_ids.shape[0]
+        # a global batch joined from several processes counts all of its images
+        num_images = segments.num_images or segments.segment_ids.shape[0]
         first = self._images_pushed
         self._images_pushed += num_images
         if self.size == 0:

@@ -25,8 +25,9 @@ from typing import NamedTuple
 
 import torch
 
+from spml_lab import distributed
 from spml_lab.labelio import IGNORE_INDEX  # one definition of "unlabelled"
-from spml_lab.losses import default_chunk_size, pixel_segment_loss
+from spml_lab.losses import _valid_labels, default_chunk_size, pixel_segment_loss
 
 __all__ = [
     "RELATIONS",
@@ -84,6 +85,7 @@ class _Inputs(NamedTuple):
     prototype_groups: torch.Tensor | None  # (S,)
     ignore_index: int | None
     trainable: int | None = None  # prototypes [trainable:] are the detached memory
+    global_batch: bool = False  # mean over the labelled pixels of every process
 
 
 def _flatten(embeddings, segments, values, name):
@@ -189,9 +191,10 @@ def _relation_inputs(relation, embeddings, labels, tags, segments, memory, thres
         # segments of its own image only; ids may be 255, hence no ignore_index
         pixel_labels = torch.where(kept, _gather(segments.superpixels.long(), own, -1), -1)
         image = torch.arange(num_images, device=seg.device).repeat_interleave(per_image)
+        image = image + segments.first_image  # the image ids of a joined global batch
         return _Inputs(
             rows, pixel_labels, own, prototypes, segments.superpixels.long(),
-            image, segments.image_ids, None,
+            image, segments.image_ids, None, None, segments.is_global,
         )  # fmt: skip
 
     bank = _memory_bank(memory)
@@ -203,7 +206,13 @@ def _relation_inputs(relation, embeddings, labels, tags, segments, memory, thres
             raise ValueError(f"tags must be (B, C) with B={num_images}, got {tuple(tags.shape)}")
         foreground = tags.bool()[:, 1:]  # (B, C - 1): column 0 (background) says nothing
         pixel_labels = foreground.repeat_interleave(per_image, 0) & kept[:, None]  # (P, C-1)
-        proto_labels, bank_labels = foreground[segments.image_ids], "tags"
+        if segments.tags is not None:  # each segment carries its image's tags
+            proto_labels = segments.tags.bool()[:, 1:]
+        elif segments.is_global:
+            raise ValueError("joined segments of several processes must carry their tags")
+        else:
+            proto_labels = foreground[segments.image_ids]
+        bank_labels = "tags"
         if bank is not None and bank.tags is None:
             raise ValueError("memory holds no tags; push segments built with tags")
         if bank is not None and bank.tags.shape[1] != tags.shape[1]:
@@ -220,11 +229,15 @@ def _relation_inputs(relation, embeddings, labels, tags, segments, memory, thres
         proto_labels = torch.cat([proto_labels, extra.to(proto_labels)])
     ignore = None if relation == "cooccurrence" else IGNORE_INDEX
     trainable = segments.prototypes.shape[0]
-    return _Inputs(rows, pixel_labels, own, prototypes, proto_labels, None, None, ignore, trainable)
+    return _Inputs(
+        rows, pixel_labels, own, prototypes, proto_labels, None, None, ignore, trainable,
+        segments.is_global,
+    )  # fmt: skip
 
 
 def _loss(inputs, concentration):
-    return pixel_segment_loss(
+    """Compute a relation's loss: the mean over its pixels (of all processes if global)."""
+    loss = pixel_segment_loss(
         inputs.embeddings,
         inputs.labels,
         inputs.segment_ids,
@@ -235,7 +248,13 @@ def _loss(inputs, concentration):
         pixel_groups=inputs.pixel_groups,
         prototype_groups=inputs.prototype_groups,
         trainable_prototypes=inputs.trainable,
+        reduction="sum" if inputs.global_batch else "mean",
     )
+    if not inputs.global_batch:
+        return loss
+    multi_label = inputs.labels.ndim == 2
+    count = _valid_labels(inputs.labels, multi_label, inputs.ignore_index).sum()
+    return distributed.global_mean(loss, count)
 
 
 def low_level_similarity(embeddings, segments, *, concentration):

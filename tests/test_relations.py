@@ -575,7 +575,8 @@ def test_paper_settings_cover_every_relation():
 
 
 def to_meta(obj):
-    return type(obj)(**{k: v if v is None else v.to("meta") for k, v in vars(obj).items()})
+    fields = vars(obj).items()
+    return type(obj)(**{k: v.to("meta") if torch.is_tensor(v) else v for k, v in fields})
 
 
 def test_loss_path_reads_nothing_back_from_the_device(monkeypatch):
