@@ -5,7 +5,10 @@ Sub-commands are thin: each parses its arguments and calls one library function.
 * ``spml-lab make-data OUT``: write a synthetic dataset in the SPML list-file layout.
 * ``spml-lab run-notebook NOTEBOOK``: execute a notebook with papermill, keep it and its figures.
 * ``spml-lab train [--config run.yaml] [--FIELD VALUE ...]``: stage-1 training (`train.fit`); one
-  flag per `config.TrainConfig` field.
+  flag per `config.TrainConfig` field. Under ``torchrun --nproc-per-node N -m spml_lab.cli train``
+  it trains data-parallel (`distributed`).
+* ``spml-lab sweep NOTEBOOK -p NAME V1 V2 ...``: one papermill run per combination, results in
+  OUT/summary.csv (`sweep`).
 """
 
 from __future__ import annotations
@@ -83,6 +86,33 @@ def build_parser():
     )
     config.add_arguments(train)
     train.set_defaults(run=_train)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a notebook once per combination of parameter values (papermill batch)",
+        description="Execute NOTEBOOK with papermill for every combination of the -p values "
+        "(cartesian product, in order), each in its own folder OUT/NAME=VALUE,...; a notebook "
+        "parameter OUT_DIR is set to that folder. OUT/summary.csv gets one row per run with its "
+        "status, time and final metrics (the run's summary.json, else the last row of its "
+        "metrics.csv). Runs finished by an earlier sweep into OUT are skipped. Exit status 1 "
+        "if a run failed.",
+    )
+    sweep.add_argument("notebook", help="notebook to run (give it before the -p options)")
+    sweep.add_argument(
+        "-p",
+        "--parameter",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a swept parameter and its values; each VALUE is read as a Python literal when "
+        "it is one (repeat -p for more parameters)",
+    )
+    sweep.add_argument("--out", default="outputs/sweep", help="sweep folder (default: %(default)s)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
+    sweep.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
+    sweep.set_defaults(run=_sweep)
     return parser
 
 
@@ -97,15 +127,15 @@ def main(argv=None):
     Returns
     -------
     status : int
-        Exit status: 0 on success, 2 on bad input.
+        Exit status: 0 on success, 1 when a sweep had failing runs, 2 on bad input.
     """
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"spml-lab {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 def _make_data(args):
@@ -147,6 +177,43 @@ def _train(args):
 
     run = train.fit(config.from_arguments(args))
     print(f"wrote {run} (final.pt, metrics.csv)")
+
+
+def _sweep(args):
+    import functools
+    from pathlib import Path
+
+    from spml_lab import sweep
+
+    grid = []
+    for name, *values in args.parameter:
+        if not values:
+            raise ValueError(f"-p {name}: give at least one value (-p NAME V1 V2 ...)")
+        grid.append((name, [_literal(value) for value in values]))
+    if args.dry_run:
+        runs = sweep.plan(args.notebook, grid, args.out, force=args.force)
+        for run in runs:
+            print(f"{run.name}: {'skipped (done)' if run.done else 'would run'}")
+        print(f"{sum(not r.done for r in runs)} of {len(runs)} runs would run in {args.out}")
+        return
+    runs = sweep.run_sweep(
+        args.notebook,
+        grid,
+        args.out,
+        force=args.force,
+        kernel_name=args.kernel,
+        echo=functools.partial(print, flush=True),  # progress shows at once, even when piped
+    )
+    print()
+    print(sweep.format_table(runs))
+    failed = [run for run in runs if run.status == "failed"]
+    for run in failed:
+        print(f"{run.name}: {run.error}")
+    print(f"wrote {Path(args.out) / sweep.TABLE}")
+    if failed:  # after the table is written: a batch job sees the failure in its exit status
+        print(f"spml-lab sweep: {len(failed)} of {len(runs)} runs failed", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
-__all__ = ["run_notebook", "export_figures"]
+__all__ = ["run_notebook", "export_figures", "write_summary"]
+
+SUMMARY = "summary.json"  # a run's final numbers; `spml-lab sweep` collects it
 
 
 def run_notebook(notebook, out_dir, parameters=None, *, kernel_name=None, progress=True):
@@ -126,6 +129,63 @@ def export_figures(executed, out_dir):
             path.write_bytes(base64.b64decode(data))
             paths.append(path)
     return paths
+
+
+def write_summary(out_dir, /, **values):
+    """Write a run's final numbers to ``out_dir/summary.json``, atomically.
+
+    Notebooks call it once at the end (``runner.write_summary(OUT_DIR, miou=miou)``) so that
+    `spml-lab sweep` can put their results in its table. The file is written to a temporary
+    name and renamed, so a killed run never leaves a half-written summary.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The run folder (created if absent); positional only, so ``out_dir=...`` can be a value.
+    **values : int, float, bool, str or None
+        Flat name -> value pairs; numpy and torch scalars are converted with ``.item()``.
+        A second call replaces the file (values are not merged).
+
+    Returns
+    -------
+    path : Path
+        The written ``summary.json``.
+
+    Raises
+    ------
+    ValueError
+        If no value is given, or a value is not a scalar number or string.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> path = write_summary(tempfile.mkdtemp(), miou=0.5, annotation="points")
+    >>> json.loads(path.read_text())
+    {'miou': 0.5, 'annotation': 'points'}
+    """
+    if not values:
+        raise ValueError("write_summary: give at least one name=value")
+    summary = {}
+    for name, value in values.items():
+        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+            value = value.item()  # numpy / torch scalar -> Python number
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise ValueError(
+                f"write_summary: {name}={value!r} is a {type(value).__name__}; "
+                "summary values must be numbers or strings (a flat table row)"
+            )
+        summary[name] = value
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / SUMMARY
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _first_code_cell(notebook):
