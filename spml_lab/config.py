@@ -116,6 +116,11 @@ class TrainConfig:
         0.95, "least prototype cosine to borrow a label in feature affinity (paper: 0.95)"
     )
     memory_size: int = _f(2, "batches of prototypes kept as extra contrast (paper: 2; 0 = off)")
+    head_trains_embedding: bool = _f(
+        False,
+        "let the softmax head's cross-entropy train the network too (not detached); with every "
+        "relation off this is the partial cross-entropy baseline (paper: off, SPML detaches)",
+    )
     # ---- segments
     kmeans_grid: tuple = _f(
         (4, 4),

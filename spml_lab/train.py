@@ -540,7 +540,9 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
         affinity_threshold=cfg.affinity_threshold,
     )
     with amp or contextlib.nullcontext():
-        logits = head(F.normalize(emb.detach(), dim=1), size=tuple(images.shape[-2:]))
+        # SPML: the head reads a detached embedding; the baseline trains the net through it
+        head_input = emb if cfg.head_trains_embedding else emb.detach()
+        logits = head(F.normalize(head_input, dim=1), size=tuple(images.shape[-2:]))
     losses["softmax_ce"] = softmax_cross_entropy(logits.float(), labels)
     return losses, segments
 

@@ -233,3 +233,21 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     )
     for x, y in zip(a["memory"]["batches"], b["memory"]["batches"], strict=True):
         assert all(torch.equal(x[k], y[k]) for k in x if x[k] is not None)
+
+
+@pytest.mark.parametrize("trains_embedding", [False, True])
+def test_only_the_baseline_lets_the_head_loss_reach_the_network(trains_embedding):
+    cfg = TrainConfig(
+        **TINY, head_trains_embedding=trains_embedding, low_level=False,
+        semantic_annotation=False, cooccurrence=False,
+    )  # fmt: skip
+    assert cfg.relation_settings() == {}  # the partial cross-entropy baseline
+    dataset = train.build_dataset(cfg)
+    batch = default_collate([dataset[i] for i in range(2)])
+    torch.manual_seed(0)
+    net, head = train.build_model(cfg, dataset.num_classes)
+    losses, _ = train.batch_losses(net, head, batch, cfg)
+    (losses["total"] + losses["softmax_ce"]).backward()
+    reached = sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None)
+    assert (reached > 0) == trains_embedding
+    assert all(p.grad is not None for p in head.parameters())
