@@ -307,10 +307,10 @@ class TrainConfig:
         for name in RELATIONS:
             need(getattr(self, f"{name}_concentration") > 0, f"{name}_concentration", "> 0")
             need(getattr(self, f"{name}_weight") >= 0, f"{name}_weight", ">= 0")
-        if not any(getattr(self, name) for name in RELATIONS):
+        if not (self.head_trains_embedding or any(getattr(self, name) for name in RELATIONS)):
             raise ValueError(
-                f"TrainConfig: enable at least one relation of {list(RELATIONS)}; with none "
-                "the embedding is never trained"
+                f"TrainConfig: enable at least one relation of {list(RELATIONS)} or "
+                "head_trains_embedding; with neither the embedding is never trained"
             )
         need(-1 <= self.affinity_threshold <= 1, "affinity_threshold", "a cosine in [-1, 1]")
         for name in ("memory_size", "kmeans_iterations", "warmup_steps", "num_workers", "seed"):
