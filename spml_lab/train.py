@@ -53,6 +53,7 @@ from spml_lab.memory import PrototypeMemory
 __all__ = [
     "fit",
     "batch_losses",
+    "train_step",
     "poly_lr",
     "param_groups",
     "build_model",
@@ -547,8 +548,29 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
     return losses, segments
 
 
-def _train_step(batch, net, head, optimizer, memory, cfg, device, superpixels):
-    """One SGD step; returns the step's logged losses as a (K,) tensor on the device."""
+def train_step(batch, net, head, optimizer, memory, cfg, device, superpixels=True):
+    """Run one SGD step of `fit` (what the speed benchmark times).
+
+    Parameters
+    ----------
+    batch : dict
+        Collated dataset items.
+    net, head : torch.nn.Module
+        Embedding network and softmax head (possibly DDP-wrapped).
+    optimizer : torch.optim.Optimizer
+    memory : memory.PrototypeMemory
+        Receives the batch's segments after the step.
+    cfg : TrainConfig
+    device : torch.device
+    superpixels : bool, optional
+        Whether the batch carries superpixels.
+
+    Returns
+    -------
+    losses : (K,) float tensor on the device
+        The enabled relations' losses, the weighted total and the head's cross-entropy (the
+        metrics.csv columns), detached: reading them is left to the caller.
+    """
     losses, segments = batch_losses(
         net, head, batch, cfg, memory, device=device, superpixels=superpixels
     )
@@ -684,7 +706,7 @@ def fit(cfg):
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_mult"]
-            sums += _train_step(
+            sums += train_step(
                 batch, net_ddp, head_ddp, optimizer, memory, cfg, device, dataset.has_superpixels
             )
             step, index = step + 1, index + 1
