@@ -32,8 +32,6 @@ dependent, `clustering.build_segments`), plus one read-back per log row.
 from __future__ import annotations
 
 import contextlib
-import csv
-import os
 import random
 import time
 from pathlib import Path
@@ -45,8 +43,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from spml_lab import clustering, datasets, distributed, model, relations
-from spml_lab.config import RESUMABLE_CHANGES, TrainConfig
+from spml_lab import checkpoints, clustering, datasets, distributed, model, relations
+from spml_lab.checkpoints import (
+    CHECKPOINT,
+    CONFIG,
+    FINAL,
+    METRICS,
+    load_checkpoint,
+    save_checkpoint,
+)
+from spml_lab.config import TrainConfig
 from spml_lab.labelio import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.memory import PrototypeMemory
 
@@ -67,7 +73,6 @@ __all__ = [
     "load_final",
 ]
 
-CONFIG, METRICS, CHECKPOINT, FINAL = "config.yaml", "metrics.csv", "checkpoint.pt", "final.pt"
 SHORT = {"low_level": "low", "semantic_annotation": "ann", "cooccurrence": "occ"}
 SHORT.update(feature_affinity="aff", total="total", softmax_ce="ce")
 
@@ -297,46 +302,7 @@ def softmax_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
     return distributed.global_mean(loss, (labels != ignore_index).sum())  # a tensor: no sync
 
 
-# ---------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(state, path):
-    """Write `state` with ``torch.save`` atomically: to a temporary file, then rename.
-
-    A run killed while writing leaves the previous checkpoint intact and, at worst, a
-    ``.NAME.PID.tmp`` file beside it (never a partial file under the final name).
-
-    Parameters
-    ----------
-    state : dict
-        Tensors, numbers, strings and containers of them only (``weights_only`` loadable).
-    path : str or Path
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint with ``torch.load(weights_only=True)`` (no code runs on load).
-
-    Raises
-    ------
-    FileNotFoundError
-        If `path` does not exist.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+# ---------------------------------------------------------------------- results
 
 
 def load_final(run, device="cpu"):
@@ -362,96 +328,6 @@ def load_final(run, device="cpu"):
     net.load_state_dict(state["model"])
     head.load_state_dict(state["head"])
     return net.to(device).eval(), head.to(device).eval(), cfg, state["class_names"]
-
-
-def _rng_state():
-    """Every RNG as tensors and numbers (``weights_only`` cannot load numpy arrays)."""
-    # numpy's global RNG is legacy, but user code and libraries still draw from it
-    _, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
-    version, internal, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(gauss),
-        },
-        "python": {
-            "version": version,
-            "state": torch.tensor(internal, dtype=torch.int64),
-            "gauss": py_gauss,
-        },
-    }
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
-
-
-def _to_device(value, device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_device(v, device) for v in value]
-    return value
-
-
-# ---------------------------------------------------------------------- run folder
-
-
-def _open_run(run, cfg):
-    """Check the run folder; return the checkpoint to resume from, or None for a fresh run."""
-    for stale in run.glob(".*.tmp"):  # left by a run killed while saving
-        stale.unlink()
-    if cfg.resume and (run / CHECKPOINT).is_file():
-        state = load_checkpoint(run / CHECKPOINT)
-        saved = TrainConfig.from_dict(state["config"], source=str(run / CHECKPOINT))
-        changed = saved.differences(cfg, ignore=RESUMABLE_CHANGES)
-        if changed:
-            raise ValueError(
-                f"cannot resume {run}: the config differs from its checkpoint's in "
-                + ", ".join(f"{k} ({a!r} there, {b!r} now)" for k, (a, b) in changed.items())
-            )
-        return state
-    taken = [name for name in (CONFIG, CHECKPOINT, FINAL, METRICS) if (run / name).exists()]
-    if taken and not cfg.resume:
-        raise FileExistsError(
-            f"TrainConfig.out_dir {str(run)!r} already holds a run ({', '.join(taken)}); pass "
-            "resume=True (--resume) to continue it, or choose another out_dir"
-        )
-    return None
-
-
-class _Metrics:
-    """metrics.csv: one row per log step; on resume, rows after the checkpoint are dropped."""
-
-    def __init__(self, path, columns, keep_until):
-        self.path, self.columns = path, columns
-        rows = []
-        if keep_until > 0 and path.is_file():
-            with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= keep_until]
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-
-    def append(self, row):
-        with open(self.path, "a", newline="") as handle:
-            csv.DictWriter(handle, self.columns).writerow(row)
 
 
 def _batches(dataset, cfg, epoch, start, device):
@@ -626,7 +502,7 @@ def fit(cfg):
     world = distributed.world_size()
     main = _is_main_process()
     run.mkdir(parents=True, exist_ok=True)
-    state = _open_run(run, cfg)
+    state = checkpoints.open_run(run, cfg)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # noqa: NPY002  (the global RNG of any user code, see _rng_state)
@@ -668,12 +544,12 @@ def fit(cfg):
         net.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
-        memory.load_state_dict(_to_device(state["memory"], device))
-        _set_rng_state(state["rng"])
+        memory.load_state_dict(checkpoints.to_device(state["memory"], device))
+        checkpoints.set_rng_state(state["rng"])
         step, epoch, index = state["step"], state["data"]["epoch"], state["data"]["batch"]
         sums = state["window"]["sums"].to(device)
         window_steps, window_images = state["window"]["steps"], state["window"]["images"]
-    metrics = _Metrics(run / METRICS, columns, keep_until=step) if main else None
+    metrics = checkpoints.MetricsFile(run / METRICS, columns, keep_until=step) if main else None
 
     def snapshot():
         return {
@@ -682,7 +558,7 @@ def fit(cfg):
             "head": head.state_dict(),
             "optimizer": optimizer.state_dict(),
             "memory": memory.state_dict(),
-            "rng": _rng_state(),
+            "rng": checkpoints.rng_state(),
             "data": {"epoch": epoch, "batch": index},
             "window": {"sums": sums, "steps": window_steps, "images": window_images},
             "config": cfg.to_dict(),
