@@ -10,7 +10,12 @@ One step (`fit` runs ``max_steps`` of them)::
     SGD step (per-group LR, poly schedule with warm-up); memory.push(segments)
 
 The head sees ``emb.detach()``, as in the paper's code, so it reads the embedding without
-shaping it: only the relations train the network.
+shaping it: only the relations train the network (``head_trains_embedding`` lifts the detach:
+the partial cross-entropy baseline).
+
+Hardware, one code path: on CUDA the network runs channels-last under bf16 autocast, and the
+contrastive part in float32; on the CPU everything is float32. Under ``torchrun`` the processes
+train data-parallel on one global batch (`distributed`).
 
 A run lives in one folder (``TrainConfig.out_dir``)::
 
@@ -387,6 +392,8 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
     """
     device = torch.device(device)
     images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
     labels = batch["label"].to(device, non_blocking=True)  # (B, H, W)
     tags = batch["tags"].to(device, non_blocking=True)  # (B, C)
     amp = torch.autocast("cuda", torch.bfloat16) if cfg.amp and device.type == "cuda" else None
@@ -523,6 +530,8 @@ def fit(cfg):
     if world > 1:  # batch norm over the global batch (before the optimizer sees parameters)
         net = distributed.convert_batchnorm(net, device)
     net, head = net.to(device).train(), head.to(device).train()
+    if device.type == "cuda":  # NHWC convolutions: what bf16 tensor cores run fastest
+        net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         param_groups(net, head, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0
     )
