@@ -491,3 +491,27 @@ def show_relation(
         fig.suptitle(title + extra, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
+
+
+# ------------------------------------------------------------------ embedding pictures
+# The UMAP, similarity-map and cosine-distribution pictures live in `embedding_viz` and are
+# reachable from here too (``viz.umap_scatter``). They load on first use: `embedding_viz`
+# imports this module (a plain import here would be a cycle), and seaborn / umap are slow.
+_EMBEDDING_PICTURES = (
+    "umap_project",
+    "umap_scatter",
+    "similarity_maps",
+    "heat_rgb",
+    "show_similarity",
+    "plot_cosine_distributions",
+)
+__all__ += list(_EMBEDDING_PICTURES)
+
+
+def __getattr__(name):
+    """Hand out the embedding pictures of `embedding_viz` as if defined here (PEP 562)."""
+    if name in _EMBEDDING_PICTURES:
+        from spml_lab import embedding_viz
+
+        return getattr(embedding_viz, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
