@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from spml_lab.datasets import ANNOTATIONS
+from spml_lab.datasets import ANNOTATIONS, PSEUDO_ANNOTATIONS
 from spml_lab.relations import RELATIONS, RelationSetting
 
 __all__ = ["TrainConfig", "add_arguments", "from_arguments", "RESUMABLE_CHANGES"]
@@ -72,7 +72,10 @@ class TrainConfig:
         "by `spml-lab make-data`",
     )
     annotation: str = _f(
-        "scribbles", "weak labels to train on; the paper reports all five", ANNOTATIONS
+        "scribbles",
+        "weak labels to train on; the paper reports all five; 'cam_tags' / 'cam_boxes' are the "
+        "CAM pseudo labels SPML trains on for tags and boxes (`spml-lab cam-labels`)",
+        ANNOTATIONS + PSEUDO_ANNOTATIONS,
     )
     split: str = _f("train", "split of the dataset to train on (paper: VOC train+)")
     crop_size: int = _f(128, "square training crop in pixels (paper: 512 on VOC)")

@@ -75,6 +75,7 @@ from spml_lab.labelio import read_id_png, read_image, read_label_png
 
 __all__ = [
     "ANNOTATIONS",
+    "PSEUDO_ANNOTATIONS",
     "DATA_SAMPLES",
     "DENSEPOSE_CLASSES",
     "DENSEPOSE_FLIP",
@@ -87,6 +88,9 @@ __all__ = [
 ]
 
 ANNOTATIONS = ("full", "points", "scribbles", "boxes", "tags")
+# CAM pseudo labels made from the tags / boxes lists (`cam.write_pseudo_labels`): what SPML trains
+# on for those two kinds; their tags come from the pseudo label, as for VOC's SEAM labels
+PSEUDO_ANNOTATIONS = ("cam_tags", "cam_boxes")
 
 # the committed embedded samples live next to the package (repo root / data_samples)
 DATA_SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
@@ -441,8 +445,10 @@ def from_folder(root, split="train", annotation="full", **kwargs):
         The folder holding ``dataset.json``.
     split : str, optional
         A split named in ``dataset.json`` ("train", "val").
-    annotation : {"full", "points", "scribbles", "boxes", "tags"}, optional
-        Which list to read; "tags" derives the tags from the listed mask and blanks the label.
+    annotation : {"full", "points", "scribbles", "boxes", "tags", "cam_tags", "cam_boxes"}, optional
+        Which list to read; "tags" derives the tags from the listed mask and blanks the label;
+        "cam_tags" / "cam_boxes" are CAM pseudo labels written by `cam.write_pseudo_labels`
+        (``spml-lab cam-labels``).
     **kwargs
         Passed to `SegmentationList`.
 
@@ -463,17 +469,24 @@ def from_folder(root, split="train", annotation="full", **kwargs):
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: is {root} a `spml-lab make-data` folder?")
     meta = json.loads(meta_path.read_text())
-    if annotation not in ANNOTATIONS:
-        raise ValueError(f"unknown annotation {annotation!r}; expected one of {ANNOTATIONS}")
+    known = ANNOTATIONS + PSEUDO_ANNOTATIONS
+    if annotation not in known:
+        raise ValueError(f"unknown annotation {annotation!r}; expected one of {known}")
     splits = meta.get("splits", {})
     if splits and split not in splits:
         raise ValueError(f"{root} has no split {split!r}; it has {sorted(splits)}")
     class_names = meta["class_names"]
+    list_file = root / "lists" / f"{split}_{annotation}.txt"
+    if annotation in PSEUDO_ANNOTATIONS and not list_file.is_file():
+        raise FileNotFoundError(
+            f"{list_file} not found: write the CAM pseudo labels first with "
+            f"`spml-lab cam-labels {root} --kind {annotation.removeprefix('cam_')}`"
+        )
     if "flip_classes" in meta:
         kwargs.setdefault("flip_classes", meta["flip_classes"])
     return SegmentationList(
         root,
-        root / "lists" / f"{split}_{annotation}.txt",
+        list_file,
         len(class_names),
         class_names=class_names,
         annotation=annotation,
