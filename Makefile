@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv, run the quickstart notebook headlessly, write it and its figures to outputs/
-#   make test   set up .venv, lint, and run every test, doctest and notebook
+#   make test   set up .venv (and Debian's chromium for the widget test), lint, and run every
+#               test, doctest and notebook
 # On a GPU machine install your CUDA build of torch into .venv first, or pass TORCH=torch.
 
 PYTHON ?= python3
@@ -9,7 +10,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint data-samples clean
+.PHONY: demo test lint browser data-samples screenshots clean
+
+# The widget test drives a real browser: Debian's chromium + chromedriver (nothing downloads one).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +28,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+browser:
+	@command -v chromedriver >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+		chromium chromium-driver; }
+
+test: lint browser
 	$(BIN)/pytest
+
+# The explorer screenshot of the README, taken by the browser test.
+screenshots: $(STAMP) browser
+	SPML_SCREENSHOT_DIR=docs/figures $(BIN)/pytest tests/test_browser.py -k slider -p no:cacheprovider
 
 # Regenerate the committed embedded samples (tests/test_data_samples.py checks they match).
 data-samples: $(STAMP)
