@@ -57,7 +57,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spml_lab import labelio
-from spml_lab.model import IMAGENET_MEAN, IMAGENET_STD, _conv_bn_relu, _DilatedResidual
+from spml_lab.model import imagenet_normalize, small_trunk
 from spml_lab.train import epoch_order, poly_lr, resolve_device
 
 __all__ = [
@@ -108,14 +108,7 @@ class TagClassifier(nn.Module):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + a class), got {num_classes}")
         self.num_classes = int(num_classes)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.stem = nn.Sequential(
-            _conv_bn_relu(3, width // 2, stride=2),
-            _conv_bn_relu(width // 2, width // 2),
-            _conv_bn_relu(width // 2, width, stride=2),
-        )
-        self.trunk = nn.Sequential(*[_DilatedResidual(width, int(d)) for d in dilations])
+        self.stem, self.trunk = small_trunk(width, dilations)
         self.classifier = nn.Conv2d(width, self.num_classes - 1, 1)
 
     def raw_cams(self, images):
@@ -130,8 +123,7 @@ class TagClassifier(nn.Module):
         (B, C - 1, ceil(H/4), ceil(W/4)) float tensor
             Channel ``k - 1`` belongs to class ``k``.
         """
-        x = (images - self.mean) / self.std
-        return self.classifier(self.trunk(self.stem(x)))
+        return self.classifier(self.trunk(self.stem(imagenet_normalize(images))))
 
     def forward(self, images):
         """Tag logits: the raw CAMs averaged over the image (= classifier on pooled features).

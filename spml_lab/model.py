@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+import torch  # noqa: F401  (the docstring examples use it)
 import torch.nn.functional as F
 from torch import nn
 
@@ -24,6 +24,8 @@ __all__ = [
     "build_embedding_net",
     "EMBEDDING_NETS",
     "SoftmaxHead",
+    "imagenet_normalize",
+    "small_trunk",
 ]
 
 EMBEDDING_NETS = ("small", "resnet50", "resnet101")
@@ -50,6 +52,52 @@ def _conv_bn_relu(in_channels, out_channels, *, stride=1, dilation=1):
     )
 
 
+def imagenet_normalize(images):
+    """Normalise (B, 3, H, W) images in [0, 1] by the ImageNet mean and std, as every net here does.
+
+    Examples
+    --------
+    >>> imagenet_normalize(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).abs().max().item()
+    0.0
+    """
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def small_trunk(width, dilations=(1, 2, 4, 8)):
+    """Return the ``(stem, trunk)`` of the small CPU networks.
+
+    The stem's two stride-2 3x3 convolutions bring the image to 1/4 resolution; the trunk's
+    residual blocks of dilations `dilations` widen the context without downsampling (with
+    1, 2, 4, 8 an output pixel sees about 250 px, a whole 128 px scene).
+
+    Parameters
+    ----------
+    width : int
+        Channels after the stem (even).
+    dilations : sequence of int, optional
+
+    Returns
+    -------
+    stem, trunk : nn.Sequential
+        ``(B, 3, H, W) -> (B, width, ceil(H/4), ceil(W/4))`` together.
+
+    Examples
+    --------
+    >>> stem, trunk = small_trunk(8, (1, 2))
+    >>> tuple(trunk(stem(torch.rand(1, 3, 30, 33))).shape)
+    (1, 8, 8, 9)
+    """
+    stem = nn.Sequential(
+        _conv_bn_relu(3, width // 2, stride=2),
+        _conv_bn_relu(width // 2, width // 2),
+        _conv_bn_relu(width // 2, width, stride=2),
+    )
+    trunk = nn.Sequential(*[_DilatedResidual(width, int(d)) for d in dilations])
+    return stem, trunk
+
+
 class _DilatedResidual(nn.Module):
     """Two 3x3 convolutions with a skip; dilation widens the context without downsampling."""
 
@@ -69,8 +117,8 @@ class SmallEmbeddingNet(nn.Module):
     """A small fully convolutional embedding network for CPU training.
 
     Two stride-2 convolutions bring the image to 1/4 resolution, then residual blocks with
-    dilations 1, 2, 4, 8 give each output pixel a receptive field of about 70 px, enough to see
-    a whole object in a 128 px scene, and a 1x1 convolution projects to the embedding.
+    dilations 1, 2, 4, 8 give each output pixel a receptive field of about 250 px, a whole
+    128 px scene (`small_trunk`), and a 1x1 convolution projects to the embedding.
 
     Parameters
     ----------
@@ -91,14 +139,7 @@ class SmallEmbeddingNet(nn.Module):
 
     def __init__(self, embedding_dim=32, width=64):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.stem = nn.Sequential(
-            _conv_bn_relu(3, width // 2, stride=2),
-            _conv_bn_relu(width // 2, width // 2),
-            _conv_bn_relu(width // 2, width, stride=2),
-        )
-        self.trunk = nn.Sequential(*[_DilatedResidual(width, d) for d in (1, 2, 4, 8)])
+        self.stem, self.trunk = small_trunk(width)
         self.embed = nn.Conv2d(width, embedding_dim, 1)
 
     def forward(self, images):
@@ -112,8 +153,7 @@ class SmallEmbeddingNet(nn.Module):
         -------
         emb : (B, D, ceil(H/4), ceil(W/4)) float tensor, unit length along D
         """
-        x = (images - self.mean) / self.std
-        x = self.trunk(self.stem(x))
+        x = self.trunk(self.stem(imagenet_normalize(images)))
         return F.normalize(self.embed(x), dim=1)
 
 
@@ -212,8 +252,6 @@ class DeepLabEmbeddingNet(nn.Module):
             raise ValueError(f"depth must be one of {sorted(resnet.BLOCKS)}, got {depth!r}")
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim!r}")
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # No ImageNet classifier: every parameter must get a gradient under DDP.
         self.backbone = resnet.ResNet(resnet.BLOCKS[depth], output_stride=8, num_classes=None)
         self.embed = ASPP(512 * resnet.Bottleneck.expansion, embedding_dim)
@@ -233,8 +271,8 @@ class DeepLabEmbeddingNet(nn.Module):
         emb : (B, D, ceil(H/4), ceil(W/4)) float tensor, unit length along D
         """
         height, width = images.shape[-2:]
-        x = (images - self.mean) / self.std
-        _, res5 = self.backbone.forward_features(x)  # (B, 2048, ceil(H/8), ceil(W/8))
+        # res5: (B, 2048, ceil(H/8), ceil(W/8))
+        _, res5 = self.backbone.forward_features(imagenet_normalize(images))
         emb = self.embed(res5)  # (B, D, ceil(H/8), ceil(W/8))
         size = (math.ceil(height / 4), math.ceil(width / 4))
         emb = F.interpolate(emb, size=size, mode="bilinear", align_corners=False)
