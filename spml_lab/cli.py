@@ -9,6 +9,11 @@ Sub-commands are thin: each parses its arguments and calls one library function.
   it trains data-parallel (`distributed`).
 * ``spml-lab sweep NOTEBOOK -p NAME V1 V2 ...``: one papermill run per combination, results in
   OUT/summary.csv (`sweep`).
+* ``spml-lab evaluate RUN_DIR``: mIoU of kNN, softmax, softmax + CRF (and stage 2) on a split,
+  written to RUN_DIR/eval/ (`evaluate.evaluate_run`).
+* ``spml-lab predict CHECKPOINT IMAGE...``: coloured masks ``<stem>_mask.png`` (`evaluate.predict`).
+* ``spml-lab stage2 RUN_DIR``: pseudo labels and the stage-2 head, RUN_DIR/stage2.pt
+  (`stage2.fit_head`).
 """
 
 from __future__ import annotations
@@ -113,7 +118,83 @@ def build_parser():
     sweep.add_argument("--force", action="store_true", help="rerun runs that already finished")
     sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     sweep.set_defaults(run=_sweep)
+    _add_evaluation_commands(commands)
     return parser
+
+
+def _add_evaluation_commands(commands):
+    """Sub-parsers of the commands that use a trained run: evaluate, predict, stage2."""
+    from spml_lab.evaluate import METHODS
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a trained run's predictions (kNN, softmax, +CRF, stage 2) on a split",
+        description="Predict every image of a split with each method and compare with its "
+        "dense ground truth (the 'full' annotation list). Writes RUN_DIR/eval/metrics.json "
+        "and RUN_DIR/eval/per_class.csv and prints mIoU and pixel accuracy per method.",
+    )
+    evaluate.add_argument("run_dir", help="a finished `spml-lab train` run folder")
+    evaluate.add_argument("--split", default="val", help="split to score (default: %(default)s)")
+    evaluate.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=None,
+        help="methods to score (default: knn softmax softmax_crf, + stage2_crf when "
+        "RUN_DIR/stage2.pt exists)",
+    )
+    evaluate.add_argument("--max-images", type=int, default=None, help="score only the first N")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run=_evaluate)
+
+    predict = commands.add_parser(
+        "predict",
+        help="write coloured masks <image stem>_mask.png for images (softmax head + CRF)",
+        description="Segment images with a trained run's softmax head (the stage-2 head when "
+        "the run folder has stage2.pt), flip-averaged and refined by a dense CRF, and write "
+        "each mask in the notebooks' class colours as <image stem>_mask.png.",
+    )
+    predict.add_argument("checkpoint", help="a run folder or its final.pt")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG)")
+    predict.add_argument(
+        "--out", default=None, help="folder for the masks (default: beside each image)"
+    )
+    predict.add_argument(
+        "--crf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="refine with a dense CRF (default: on)",
+    )
+    predict.add_argument(
+        "--head",
+        choices=["auto", "stage1", "stage2"],
+        default="auto",
+        help="which softmax head: auto = stage 2 when stage2.pt exists (default)",
+    )
+    predict.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
+    predict.set_defaults(run=_predict)
+
+    stage2 = commands.add_parser(
+        "stage2",
+        help="pseudo labels for the training images, then a softmax head trained on them",
+        description="Make pseudo labels (tag-restricted softmax, random walk, dense CRF) for "
+        "the run's training images and train a fresh softmax head on them with the "
+        "embedding frozen; writes RUN_DIR/stage2.pt (then `spml-lab evaluate` reports "
+        "stage2_crf).",
+    )
+    stage2.add_argument("run_dir", help="a finished `spml-lab train` run folder")
+    stage2.add_argument("--steps", type=int, default=300, help="SGD steps (default: %(default)s)")
+    stage2.add_argument(
+        "--lr", type=float, default=0.1, help="learning rate (default: %(default)s)"
+    )
+    stage2.add_argument("--batch-size", type=int, default=8, help="images per step")
+    stage2.add_argument("--max-images", type=int, default=None, help="use the first N images")
+    stage2.add_argument("--seed", type=int, default=0, help="head init and batch order")
+    stage2.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
+    stage2.add_argument("--no-progress", action="store_true", help="no progress bars")
+    stage2.set_defaults(run=_stage2)
 
 
 def main(argv=None):
@@ -213,6 +294,79 @@ def _sweep(args):
     if failed:  # after the table is written: a batch job sees the failure in its exit status
         print(f"spml-lab sweep: {len(failed)} of {len(runs)} runs failed", file=sys.stderr)
         return 1
+    return 0
+
+
+def _evaluate(args):
+    from pathlib import Path
+
+    from spml_lab import evaluate
+
+    results = evaluate.evaluate_run(
+        args.run_dir,
+        split=args.split,
+        methods=args.methods,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(f"{results['split']}: {results['images']} images, {results['seconds']:.1f} s")
+    print(f"{'method':<12} {'mIoU':>7} {'pixel acc':>10}")
+    for method in results["methods"]:
+        scores = results[method]
+        print(f"{method:<12} {scores['miou']:>7.4f} {scores['pixel_accuracy']:>10.4f}")
+    folder = Path(args.run_dir) / evaluate.EVAL_DIR
+    print(f"wrote {folder / 'metrics.json'} and {folder / 'per_class.csv'}")
+    return 0
+
+
+def _predict(args):
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+
+    from spml_lab import evaluate, labelio, viz
+
+    run = evaluate.load_run(args.checkpoint, device=args.device)
+    head = run.head
+    if args.head == "stage2" and run.stage2_head is None:
+        raise FileNotFoundError(f"--head stage2: {run.path / evaluate.STAGE2} not found")
+    if args.head != "stage1" and run.stage2_head is not None:
+        head = run.stage2_head
+    colours = viz.palette(run.num_classes)
+    for name in args.images:
+        path = Path(name)
+        image = labelio.read_image(path)  # names the file when missing or unreadable
+        tensor = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
+        labels = evaluate.predict(run.net, head, tensor, crf=args.crf)[0].numpy()
+        folder = Path(args.out) if args.out else path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{path.stem}_mask.png"
+        Image.fromarray(viz.colorize(labels, colours)).save(target, format="PNG")
+        print(f"wrote {target}")
+    return 0
+
+
+def _stage2(args):
+    from spml_lab import stage2
+
+    result = stage2.fit_head(
+        args.run_dir,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_images=args.max_images,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    quality = "n/a (no dense ground truth)"
+    if result.pseudo_miou is not None:
+        quality = f"{result.pseudo_miou:.4f}"
+    print(f"pseudo labels of {result.images} training images: mIoU {quality}")
+    print(f"stage-2 head: final loss {result.loss:.4f}; wrote {result.path}")
     return 0
 
 

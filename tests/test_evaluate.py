@@ -1,0 +1,264 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from sklearn.metrics import jaccard_score
+
+from spml_lab import cli, evaluate, inference, train, viz
+from spml_lab.config import TrainConfig
+
+# Tiny runs as in test_train.py: 64 px crops, 16 x 16 embeddings, a step in tens of ms.
+TINY = dict(crop_size=64, batch_size=2, width=8, embedding_dim=8, kmeans_grid=(3, 3))
+TINY.update(progress=False, log_every=5, device="cpu")
+KNN = {"k": 5, "grid": (4, 4)}  # small and fast; the bank still has hundreds of prototypes
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("evaluate") / "run"
+    return train.fit(TrainConfig(max_steps=6, seed=1, out_dir=str(out), **TINY))
+
+
+@pytest.fixture
+def copy_run(run_dir, tmp_path):
+    """A private copy of the trained run, for tests that damage it."""
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def val_batch(count):
+    dataset = evaluate.dataset_for(TrainConfig(), "val", "full")
+    return next(evaluate.image_batches(dataset, count, count))
+
+
+# ---------------------------------------------------------------------- load_run
+
+
+def test_load_run_gives_eval_mode_weights_equal_to_load_final(run_dir):
+    run = evaluate.load_run(run_dir)
+    net, head, cfg, names = train.load_final(run_dir)
+    assert not run.net.training and not run.head.training
+    assert run.cfg == cfg and run.class_names == names and run.step == 6
+    for mine, theirs in ((run.net, net), (run.head, head)):
+        for (k, a), (_, b) in zip(
+            mine.state_dict().items(), theirs.state_dict().items(), strict=True
+        ):
+            assert torch.equal(a, b), k
+    # the final.pt itself works as well as its folder
+    assert evaluate.load_run(run_dir / "final.pt").path == run_dir
+
+
+def test_load_run_missing_folder_and_missing_final(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run folder not found: .*nowhere"):
+        evaluate.load_run(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="final.pt not found"):
+        evaluate.load_run(tmp_path)
+
+
+def test_load_run_rejects_a_config_yaml_from_another_run(copy_run):
+    values = yaml.safe_load((copy_run / "config.yaml").read_text())
+    values["lr"] = 0.5
+    (copy_run / "config.yaml").write_text(yaml.safe_dump(values))
+    with pytest.raises(ValueError, match=r"final.pt holds a config that differs .* lr"):
+        evaluate.load_run(copy_run)
+
+
+def test_load_run_names_the_offending_keys_of_a_mismatched_state_dict(copy_run):
+    state = torch.load(copy_run / "final.pt", weights_only=True)
+    state["model"]["extra.weight"] = torch.zeros(1)
+    del state["model"]["embed.bias"]
+    torch.save(state, copy_run / "final.pt")
+    with pytest.raises(ValueError, match=r"final.pt.*'model'.*missing keys \['embed.bias'\]") as e:
+        evaluate.load_run(copy_run)
+    assert "unexpected keys ['extra.weight']" in str(e.value)
+    state["model"]["embed.bias"] = torch.zeros(3)  # wrong shape (D = 8)
+    del state["model"]["extra.weight"]
+    torch.save(state, copy_run / "final.pt")
+    with pytest.raises(ValueError, match=r"shape mismatches embed.bias \(3,\) saved vs \(8,\)"):
+        evaluate.load_run(copy_run)
+
+
+def test_load_run_rejects_an_unreadable_final(copy_run):
+    (copy_run / "final.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="final.pt: cannot read checkpoint"):
+        evaluate.load_run(copy_run)
+
+
+# ---------------------------------------------------------------------- prediction
+
+
+def test_predict_softmax_is_the_flip_average_of_the_heads_softmax(run_dir):
+    run = evaluate.load_run(run_dir)
+    images = val_batch(2)["image"]
+    with torch.no_grad():
+        one = torch.softmax(run.head(run.net(images), size=(128, 128)), dim=1)
+        mirror = torch.softmax(run.head(run.net(images.flip(-1)), size=(128, 128)), dim=1)
+    got = evaluate.predict_softmax(run.net, run.head, images)
+    torch.testing.assert_close(got, (one + mirror.flip(-1)) / 2)
+    torch.testing.assert_close(evaluate.predict_softmax(run.net, run.head, images, flip=False), one)
+
+
+def test_predict_rejects_bad_input(run_dir):
+    run = evaluate.load_run(run_dir)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        evaluate.predict(run.net, run.head, torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match="method must be"):
+        evaluate.predict(run.net, run.head, torch.rand(1, 3, 8, 8), method="svm")
+    with pytest.raises(ValueError, match="needs bank="):
+        evaluate.predict(run.net, run.head, torch.rand(1, 3, 8, 8), method="knn")
+
+
+def test_bank_comes_from_the_training_images_weak_labels(run_dir):
+    run = evaluate.load_run(run_dir)
+    bank = evaluate.build_bank(run, max_images=6, knn_options=KNN)
+    train_set = evaluate.dataset_for(run.cfg, "train", "scribbles")
+    weak = torch.stack([train_set[i]["label"] for i in range(6)])
+    # the same bank, built by hand from the same images at embedding resolution
+    with torch.no_grad():
+        emb = run.net(torch.stack([train_set[i]["image"] for i in range(6)]))
+    small = train.downsample_nearest(weak, emb.shape[-2:])
+    want = inference.build_prototype_bank(emb, small, grid=KNN["grid"])
+    assert torch.equal(bank.labels, want.labels)
+    torch.testing.assert_close(bank.prototypes, want.prototypes)
+    present = set(small[small != 255].unique().tolist())
+    assert set(bank.labels.tolist()) == present and 255 not in present
+
+
+# ---------------------------------------------------------------------- evaluate_run
+
+
+def sklearn_scores(pred, target, num_classes):
+    pred, target = pred.numpy().ravel(), target.numpy().ravel()
+    keep = target != 255
+    labels = list(range(num_classes))
+    iou = jaccard_score(target[keep], pred[keep], labels=labels, average=None, zero_division=0)
+    # a class in neither ground truth nor prediction has no IoU (0 / 0): NaN, as mean_iou
+    absent = ~np.isin(labels, np.concatenate([target[keep], pred[keep]]))
+    iou[absent] = np.nan
+    return iou, float((pred[keep] == target[keep]).mean())
+
+
+def test_evaluate_run_matches_sklearn_on_the_same_predictions(copy_run):
+    # 7 images in batches of 3: the confusion matrices must add up across uneven batches
+    results = evaluate.evaluate_run(copy_run, max_images=7, batch_size=3, knn_options=KNN)
+    assert results["methods"] == ["knn", "softmax", "softmax_crf"]
+    assert results["images"] == 7 and results["split"] == "val"
+    assert results["config"]["annotation"] == "scribbles" and results["config"]["step"] == 6
+    saved = json.loads((copy_run / "eval" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+
+    run = evaluate.load_run(copy_run)
+    batch = val_batch(7)
+    bank = evaluate.build_bank(run, knn_options=KNN)
+    predictions = {
+        "knn": evaluate.predict(
+            run.net, run.head, batch["image"], method="knn", bank=bank, knn_options=KNN
+        ),
+        "softmax": evaluate.predict(run.net, run.head, batch["image"]),
+        "softmax_crf": evaluate.predict(run.net, run.head, batch["image"], crf=True),
+    }
+    names = run.class_names
+    with open(copy_run / "eval" / "per_class.csv") as handle:
+        rows = [line.strip().split(",") for line in handle]
+    assert rows[0] == ["class", "knn", "softmax", "softmax_crf"]
+    assert [r[0] for r in rows[1:]] == names
+    for column, (method, pred) in enumerate(predictions.items(), start=1):
+        iou, accuracy = sklearn_scores(pred, batch["label"], run.num_classes)
+        got = saved[method]
+        assert got["pixel_accuracy"] == pytest.approx(accuracy)
+        assert got["miou"] == pytest.approx(np.nanmean(iou))
+        for name, value, row in zip(names, iou, rows[1:], strict=True):
+            if np.isnan(value):
+                assert got["per_class_iou"][name] is None and row[column] == ""
+            else:
+                assert got["per_class_iou"][name] == pytest.approx(value)
+                assert float(row[column]) == pytest.approx(value, abs=1e-6)
+
+
+def test_evaluate_run_rejects_bad_methods_and_missing_stage2(run_dir):
+    with pytest.raises(ValueError, match="methods must be some of"):
+        evaluate.evaluate_run(run_dir, methods=["svm"])
+    with pytest.raises(FileNotFoundError, match=r"stage2.pt not found.*spml-lab stage2"):
+        evaluate.evaluate_run(run_dir, methods=["stage2_crf"])
+    with pytest.raises(ValueError, match="has no split 'test'"):
+        evaluate.evaluate_run(run_dir, split="test", methods=["softmax"])
+
+
+def test_image_batches_split_on_size_changes():
+    def item(size):
+        return {"image": torch.zeros(3, size, size), "name": str(size)}
+
+    items = [item(s) for s in (4, 4, 4, 8, 4)]
+    got = [list(b["name"]) for b in evaluate.image_batches(items, 2)]
+    assert got == [["4", "4"], ["4"], ["8"], ["4"]]
+    with pytest.raises(ValueError, match="batch_size"):
+        list(evaluate.image_batches(items, 0))
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def test_cli_evaluate_prints_a_table_and_the_paths(copy_run, capsys):
+    args = ["evaluate", str(copy_run), "--methods", "softmax", "--max-images", "2"]
+    assert cli.main([*args, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "softmax" in out and str(copy_run / "eval" / "metrics.json") in out
+    saved = json.loads((copy_run / "eval" / "metrics.json").read_text())
+    assert f"{saved['softmax']['miou']:.4f}" in out
+
+
+def test_cli_evaluate_exits_2_with_the_message(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path / "nowhere")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+
+
+def test_cli_predict_writes_masks_that_decode_to_the_predictions(run_dir, tmp_path, capsys):
+    batch = val_batch(2)
+    paths = []
+    for name, image in zip(batch["name"], batch["image"], strict=True):
+        pixels = (image.permute(1, 2, 0) * 255).round().byte().numpy()
+        paths.append(tmp_path / f"{name}.png")  # PNG: no JPEG loss, same pixels as the data
+        Image.fromarray(pixels).save(paths[-1])
+    out = tmp_path / "masks"
+    args = ["predict", str(run_dir / "final.pt"), *map(str, paths), "--out", str(out)]
+    assert cli.main(args) == 0
+    assert str(out / f"{batch['name'][0]}_mask.png") in capsys.readouterr().out
+    run = evaluate.load_run(run_dir)
+    want = evaluate.predict(run.net, run.head, batch["image"], crf=True)
+    colours = viz.palette(run.num_classes)
+    for name, labels in zip(batch["name"], want, strict=True):
+        rgb = np.asarray(Image.open(out / f"{name}_mask.png"))
+        # decode: each colour back to the index of its palette entry
+        match = (rgb[:, :, None, :] == colours[None, None]).all(-1)
+        assert match.sum(-1).min() == 1  # every pixel is exactly one class colour
+        np.testing.assert_array_equal(match.argmax(-1), labels.numpy())
+    # without --out the mask lands beside the image; --no-crf is the plain softmax
+    assert cli.main(["predict", str(run_dir), str(paths[0]), "--no-crf"]) == 0
+    rgb = np.asarray(Image.open(tmp_path / f"{batch['name'][0]}_mask.png"))
+    plain = evaluate.predict(run.net, run.head, batch["image"][:1])[0].numpy()
+    np.testing.assert_array_equal(rgb, viz.colorize(plain, colours))
+
+
+def test_cli_predict_names_an_unreadable_image(run_dir, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert cli.main(["predict", str(run_dir), str(broken)]) == 2
+    assert f"{broken}: cannot read image" in capsys.readouterr().err
+    assert cli.main(["predict", str(run_dir), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path / "norun"), str(broken)]) == 2
+    assert "run folder not found" in capsys.readouterr().err
