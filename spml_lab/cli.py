@@ -7,6 +7,7 @@ Sub-commands are thin: each parses its arguments and calls one library function.
 * ``spml-lab train [--config run.yaml] [--FIELD VALUE ...]``: stage-1 training (`train.fit`); one
   flag per `config.TrainConfig` field. Under ``torchrun --nproc-per-node N -m spml_lab.cli train``
   it trains data-parallel (`distributed`).
+* ``spml-lab cam-labels DATA --kind tags|boxes``: CAM pseudo labels to train tags/boxes runs on.
 * ``spml-lab sweep NOTEBOOK -p NAME V1 V2 ...``: one papermill run per combination, results in
   OUT/summary.csv (`sweep`).
 * ``spml-lab evaluate RUN_DIR``: mIoU of kNN, softmax, softmax + CRF (and stage 2) on a split,
@@ -196,6 +197,24 @@ def _add_evaluation_commands(commands):
     stage2.add_argument("--no-progress", action="store_true", help="no progress bars")
     stage2.set_defaults(run=_stage2)
 
+    cam = commands.add_parser(
+        "cam-labels",
+        help="CAM pseudo labels of a data folder's tags or boxes (annotation cam_tags/cam_boxes)",
+        description="Train the tag classifier on the folder's training tags, then write CAM "
+        "pseudo labels for the split (lists/{split}_cam_{kind}.txt), which `spml-lab train "
+        "--annotation cam_tags` (or cam_boxes) trains on, as the paper does for tags and boxes.",
+    )
+    cam.add_argument("data", help="a folder written by `spml-lab make-data`")
+    cam.add_argument("--kind", choices=("tags", "boxes"), default="tags")
+    cam.add_argument("--splits", nargs="+", default=["train"], help="splits to label")
+    cam.add_argument("--steps", type=int, default=300, help="classifier steps (%(default)s)")
+    cam.add_argument("--batch-size", type=int, default=8, help="images per step")
+    cam.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    cam.add_argument("--width", type=int, default=32, help="classifier channels")
+    cam.add_argument("--seed", type=int, default=0)
+    cam.add_argument("--device", default="cpu", help="cpu, cuda (default: cpu)")
+    cam.set_defaults(run=_cam_labels)
+
 
 def main(argv=None):
     """Entry point of the ``spml-lab`` console script.
@@ -258,6 +277,19 @@ def _train(args):
 
     run = train.fit(config.from_arguments(args))
     print(f"wrote {run} (final.pt, metrics.csv)")
+
+
+def _cam_labels(args):
+    from spml_lab import cam, datasets
+
+    tags = datasets.from_folder(args.data, "train", "tags")
+    net = cam.train_tag_classifier(
+        tags, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        width=args.width, device=args.device, progress=True,
+    )  # fmt: skip
+    for split in args.splits:
+        path = cam.write_pseudo_labels(net, args.data, split, args.kind)
+        print(f"wrote {path}")
 
 
 def _sweep(args):

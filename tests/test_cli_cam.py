@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+import torch
+
+from spml_lab import cli, datasets, make_data
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("kind", ["tags", "boxes"])
+def test_cam_labels_writes_a_list_that_trains_as_cam_kind(tmp_path, kind, capsys):
+    root = tmp_path / "data"
+    make_data.write_dataset(root, num_train=6, num_val=2, size=48, seed=3, progress=False)
+    with pytest.raises(FileNotFoundError, match="spml-lab cam-labels"):
+        datasets.from_folder(root, "train", f"cam_{kind}")
+    args = ["cam-labels", str(root), "--kind", kind, "--steps", "2", "--width", "8"]
+    assert cli.main([*args, "--batch-size", "2", "--splits", "train", "val"]) == 0
+    assert f"train_cam_{kind}.txt" in capsys.readouterr().out
+    pseudo = datasets.from_folder(root, "train", f"cam_{kind}")
+    truth = datasets.from_folder(root, "train", "full")
+    assert len(pseudo) == len(truth) == 6
+    for index in range(len(pseudo)):
+        label = pseudo[index]["label"].numpy()
+        present = set(np.unique(truth[index]["label"].numpy()).tolist())
+        # a pseudo label only ever names a class of the image (or leaves the pixel unlabelled)
+        assert set(np.unique(label).tolist()) <= present | {255}
+    assert len(datasets.from_folder(root, "val", f"cam_{kind}")) == 2
