@@ -1,0 +1,382 @@
+"""Speed and peak memory of one full SPML training step against the network-alone step.
+
+The full step is the trainer's own `train.train_step`: the embedding network forward, spherical
+k-means segments, the enabled relations against the prototype memory, their weighted loss plus
+the softmax head's cross-entropy, the backward pass, the SGD step and the memory push. The
+network-alone step is what any segmentation network pays: the same network and softmax head,
+forward, the head's cross-entropy on the weak labels (not detached, so it reaches the whole
+network), backward and an SGD step over the same parameter groups; no k-means, no relations,
+no memory. Their ratio is what the contrastive part costs.
+
+Setup, the scribble run of the paper: low-level similarity, semantic annotation and
+co-occurrence (kappa and weights of `TrainConfig`'s defaults, the paper's), a memory of 2
+batches. Inputs are real batches of the embedded samples (``data_samples/objects``, scribbles,
+superpixels, tags) through the trainer's own augmentation (`train.build_dataset`): the 128 px
+images are rescaled so that they about fill the crop (scale range 0.75x to 1.25x of crop/128,
+then cropped with padding), and several distinct batches are cycled, so the memory holds real,
+varying segments. Batches wait in (pinned) host memory: the host-to-device copy is timed, the
+data loading is not.
+
+    python benchmarks/train_speed.py --preset cpu      # small net, crop 128, batch 4, 2 threads
+    python benchmarks/train_speed.py --preset cuda     # ResNet-101 DeepLab, 512 px, batch 4, 16
+    python benchmarks/train_speed.py --preset cuda --cudnn-benchmark --steps 50
+    python benchmarks/train_speed.py --preset cpu --steps 2 --warmup 1 --no-write   # a CI smoke run
+
+Hardware, as the trainer runs it: on CUDA the network is channels-last under bf16 autocast
+(`TrainConfig.amp`), the contrastive part float32; ``torch.backends.cudnn.benchmark`` is off
+unless ``--cudnn-benchmark``. Timing: warm-up steps of both kinds, then the two kinds in
+alternation (so that both see the same background load), ``torch.cuda.synchronize`` around each
+step; images/s = batch size / median step time. Peak memory: on CUDA
+``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` before each step (the
+maximum over the timed steps of each kind); on the CPU the process's peak resident set size
+(``resource.getrusage``, process-wide and never reset: read after the network-alone warm-up and
+again after the full warm-up, so the second includes the first).
+
+Targets (for the CUDA preset): full-step throughput >= 90 % of the network-alone throughput at
+both batch sizes, and full-step peak memory <= network-alone peak + 1 GiB. Writes
+``benchmarks/results/train_speed_{cpu,cuda}.{csv,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import default_collate
+
+from spml_lab import train
+from spml_lab.memory import PrototypeMemory
+
+RESULTS = Path(__file__).resolve().parent / "results"
+IMAGE_SIDE = 128  # side of the embedded sample images
+SPEED_TARGET = 0.90  # full / network-alone images per second
+MEMORY_TARGET_MIB = 1024  # full peak - network-alone peak
+PRESETS = {
+    # the small CPU net; kmeans grid 4 x 4 on its 32 x 32 embedding maps (TrainConfig default)
+    "cpu": {
+        "model": "small",
+        "crop_size": 128,
+        "batch_sizes": [4],
+        "embedding_dim": 32,
+        "kmeans_grid": (4, 4),
+    },
+    # the paper's network: ResNet-101 DeepLab-v2, 512 crops, D = 64, 6 x 6 grid on 128 x 128
+    "cuda": {
+        "model": "resnet101",
+        "crop_size": 512,
+        "batch_sizes": [4, 16],
+        "embedding_dim": 64,
+        "kmeans_grid": (6, 6),
+    },
+}
+
+
+# --------------------------------------------------------------------------------- inputs
+def make_config(preset, batch_size, *, crop_size=None, model=None, device="cpu"):
+    """Return the scribble-run `TrainConfig` of a preset at one batch size."""
+    spec = PRESETS[preset]
+    crop = crop_size or spec["crop_size"]
+    fill = crop / IMAGE_SIDE  # rescale the 128 px samples to about the crop
+    return train.TrainConfig(
+        data="embedded:objects",
+        annotation="scribbles",
+        model=model or spec["model"],
+        crop_size=crop,
+        scale_range=(0.75 * fill, 1.25 * fill),
+        batch_size=batch_size,
+        embedding_dim=spec["embedding_dim"],
+        kmeans_grid=spec["kmeans_grid"],
+        low_level=True,
+        semantic_annotation=True,
+        cooccurrence=True,
+        feature_affinity=False,
+        memory_size=2,
+        device=device,
+        progress=False,
+    )
+
+
+def make_batches(cfg, count, device):
+    """`count` distinct collated training batches of `cfg`, pinned when the device is CUDA."""
+    dataset = train.build_dataset(cfg)
+    order = train.epoch_order(len(dataset), cfg.seed, 0)
+    batches = []
+    for k in range(count):
+        ids = [int(order[(k * cfg.batch_size + b) % len(dataset)]) for b in range(cfg.batch_size)]
+        batch = default_collate([dataset[i] for i in ids])
+        if device.type == "cuda":
+            batch = {key: v.pin_memory() if torch.is_tensor(v) else v for key, v in batch.items()}
+        batches.append(batch)
+    return batches, dataset.num_classes
+
+
+# --------------------------------------------------------------------------------- steps
+def network_step(batch, net, head, optimizer, cfg, device):
+    """Forward, head cross-entropy (reaching the network), backward, SGD: no contrastive part.
+
+    Moves and lays out the batch as `train.batch_losses` does, so both steps pay the same copy.
+    """
+    images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = batch["label"].to(device, non_blocking=True)  # (B, H, W)
+    use_amp = cfg.amp and device.type == "cuda"
+    with torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
+        emb = net(images)  # (B, D, h, w)
+        logits = head(F.normalize(emb, dim=1), size=tuple(images.shape[-2:]))  # (B, C, H, W)
+    loss = train.softmax_cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_rss_mib():
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(cfg, device, *, steps=10, warmup=2, num_batches=4):
+    """Time the network-alone and the full step of `cfg` on `device`.
+
+    Returns a dict with median seconds, images/s and peak memory (MiB) of each kind, the
+    segments of the last batch and the prototypes in the memory.
+    """
+    batches, num_classes = make_batches(cfg, num_batches, device)
+    torch.manual_seed(cfg.seed)
+    net, head = train.build_model(cfg, num_classes)
+    net, head = net.to(device).train(), head.to(device).train()
+    if device.type == "cuda":  # as `train.fit`
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        train.param_groups(net, head, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * group["lr_mult"]
+    memory = PrototypeMemory(cfg.memory_size, affinity_threshold=cfg.affinity_threshold)
+    superpixels = True  # the embedded samples have them
+
+    def alone(k):
+        return network_step(batches[k % num_batches], net, head, optimizer, cfg, device)
+
+    def full(k):
+        batch = batches[k % num_batches]
+        return train.train_step(batch, net, head, optimizer, memory, cfg, device, superpixels)
+
+    peaks = {"alone": 0.0, "full": 0.0}
+    for k in range(warmup):  # also fills the memory bank: the timed full steps see 2 batches
+        alone(k)
+    synchronize(device)
+    if device.type == "cpu":
+        peaks["alone"] = peak_rss_mib()
+    for k in range(warmup):
+        full(k)
+    synchronize(device)
+    if device.type == "cpu":
+        peaks["full"] = peak_rss_mib()
+    seconds = {"alone": [], "full": []}
+    losses = []
+    for k in range(steps):
+        for name, step in (("alone", alone), ("full", full)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronize(device)
+            start = time.perf_counter()
+            out = step(k)
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device) / 2**20
+                peaks[name] = max(peaks[name], peak)
+            if name == "full":
+                losses.append(out)
+    finite = bool(torch.isfinite(torch.stack(losses)).all())
+    median = {name: statistics.median(s) for name, s in seconds.items()}
+    with torch.no_grad():
+        last = train.batch_losses(net, head, batches[0], cfg, memory, device=device)[1]
+    return {
+        "alone_s": median["alone"],
+        "full_s": median["full"],
+        "alone_img_s": cfg.batch_size / median["alone"],
+        "full_img_s": cfg.batch_size / median["full"],
+        "alone_peak_mib": peaks["alone"],
+        "full_peak_mib": peaks["full"],
+        "segments": last.num_segments,
+        "memory_prototypes": memory.bank().num_prototypes,
+        "losses_finite": finite,
+    }
+
+
+# --------------------------------------------------------------------------------- output
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r0 = rows[0]
+    labels = [f"batch {r['batch']}" for r in rows]
+    xs = range(len(rows))
+    width = 0.38
+    fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(max(9.0, 5 + 2.2 * len(rows)), 4.8))
+    for ax, key, unit in (
+        (ax_speed, "img_s", "images / s (median step)"),
+        (ax_mem, "peak_mib", f"peak memory, MiB ({r0['memory_kind']})"),
+    ):
+        alone = [r[f"alone_{key}"] for r in rows]
+        full = [r[f"full_{key}"] for r in rows]
+        ax.bar([x - width / 2 for x in xs], alone, width, label="network alone", color="#1f77b4")
+        ax.bar([x + width / 2 for x in xs], full, width, label="full SPML step", color="#ff7f0e")
+        ax.set_xticks(list(xs), labels)
+        ax.set_ylabel(unit)
+        ax.margins(y=0.2)
+    for x, r in zip(xs, rows, strict=True):
+        top = max(r["alone_img_s"], r["full_img_s"])
+        ax_speed.annotate(f"{r['ratio']:.0%}", (x, top), ha="center", va="bottom")
+        ax_mem.annotate(
+            f"+{r['extra_mib']:.0f} MiB",
+            (x, max(r["alone_peak_mib"], r["full_peak_mib"])),
+            ha="center",
+            va="bottom",
+        )
+    ax_speed.set_title(
+        f"Throughput\n(label: full / alone, target >= {SPEED_TARGET:.0%})", fontsize=10
+    )
+    ax_mem.set_title(
+        f"Peak memory\n(label: full - alone, target <= {MEMORY_TARGET_MIB} MiB)", fontsize=10
+    )
+    ax_speed.legend(loc="lower right", fontsize=9)
+    threads = f", {r0['threads']} threads" if r0["device"] == "cpu" else ""
+    fig.suptitle(
+        f"SPML training step vs network alone: {r0['model']}, {r0['crop']} px crops,\n"
+        f"scribble relations, memory of 2 batches; {r0['device']}{threads}",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _number(text):
+    """Read a CSV cell back as int or float where it is one."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto")
+    parser.add_argument("--batch-sizes", type=int, nargs="*", help="default: the preset's")
+    parser.add_argument("--crop", type=int, help="crop side in px; default: the preset's")
+    parser.add_argument("--model", choices=["small", "resnet50", "resnet101"])
+    parser.add_argument("--steps", type=int, default=None, help="timed steps of each kind")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps of each kind")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--replot", type=Path, metavar="CSV", help="only redraw the PNG of a CSV written before"
+    )
+    args = parser.parse_args()
+    if args.replot:
+        with open(args.replot, newline="") as handle:
+            rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(handle)]
+        plot(rows, args.replot.with_suffix(".png"))
+        return
+    preset = args.preset
+    if preset == "auto":
+        preset = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda" if preset == "cuda" else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--preset cuda needs a CUDA device")
+    torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    steps = args.steps or (20 if device.type == "cuda" else 10)
+    warmup = args.warmup or (5 if device.type == "cuda" else 2)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(
+        f"torch {torch.__version__}, {name}, threads {torch.get_num_threads()}, "
+        f"cudnn.benchmark {torch.backends.cudnn.benchmark}, load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    rows = []
+    for batch_size in args.batch_sizes or PRESETS[preset]["batch_sizes"]:
+        cfg = make_config(
+            preset, batch_size, crop_size=args.crop, model=args.model, device=str(device)
+        )
+        load = os.getloadavg()[0]
+        result = measure(cfg, device, steps=steps, warmup=warmup)
+        row = {
+            "device": name,
+            "threads": torch.get_num_threads(),
+            "model": cfg.model,
+            "crop": cfg.crop_size,
+            "batch": batch_size,
+            "amp_bf16": cfg.amp and device.type == "cuda",
+            "channels_last": device.type == "cuda",
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "steps": steps,
+            "warmup": warmup,
+            **result,
+            "ratio": result["full_img_s"] / result["alone_img_s"],
+            "extra_mib": result["full_peak_mib"] - result["alone_peak_mib"],
+            "memory_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
+            "load_before": round(load, 2),
+            "load_after": round(os.getloadavg()[0], 2),
+        }
+        row["speed_ok"] = row["ratio"] >= SPEED_TARGET
+        row["memory_ok"] = row["extra_mib"] <= MEMORY_TARGET_MIB
+        rows.append(row)
+        print(
+            f"  batch {batch_size}: alone {row['alone_img_s']:.1f} img/s, full "
+            f"{row['full_img_s']:.1f} img/s ({row['ratio']:.1%}), peak {row['alone_peak_mib']:.0f}"
+            f" -> {row['full_peak_mib']:.0f} MiB, {row['segments']} segments, "
+            f"{row['memory_prototypes']} in memory, load {load:.2f} -> {row['load_after']:.2f}",
+            flush=True,
+        )
+    print(
+        f"{'model':>10} {'crop':>5} {'batch':>5} {'alone img/s':>12} {'full img/s':>11} "
+        f"{'ratio':>6} {'speed':>6} {'alone MiB':>10} {'full MiB':>9} {'extra':>7} {'memory':>6}"
+    )
+    for r in rows:
+        print(
+            f"{r['model']:>10} {r['crop']:>5} {r['batch']:>5} {r['alone_img_s']:>12.2f} "
+            f"{r['full_img_s']:>11.2f} {r['ratio']:>6.1%} {'pass' if r['speed_ok'] else 'FAIL':>6} "
+            f"{r['alone_peak_mib']:>10.0f} {r['full_peak_mib']:>9.0f} {r['extra_mib']:>7.0f} "
+            f"{'pass' if r['memory_ok'] else 'FAIL':>6}"
+        )
+    print(
+        f"targets: full >= {SPEED_TARGET:.0%} of network-alone images/s, full peak <= alone + "
+        f"{MEMORY_TARGET_MIB} MiB ({rows[0]['memory_kind']})"
+    )
+    if args.no_write:
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"train_speed_{device.type}"
+    with open(args.out / f"{stem}.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, args.out / f"{stem}.png")
+    print(f"wrote {args.out / stem}.csv and .png")
+
+
+if __name__ == "__main__":
+    main()
