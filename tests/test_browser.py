@@ -40,7 +40,11 @@ STEPS = 5  # arrow-key presses on the "x" slider (one step each)
 # (notebook, injected parameters); None is the small fixture notebook written below.
 SOURCES = [
     pytest.param(None, {}, id="fixture"),
-    # pytest.param(ROOT / "notebooks" / "08_embedding_visualization.ipynb", {}, id="08"),
+    pytest.param(
+        ROOT / "notebooks" / "08_embedding_visualization.ipynb",
+        {"STAT_IMAGES": 8, "STAT_SAMPLES": 1000, "UMAP_SAMPLES": 300},
+        id="08",
+    ),
 ]
 
 FIXTURE_PARAMETERS = """\

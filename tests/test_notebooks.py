@@ -30,6 +30,7 @@ CI_PARAMETERS = {
     },
     "06_relation_feature_affinity.ipynb": {"SHOW_SOLUTIONS": False, "SEED": 1, "MAX_STEPS": 20},
     "07_training_gpu.ipynb": {"SEED": 1, "MAX_STEPS": 40, "VAL_IMAGES": 8},
+    "08_embedding_visualization.ipynb": {"SEED": 1},
 }
 
 
