@@ -12,7 +12,7 @@ Sub-commands are thin: each parses its arguments and calls one library function.
   OUT/summary.csv (`sweep`).
 * ``spml-lab evaluate RUN_DIR``: mIoU of kNN, softmax, softmax + CRF (and stage 2) on a split,
   written to RUN_DIR/eval/ (`evaluate.evaluate_run`).
-* ``spml-lab predict CHECKPOINT IMAGE...``: coloured masks ``<stem>_mask.png`` (`evaluate.predict`).
+* ``spml-lab predict CHECKPOINT IMAGE...``: coloured masks ``<stem>_mask.png`` (`predict.predict`).
 * ``spml-lab stage2 RUN_DIR``: pseudo labels and the stage-2 head, RUN_DIR/stage2.pt
   (`stage2.fit_head`).
 """

@@ -28,16 +28,16 @@ from tqdm import tqdm
 from spml_lab import inference, metrics, model, train
 from spml_lab.checkpoints import save_checkpoint
 from spml_lab.crf import dense_crf_batch
-from spml_lab.evaluate import (
+from spml_lab.labelio import IGNORE_INDEX
+from spml_lab.predict import (
     STAGE2,
-    _check_images,
-    _embed,
-    _to_uint8,
+    check_images,
     dataset_for,
+    embed,
     image_batches,
     load_run,
+    to_uint8,
 )
-from spml_lab.labelio import IGNORE_INDEX
 
 __all__ = ["PseudoLabels", "Stage2Result", "pseudo_labels", "walk_size", "fit_head"]
 
@@ -185,7 +185,7 @@ def pseudo_labels(
     >>> sorted(pseudo.labels.unique().tolist()) in ([0], [2], [0, 2])
     True
     """
-    _check_images(images)
+    check_images(images)
     num_images, num_classes = images.shape[0], head.classifier.out_channels
     if num_classes > 256:
         raise ValueError(f"pseudo labels are uint8: at most 256 classes, got {num_classes}")
@@ -197,7 +197,7 @@ def pseudo_labels(
     size = tuple(images.shape[-2:])
 
     def maps(x):  # probabilities and embeddings together, so one flip average covers both
-        emb = _embed(net, x)  # (2B, D, h, w)
+        emb = embed(net, x)  # (2B, D, h, w)
         return torch.cat([torch.softmax(head(emb).float(), dim=1), emb], dim=1)
 
     with torch.no_grad():
@@ -213,7 +213,7 @@ def pseudo_labels(
         walked = inference.random_walk(scaled, emb, steps=walk_steps)
         scaled = inference.upsample_probs(scaled, size).cpu()
         walked = inference.upsample_probs(walked, size).cpu()
-        refined = dense_crf_batch(_to_uint8(images), walked, **(crf_options or {})) if crf else None
+        refined = dense_crf_batch(to_uint8(images), walked, **(crf_options or {})) if crf else None
         allowed = tags.cpu().clone()
         if background is not None:
             allowed[:, background] = True
@@ -325,7 +325,7 @@ def fit_head(
             views = [(images, pseudo)] + ([(images.flip(-1), pseudo.flip(-1))] if flip else [])
             for view, labels in views:
                 group = groups.setdefault(tuple(images.shape[-2:]), ([], []))
-                group[0].append(_embed(run.net, view).half().cpu())
+                group[0].append(embed(run.net, view).half().cpu())
                 group[1].append(labels)
         bar.update(len(images))
     bar.close()
