@@ -31,6 +31,13 @@ CI_PARAMETERS = {
     "06_relation_feature_affinity.ipynb": {"SHOW_SOLUTIONS": False, "SEED": 1, "MAX_STEPS": 20},
     "07_training_gpu.ipynb": {"SEED": 1, "MAX_STEPS": 40, "VAL_IMAGES": 8},
     "08_embedding_visualization.ipynb": {"SEED": 1},
+    "09_inference_and_evaluation.ipynb": {
+        "SEED": 1,
+        "MAX_STEPS": 20,
+        "MAX_IMAGES": 8,
+        "TRAIN_IMAGES": 16,
+        "STAGE2_STEPS": 30,
+    },
 }
 
 
