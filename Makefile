@@ -33,8 +33,10 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 		chromium chromium-driver; }
 
+# One torch thread per process: the suite runs a kernel, a browser and pytest side by side on
+# two cores, and OpenMP threads that outnumber free cores spin and slow everything down 10x.
 test: lint browser
-	$(BIN)/pytest
+	OMP_NUM_THREADS=1 $(BIN)/pytest
 
 # The explorer screenshot of the README, taken by the browser test.
 screenshots: $(STAMP) browser
