@@ -93,6 +93,9 @@ class TrainConfig:
     )
     embedding_dim: int = _f(32, "embedding dimension D (paper: 64)")
     width: int = _f(64, "channels of the small net's trunk (speed vs capacity)")
+    head_dropout: float = _f(
+        0.65, "dropout of the softmax head before its classifier (paper: 0.65)"
+    )
     pretrained: str = _f(
         "",
         "torchvision ImageNet checkpoint (.pth) for the resnet50/101 backbone; '' = random "
@@ -316,6 +319,7 @@ class TrainConfig:
                 "head_trains_embedding; with neither the embedding is never trained"
             )
         need(-1 <= self.affinity_threshold <= 1, "affinity_threshold", "a cosine in [-1, 1]")
+        need(0 <= self.head_dropout < 1, "head_dropout", "a probability in [0, 1)")
         for name in ("memory_size", "kmeans_iterations", "warmup_steps", "num_workers", "seed"):
             need(getattr(self, name) >= 0, name, ">= 0")
         need(min(self.kmeans_grid) >= 1, "kmeans_grid", "two ints >= 1 (gy, gx)")

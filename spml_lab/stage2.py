@@ -364,11 +364,18 @@ def fit_head(
 
 def _train_head(groups, run, steps, lr, batch_size, momentum, weight_decay, seed, progress):
     """SGD on the cached embeddings; each step draws one image size, then a batch of it."""
+    # seeded head init and dropout masks, without touching the caller's RNG
+    device = torch.device(run.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _sgd_head(groups, run, steps, lr, batch_size, momentum, weight_decay, seed, progress)
+
+
+def _sgd_head(groups, run, steps, lr, batch_size, momentum, weight_decay, seed, progress):
     device = run.device
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # seed the head without touching the caller's RNG
-        torch.manual_seed(seed)
-        head = model.SoftmaxHead(run.cfg.embedding_dim, run.num_classes).to(device).train()
+    head = model.SoftmaxHead(run.cfg.embedding_dim, run.num_classes, dropout=run.cfg.head_dropout)
+    head = head.to(device).train()
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum)
     sizes = list(groups)
     weights = torch.tensor([len(groups[s][1]) for s in sizes], dtype=torch.float)
@@ -382,7 +389,9 @@ def _train_head(groups, run, steps, lr, batch_size, momentum, weight_decay, seed
         target = labels[pick].to(device).long()  # (b, H, W); uint8 255 would also be ignored
         logits = head(x, size=tuple(target.shape[-2:]))
         loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
-        loss = loss + weight_decay / 2 * head.classifier.weight.square().sum()
+        # L2 on the convolution weights only (not biases or batch norm), as stage 1 does
+        decay = sum(p.square().sum() for p in head.parameters() if p.ndim > 1)
+        loss = loss + weight_decay / 2 * decay
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

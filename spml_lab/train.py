@@ -198,7 +198,7 @@ def build_model(cfg, num_classes, *, load_pretrained=True):
     net = model.build_embedding_net(
         cfg.model, cfg.embedding_dim, width=cfg.width, pretrained=pretrained
     )
-    return net, model.SoftmaxHead(cfg.embedding_dim, num_classes)
+    return net, model.SoftmaxHead(cfg.embedding_dim, num_classes, dropout=cfg.head_dropout)
 
 
 def build_dataset(cfg):
@@ -357,6 +357,9 @@ def _batches(dataset, cfg, epoch, start, device):
             batch_sampler=sampler,
             num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda",
+            # its own generator: a loader drawn from the global RNG would shift the head's
+            # dropout masks after a resume (the resumed run opens its loader mid-epoch)
+            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
         )
         for index, batch in enumerate(loader, start):
             yield epoch, index, batch
@@ -529,6 +532,7 @@ def fit(cfg):
     net, head = build_model(cfg, dataset.num_classes, load_pretrained=state is None)
     if world > 1:  # batch norm over the global batch (before the optimizer sees parameters)
         net = distributed.convert_batchnorm(net, device)
+        head = distributed.convert_batchnorm(head, device)
     net, head = net.to(device).train(), head.to(device).train()
     if device.type == "cuda":  # NHWC convolutions: what bf16 tensor cores run fastest
         net = net.to(memory_format=torch.channels_last)
