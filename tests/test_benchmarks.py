@@ -30,3 +30,14 @@ def test_contrastive_speed_small_crop_matches_the_loop():
               "--repeats", "1", "--loop-repeats", "1", "--threads", "1", "--no-write")  # fmt: skip
     diff = re.search(r"max loss diff ([0-9.e+-]+)", out)
     assert diff and float(diff.group(1)) < 1e-5, out  # the batched loss equals the loop's
+
+
+def test_accuracy_benchmark_runs_end_to_end_in_miniature(tmp_path):
+    out = run(ROOT / "benchmarks/accuracy.py", "--reduced", "--train", "8", "--val", "4",
+              "--steps", "2", "--batch", "2", "--cam-steps", "2", "--threads", "1",
+              "--device", "cpu", "--work", tmp_path / "work", "--out", tmp_path / "acc.csv",
+              "--only", "objects/scribbles/spml", "objects/scribbles/baseline",
+              "objects/full/full")  # fmt: skip
+    rows = (tmp_path / "acc.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("dataset,kind,method"), out
+    assert (tmp_path / "acc.png").is_file()
