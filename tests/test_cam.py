@@ -6,15 +6,6 @@ from skimage.measure import label as connected_components
 from spml_lab import annotations, cam, datasets
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: quick on a shared 2-core box and the same numerics every run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cams(*rows):
     """(1, C, 1, W) CAMs from one list per class (background row first)."""
     return torch.tensor(rows, dtype=torch.float32)[None, :, None, :]

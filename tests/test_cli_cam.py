@@ -1,16 +1,7 @@
 import numpy as np
 import pytest
-import torch
 
 from spml_lab import cli, datasets, make_data
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("kind", ["tags", "boxes"])

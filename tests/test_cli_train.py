@@ -1,21 +1,10 @@
 import csv
 
-import pytest
-import torch
-
 from spml_lab import cli, train
 from spml_lab.config import TrainConfig
 
 TINY = ["--crop-size", "64", "--batch-size", "2", "--width", "8", "--embedding-dim", "8"]
 TINY += ["--kmeans-grid", "3", "3", "--no-progress", "--log-every", "1"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_train_runs_and_writes_the_run_folder(tmp_path, capsys):

@@ -17,14 +17,6 @@ TINY.update(progress=False, log_every=5, device="cpu")
 KNN = {"k": 5, "grid": (4, 4)}  # small and fast; the bank still has hundreds of prototypes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     torch.set_num_threads(1)

@@ -14,14 +14,6 @@ TINY.update(progress=False, log_every=5, device="cpu")
 IMAGES = 6  # training images used by stage 2 in these tests
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     torch.set_num_threads(1)

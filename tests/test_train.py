@@ -20,16 +20,6 @@ TINY = dict(crop_size=64, batch_size=2, width=8, embedding_dim=8, kmeans_grid=(3
 TINY.update(progress=False, log_every=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: fast on a loaded 2-core CI box, and the same numerics as the
-    subprocesses below (which get OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _rows(run):
     with open(run / "metrics.csv", newline="") as handle:
         return list(csv.DictReader(handle))
