@@ -16,7 +16,7 @@ probabilities ``(B, C, h, w)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -204,10 +204,15 @@ class PrototypeBank:
         Unit-length segment prototypes.
     labels : (N,) int64 tensor
         Class of each prototype.
+    settings : dict
+        The k-means settings the bank was built with (and the vote's ``k``), e.g. ``{"k": 20,
+        "grid": (12, 12), "iterations": 10}``: test images should be segmented alike, so
+        callers pass them on to `knn_predict` unless told otherwise.
     """
 
     prototypes: torch.Tensor
     labels: torch.Tensor
+    settings: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.prototypes.ndim != 2 or self.labels.shape != self.prototypes.shape[:1]:
@@ -244,6 +249,7 @@ class PrototypeBank:
         return cls(
             torch.cat([bank.prototypes for bank in banks]),
             torch.cat([bank.labels for bank in banks]),
+            dict(banks[0].settings),
         )
 
 

@@ -391,8 +391,10 @@ def predict(
             raise ValueError("method 'knn' needs bank= (a PrototypeBank, see build_bank)")
         with torch.no_grad():
             emb = embed(net, images)
+            # segment test images as the bank's were, unless knn_options says otherwise
+            options = {**bank.settings, **(knn_options or {})}
             labels, votes = inference.knn_predict(
-                emb, bank, num_classes=head.classifier.out_channels, **(knn_options or {})
+                emb, bank, num_classes=head.classifier.out_channels, **options
             )
         if not crf:  # each image pixel takes the label of the embedding pixel it lies in
             return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
@@ -448,6 +450,7 @@ def build_bank(run, *, batch_size=8, max_images=None, knn_options=None):
                 )
             )
     bank = inference.PrototypeBank.concat(banks)
+    bank.settings = settings  # predict segments test images the same way
     if len(bank) == 0:
         raise ValueError(
             f"no labelled pixel in {dataset.list_file}: kNN retrieval needs weak labels "

@@ -130,6 +130,21 @@ def test_bank_comes_from_the_training_images_weak_labels(run_dir):
     assert set(bank.labels.tolist()) == present and 255 not in present
 
 
+def test_knn_prediction_segments_test_images_as_the_bank_was_built(run_dir):
+    run = evaluate.load_run(run_dir)
+    bank = evaluate.build_bank(run, max_images=6, knn_options=KNN)
+    assert bank.settings == {"k": KNN["k"], "grid": KNN["grid"], "iterations": 10}
+    images = val_batch(2)["image"]
+    implicit = evaluate.predict(run.net, run.head, images, method="knn", bank=bank)
+    explicit = evaluate.predict(
+        run.net, run.head, images, method="knn", bank=bank, knn_options=dict(bank.settings)
+    )
+    other = evaluate.predict(
+        run.net, run.head, images, method="knn", bank=bank, knn_options={"grid": (12, 12)}
+    )
+    assert torch.equal(implicit, explicit) and not torch.equal(implicit, other)
+
+
 # ---------------------------------------------------------------------- evaluate_run
 
 
