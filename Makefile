@@ -30,7 +30,7 @@ lint: $(STAMP)
 
 browser:
 	@command -v chromedriver >/dev/null || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 		chromium chromium-driver; }
 
 # One torch thread per process: the suite runs a kernel, a browser and pytest side by side on
