@@ -83,6 +83,7 @@ __all__ = [
     "SegmentationList",
     "densepose",
     "embedded",
+    "open_data",
     "from_folder",
     "voc2012",
 ]
@@ -402,6 +403,32 @@ def _crop_with_pad(image, label, superpixel, crop_size, offset, ignore_index):
 
 
 # --------------------------------------------------------------------------- constructors
+
+
+def open_data(data, split, annotation, **kwargs):
+    """Open the dataset a ``TrainConfig.data`` string names: the embedded samples or a folder.
+
+    Parameters
+    ----------
+    data : str or Path
+        ``"embedded:KIND"`` (`embedded`) or a `spml-lab make-data` folder (`from_folder`).
+    split, annotation : str
+        Which list to read.
+    **kwargs
+        Passed to `SegmentationList` (train, crop_size, seed, ...).
+
+    Returns
+    -------
+    dataset : SegmentationList
+
+    Examples
+    --------
+    >>> len(open_data("embedded:parts", "val", "points"))
+    32
+    """
+    if str(data).startswith("embedded:"):
+        return embedded(str(data).split(":", 1)[1], split, annotation, **kwargs)
+    return from_folder(data, split, annotation, **kwargs)
 
 
 def embedded(kind="objects", split="train", annotation="scribbles", **kwargs):

@@ -231,9 +231,7 @@ def dataset_for(cfg, split, annotation):
     >>> dataset_for(TrainConfig(), "val", "full").annotation
     'full'
     """
-    if cfg.data.startswith("embedded:"):
-        return datasets.embedded(cfg.data.split(":", 1)[1], split, annotation)
-    return datasets.from_folder(cfg.data, split, annotation)
+    return datasets.open_data(cfg.data, split, annotation)
 
 
 def image_batches(dataset, batch_size, max_images=None):

@@ -220,9 +220,7 @@ def build_dataset(cfg):
         "flip": cfg.flip,
         "seed": cfg.seed,
     }
-    if cfg.data.startswith("embedded:"):
-        return datasets.embedded(cfg.data.split(":", 1)[1], cfg.split, cfg.annotation, **options)
-    return datasets.from_folder(cfg.data, cfg.split, cfg.annotation, **options)
+    return datasets.open_data(cfg.data, cfg.split, cfg.annotation, **options)
 
 
 def resolve_device(name):
