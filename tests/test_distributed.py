@@ -13,6 +13,7 @@ import torch
 from spml_lab import distributed, train
 from spml_lab.config import TrainConfig
 from spml_lab.memory import PrototypeMemory
+from spml_lab.relations import PAPER_SETTINGS
 
 TESTS = Path(__file__).resolve().parent
 
@@ -34,19 +35,13 @@ def test_joined_segments_give_the_single_process_loss_and_gradient(tmp_path):
         out = ddp_worker.step_losses(emb, labels, superpixels, tags, memory)
     out["total"].backward()
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    assert set(ranks[0]["losses"]) == set(out) == {*relations_used(), "total"}
+    assert set(ranks[0]["losses"]) == set(out) == {*PAPER_SETTINGS, "total"}
     for name, value in out.items():
         for rank in ranks:
             torch.testing.assert_close(rank["losses"][name], value.detach(), rtol=1e-9, atol=1e-9)
     grad = torch.cat([rank["grad"] for rank in ranks])
     assert grad.abs().sum() > 0
     torch.testing.assert_close(grad, emb.grad, rtol=1e-7, atol=1e-9)
-
-
-def relations_used():
-    from spml_lab.relations import PAPER_SETTINGS
-
-    return set(PAPER_SETTINGS)
 
 
 def metrics(run):
