@@ -49,6 +49,9 @@ def build_parser():
     data.add_argument("--kind", default="objects", choices=["objects", "parts"])
     data.add_argument("--train", type=int, default=2000, help="number of training images")
     data.add_argument("--val", type=int, default=500, help="number of validation images")
+    data.add_argument(
+        "--test", type=int, default=0, help="images of a held-out test split (default: none)"
+    )
     data.add_argument("--size", type=int, default=128, help="image side in pixels")
     data.add_argument("--seed", type=int, default=0, help="same seed, same dataset")
     data.add_argument(
@@ -56,6 +59,19 @@ def build_parser():
         type=float,
         default=None,
         help="0 = clean scenes, 1 = hardest (default: generator's)",
+    )
+    data.add_argument(
+        "--object-scale",
+        type=float,
+        default=None,
+        help="factor on object radii, objects kind (default: generator's, 1)",
+    )
+    data.add_argument(
+        "--superpixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="about N superpixels per image (slic / watershed; default: the method's)",
     )
     data.add_argument(
         "--superpixel-method", default="slic", help="slic | felzenszwalb | quickshift | watershed"
@@ -241,15 +257,21 @@ def main(argv=None):
 def _make_data(args):
     from spml_lab import make_data
 
-    options = {} if args.difficulty is None else {"difficulty": args.difficulty}
+    options = {
+        name: value
+        for name, value in (("difficulty", args.difficulty), ("object_scale", args.object_scale))
+        if value is not None
+    }
     root = make_data.write_dataset(
         args.out,
         kind=args.kind,
         num_train=args.train,
         num_val=args.val,
+        num_test=args.test,
         size=args.size,
         seed=args.seed,
         superpixel_method=args.superpixel_method,
+        superpixel_options=None if args.superpixels is None else {"n_segments": args.superpixels},
         overwrite=args.overwrite,
         progress=not args.quiet,
         **options,

@@ -27,6 +27,7 @@ __all__ = [
     "segment_prototypes",
     "build_segments",
     "segment_batch",
+    "segment_statistics",
 ]
 
 
@@ -450,3 +451,50 @@ def segment_batch(
         valid=valid,
         ignore_index=ignore_index,
     )
+
+
+def segment_statistics(segments, superpixels=None, valid=None):
+    """How coarse the segments of a batch are: what the pixel-to-segment loss compares with.
+
+    A segment should hold tens of embedding pixels; when superpixels are much finer than the
+    k-means clusters, the splits leave segments of a few pixels and the loss degenerates into
+    pixel-to-pixel contrast.
+
+    Parameters
+    ----------
+    segments : Segments
+        With ``segment_ids`` of shape (B, ...), at the embedding resolution.
+    superpixels : (B, ...) int tensor, optional
+        The superpixel map the segments were split by (same shape as ``segment_ids``).
+    valid : (B, ...) bool tensor, optional
+        Pixels that count (crop padding excluded); default: pixels kept by a segment.
+
+    Returns
+    -------
+    stats : dict of str to float
+        ``segments_per_image``, ``pixels_per_segment`` and, with `superpixels`,
+        ``superpixels_per_image`` and ``pixels_per_superpixel`` (means over the batch).
+
+    Examples
+    --------
+    >>> seg = build_segments(torch.ones(1, 2, 4, 1), torch.zeros(1, 2, 4, dtype=torch.long),
+    ...                      torch.tensor([[[0, 0, 1, 1], [0, 0, 2, 2]]]))
+    >>> segment_statistics(seg, torch.tensor([[[0, 0, 1, 1], [0, 0, 2, 2]]]))
+    {'segments_per_image': 3.0, 'pixels_per_segment': 2.6666666666666665, \
+'superpixels_per_image': 3.0, 'pixels_per_superpixel': 2.6666666666666665}
+    """
+    ids = segments.segment_ids
+    num_images = ids.shape[0]
+    kept = (ids >= 0) if valid is None else valid.bool()
+    pixels = int(kept.sum())
+    stats = {
+        "segments_per_image": segments.num_segments / max(num_images, 1),
+        "pixels_per_segment": pixels / max(segments.num_segments, 1),
+    }
+    if superpixels is not None:
+        image = torch.arange(num_images, device=ids.device).view(-1, *[1] * (ids.ndim - 1))
+        key = image * (int(superpixels.max()) + 1) + superpixels.long()
+        count = int(torch.unique(key[kept]).numel())
+        stats["superpixels_per_image"] = count / max(num_images, 1)
+        stats["pixels_per_superpixel"] = pixels / max(count, 1)
+    return stats

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from spml_lab.datasets import ANNOTATIONS, PSEUDO_ANNOTATIONS
-from spml_lab.relations import RELATIONS, RelationSetting
+from spml_lab.relations import RELATIONS, RelationSetting, paper_settings
 
 __all__ = ["TrainConfig", "add_arguments", "from_arguments", "RESUMABLE_CHANGES"]
 
@@ -40,9 +40,13 @@ RESUMABLE_CHANGES = (
 )  # fmt: skip
 
 
-def _f(default, why, choices=None):
-    """Make a dataclass field whose why-text is also its CLI help (one source for both)."""
-    return field(default=default, metadata={"help": why, "choices": choices})
+def _f(default, why, choices=None, kind=None):
+    """Make a dataclass field whose why-text is also its CLI help (one source for both).
+
+    `kind` is the value type of a field whose default is None ("decided by another field").
+    """
+    kind = kind or type(default)
+    return field(default=default, metadata={"help": why, "choices": choices, "kind": kind})
 
 
 @dataclass
@@ -94,7 +98,9 @@ class TrainConfig:
     embedding_dim: int = _f(32, "embedding dimension D (paper: 64)")
     width: int = _f(64, "channels of the small net's trunk (speed vs capacity)")
     head_dropout: float = _f(
-        0.65, "dropout of the softmax head before its classifier (paper: 0.65)"
+        0.75,
+        "dropout of the stage-1 softmax head before its classifier (paper: 0.75; its stage-2 "
+        "classifier uses 0.65)",
     )
     pretrained: str = _f(
         "",
@@ -105,14 +111,33 @@ class TrainConfig:
     low_level: bool = _f(True, "low-level image similarity (superpixels); paper: on")
     low_level_concentration: float = _f(16.0, "kappa of low-level similarity (paper: 16)")
     low_level_weight: float = _f(0.1, "weight of low-level similarity (paper: 0.1)")
+    low_level_location_weight: float = _f(
+        1.0,
+        "weight of the location features that low-level similarity compares with the embedding, "
+        "[v, w * location] re-normalised as for k-means (paper: 1 in its VOC model; 0, the "
+        "plain embedding, in its DensePose model)",
+    )
     semantic_annotation: bool = _f(True, "semantic annotation (weak labels); paper: on")
     semantic_annotation_concentration: float = _f(6.0, "kappa of semantic annotation (paper: 6)")
-    semantic_annotation_weight: float = _f(
-        1.0, "weight of semantic annotation (paper: 1.0; 0.3 for tags)"
+    semantic_annotation_weight: float | None = _f(
+        None,
+        "weight of semantic annotation; unset: the paper's for the annotation kind (scribbles "
+        "1.0, points 0.1, boxes and tags 0.3; relations.paper_settings)",
+        kind=float,
     )
     cooccurrence: bool = _f(True, "semantic co-occurrence (image tags); paper: on for VOC")
-    cooccurrence_concentration: float = _f(12.0, "kappa of co-occurrence (paper: 12; 8 for tags)")
-    cooccurrence_weight: float = _f(0.5, "weight of co-occurrence (paper: 0.5; 0.3 for tags)")
+    cooccurrence_concentration: float | None = _f(
+        None,
+        "kappa of co-occurrence; unset: the paper's for the annotation kind (scribbles 12, "
+        "points, boxes and tags 8)",
+        kind=float,
+    )
+    cooccurrence_weight: float | None = _f(
+        None,
+        "weight of co-occurrence; unset: the paper's for the annotation kind (scribbles 0.5, "
+        "points 0.1, boxes and tags 0.3)",
+        kind=float,
+    )
     feature_affinity: bool = _f(
         False, "feature affinity (nearest labelled segment); paper: on for DensePose only"
     )
@@ -122,6 +147,18 @@ class TrainConfig:
         0.95, "least prototype cosine to borrow a label in feature affinity (paper: 0.95)"
     )
     memory_size: int = _f(2, "batches of prototypes kept as extra contrast (paper: 2; 0 = off)")
+    contrast_images: int = _f(
+        0,
+        "images whose segments a pixel is contrasted with: the global batch plus the memory, "
+        "which then keeps ceil(contrast_images / global batch) - 1 batches in place of "
+        "memory_size; 0 = batch x (1 + memory_size) (paper: 16 + 2 x 16 = 48)",
+    )
+    softmax_weight: float | None = _f(
+        None,
+        "weight of the softmax head's cross-entropy; unset: the semantic annotation weight, as "
+        "the paper's (CE + L_ann) x w_ann, or 1 when head_trains_embedding (the baselines)",
+        kind=float,
+    )
     head_trains_embedding: bool = _f(
         False,
         "let the softmax head's cross-entropy train the network too (not detached); with every "
@@ -175,13 +212,54 @@ class TrainConfig:
         settings : dict of str to relations.RelationSetting
             In `relations.RELATIONS` order, enabled relations only.
         """
-        return {
-            name: RelationSetting(
-                getattr(self, f"{name}_concentration"), getattr(self, f"{name}_weight")
-            )
-            for name in RELATIONS
-            if getattr(self, name)
-        }
+        paper = paper_settings(self.annotation)
+        out = {}
+        for name in RELATIONS:
+            if getattr(self, name):
+                kappa = getattr(self, f"{name}_concentration")
+                weight = getattr(self, f"{name}_weight")
+                out[name] = RelationSetting(
+                    paper[name].concentration if kappa is None else kappa,
+                    paper[name].weight if weight is None else weight,
+                )
+        return out
+
+    @property
+    def head_weight(self):
+        """Weight of the softmax head's cross-entropy in the loss (`softmax_weight` resolved).
+
+        Examples
+        --------
+        >>> TrainConfig(annotation="points").head_weight
+        0.1
+        >>> TrainConfig(annotation="points", head_trains_embedding=True).head_weight
+        1.0
+        """
+        if self.softmax_weight is not None:
+            return self.softmax_weight
+        if self.head_trains_embedding:
+            return 1.0
+        weight = self.semantic_annotation_weight
+        return (
+            paper_settings(self.annotation)["semantic_annotation"].weight
+            if weight is None
+            else weight
+        )
+
+    def memory_batches(self, world_size=1):
+        """Batches the prototype memory keeps (`contrast_images` or `memory_size`).
+
+        Examples
+        --------
+        >>> TrainConfig(batch_size=4).memory_batches()
+        2
+        >>> TrainConfig(batch_size=4, contrast_images=48).memory_batches()  # 4 + 11 x 4 images
+        11
+        """
+        if not self.contrast_images:
+            return self.memory_size
+        batch = self.batch_size * world_size
+        return max(0, -(-self.contrast_images // batch) - 1)
 
     def to_dict(self):
         """Return the fields as plain YAML/JSON-friendly values (tuples as lists)."""
@@ -311,8 +389,11 @@ class TrainConfig:
         low, high = self.scale_range
         need(0 < low <= high, "scale_range", "(low, high) with 0 < low <= high")
         for name in RELATIONS:
-            need(getattr(self, f"{name}_concentration") > 0, f"{name}_concentration", "> 0")
-            need(getattr(self, f"{name}_weight") >= 0, f"{name}_weight", ">= 0")
+            kappa, weight = getattr(self, f"{name}_concentration"), getattr(self, f"{name}_weight")
+            need(kappa is None or kappa > 0, f"{name}_concentration", "> 0")
+            need(weight is None or weight >= 0, f"{name}_weight", ">= 0")
+        need(self.softmax_weight is None or self.softmax_weight >= 0, "softmax_weight", ">= 0")
+        need(self.low_level_location_weight >= 0, "low_level_location_weight", ">= 0")
         if not (self.head_trains_embedding or any(getattr(self, name) for name in RELATIONS)):
             raise ValueError(
                 f"TrainConfig: enable at least one relation of {list(RELATIONS)} or "
@@ -320,7 +401,8 @@ class TrainConfig:
             )
         need(-1 <= self.affinity_threshold <= 1, "affinity_threshold", "a cosine in [-1, 1]")
         need(0 <= self.head_dropout < 1, "head_dropout", "a probability in [0, 1)")
-        for name in ("memory_size", "kmeans_iterations", "warmup_steps", "num_workers", "seed"):
+        names = ("memory_size", "contrast_images", "kmeans_iterations", "warmup_steps")
+        for name in (*names, "num_workers", "seed"):
             need(getattr(self, name) >= 0, name, ">= 0")
         need(min(self.kmeans_grid) >= 1, "kmeans_grid", "two ints >= 1 (gy, gx)")
         for name in ("lr", "lr_power"):
@@ -341,6 +423,8 @@ class TrainConfig:
 def _coerce(spec, value):
     """Bring a value from YAML, a notebook or the CLI to the field's type, or say why not."""
     default, name = spec.default, f"TrainConfig.{spec.name}"
+    if default is None:  # "unset": None stays None, anything else is of the field's kind
+        return None if value is None else _scalar(name, spec.metadata["kind"], value)
     if isinstance(default, tuple):
         if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != len(default):
             raise ValueError(f"{name} must be {len(default)} values, got {value!r}")
@@ -405,7 +489,7 @@ def add_arguments(parser):
         if isinstance(default, tuple):
             options.update(nargs=len(default), type=type(default[0]), metavar=spec.name.upper())
         else:
-            options["type"] = type(default)
+            options["type"] = spec.metadata["kind"]
             if spec.metadata["choices"] is not None:
                 options["choices"] = spec.metadata["choices"]
         parser.add_argument(*names, help=f"{help_text} (default: {default!r})", **options)

@@ -54,6 +54,7 @@ __all__ = [
     "predict",
     "build_bank",
     "evaluate_run",
+    "eval_dir",
 ]
 
 METHODS = ("knn", "softmax", "softmax_crf", "stage2", "stage2_crf")
@@ -166,7 +167,9 @@ def evaluate_run(
     Notes
     -----
     Writes RUN_DIR/eval/metrics.json and RUN_DIR/eval/per_class.csv (replacing earlier
-    ones). Only one batch of images and one confusion matrix per method are in memory.
+    ones) for the val split, RUN_DIR/eval_{split}/ for any other (`eval_dir`), so a held-out
+    test score never overwrites the val score that was tuned on. Only one batch of images
+    and one confusion matrix per method are in memory.
     """
     tic = time.perf_counter()
     run = load_run(run_dir, device=device)
@@ -209,8 +212,19 @@ def evaluate_run(
             "relations": list(run.cfg.relation_settings()),
         },
     )
-    _write(run.path / EVAL_DIR, results)
+    _write(run.path / eval_dir(split), results)
     return results
+
+
+def eval_dir(split):
+    """Folder name of a split's scores inside a run: ``eval`` for val, else ``eval_{split}``.
+
+    Examples
+    --------
+    >>> eval_dir("val"), eval_dir("test")
+    ('eval', 'eval_test')
+    """
+    return EVAL_DIR if split == "val" else f"{EVAL_DIR}_{split}"
 
 
 def _write(folder, results):

@@ -506,6 +506,7 @@ def pixel_segment_loss(
     pixel_groups=None,
     prototype_groups=None,
     trainable_prototypes=None,
+    pixel_weights=None,
 ):
     """Pixel-to-segment contrastive loss of SPML, computed in blocks and in log space.
 
@@ -545,6 +546,11 @@ def pixel_segment_loss(
         Only the first `trainable_prototypes` prototypes need a gradient: the rest are a
         detached memory bank, whose gradient is then reported as 0 without being computed
         (about a third of the work when the memory is twice the batch). Default: all.
+    pixel_weights : (P,) float tensor, optional
+        Non-negative weight of each pixel's loss, with ``reduction="sum"`` only: the loss is
+        ``sum_i w_i loss_i`` over labelled pixels, in the same single sweep. Weights of
+        ``1 / (labelled pixels of i's image)`` give the sum of per-image means, which is how
+        the paper's code averages the low-level relation. Not differentiated.
 
     Returns
     -------
@@ -632,6 +638,14 @@ def pixel_segment_loss(
     )
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    if pixel_weights is not None:
+        if reduction != "sum":
+            raise ValueError(f"pixel_weights need reduction='sum', got {reduction!r}")
+        if tuple(pixel_weights.shape) != (embeddings.shape[0],):
+            raise ValueError(
+                f"pixel_weights must have shape ({embeddings.shape[0]},), "
+                f"got {tuple(pixel_weights.shape)}"
+            )
     if trainable_prototypes is not None and not 0 <= trainable_prototypes <= prototypes.shape[0]:
         raise ValueError(
             f"trainable_prototypes must lie in [0, {prototypes.shape[0]}], "
@@ -674,6 +688,8 @@ def pixel_segment_loss(
             None if trainable_prototypes is None else int(trainable_prototypes),
         )
         weights = valid.to(dtype)  # (P,)
+        if pixel_weights is not None:
+            weights = weights * pixel_weights.detach().to(dtype)
         if reduction == "mean":
             weights = weights / weights.sum().clamp(min=1.0)
         # needs_input_grad ignores no_grad mode: ask autograd's own question here

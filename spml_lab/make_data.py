@@ -18,6 +18,7 @@ use its pixels (``datasets.SegmentationList(..., tags_only=True)`` blanks them).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -39,8 +40,13 @@ LABEL_FOLDERS = {
 }
 JPEG_QUALITY = 90
 # generate() seeds of each split: train and val never share a scene, and a run with seed s
-# never repeats a split of seed s + 1
-SPLIT_SEEDS = {"train": lambda seed: 2 * seed, "val": lambda seed: 2 * seed + 1}
+# never repeats a split of seed s + 1; the held-out test split draws from a range of seeds
+# that no train or val split of a seed below a million uses
+SPLIT_SEEDS = {
+    "train": lambda seed: 2 * seed,
+    "val": lambda seed: 2 * seed + 1,
+    "test": lambda seed: 2_000_003 + seed,
+}
 
 
 def write_dataset(
@@ -49,9 +55,11 @@ def write_dataset(
     kind="objects",
     num_train=2000,
     num_val=500,
+    num_test=0,
     size=128,
     seed=0,
     superpixel_method="slic",
+    superpixel_options=None,
     overwrite=False,
     progress=True,
     **options,
@@ -66,12 +74,18 @@ def write_dataset(
         Scene kind.
     num_train, num_val : int, optional
         Images per split.
+    num_test : int, optional
+        Images of a held-out ``test`` split (0: none), drawn with its own generator seed so
+        that no train or val split of any seed repeats it: report there, tune on val.
     size : int, optional
         Image side in pixels.
     seed : int, optional
         Same seed, same files.
     superpixel_method : str, optional
         Method of `superpixels.segment` for the low-level relation's segments.
+    superpixel_options : dict, optional
+        Keyword arguments of `superpixels.segment` (e.g. ``{"n_segments": 24}``), recorded in
+        ``dataset.json``; None keeps the method's defaults.
     overwrite : bool, optional
         Allow writing into a non-empty folder.
     progress : bool, optional
@@ -103,12 +117,20 @@ def write_dataset(
     for split, count in splits.items():
         if count < 1:
             raise ValueError(f"num_{split} must be >= 1, got {count}")
+    if num_test < 0:
+        raise ValueError(f"num_test must be >= 0, got {num_test}")
+    if num_test:
+        splits["test"] = num_test
+    superpixel_options = dict(superpixel_options or {})
     metadata = None
     for split, count in splits.items():
         scenes = synthetic.generate(
             count, kind=kind, size=size, seed=SPLIT_SEEDS[split](seed), **options
         )
-        _write_split(root, split, scenes, superpixel_method, seed, progress)
+        segmenter = functools.partial(
+            superpixels.segment, method=superpixel_method, **superpixel_options
+        )
+        _write_split(root, split, scenes, segmenter, seed, progress)
         metadata = metadata or {
             "name": f"synthetic-{kind}",
             "kind": kind,
@@ -116,6 +138,7 @@ def write_dataset(
             "seed": seed,
             "options": {k: v for k, v in scenes.options.items() if k not in ("seed", "size")},
             "superpixel_method": superpixel_method,
+            "superpixel_options": superpixel_options,
             "class_names": scenes.class_names,
             "num_classes": len(scenes.class_names),
         }
@@ -124,7 +147,7 @@ def write_dataset(
     return root
 
 
-def _write_split(root, split, scenes, superpixel_method, seed, progress):
+def _write_split(root, split, scenes, segmenter, seed, progress):
     split_code = list(SPLIT_SEEDS).index(split)
     weak = {
         kind: annotations.weak_labels_batch(
@@ -140,7 +163,7 @@ def _write_split(root, split, scenes, superpixel_method, seed, progress):
         Image.fromarray(scenes.images[i]).save(image_path, quality=JPEG_QUALITY)
         labelio.write_label_png(root / "semantic" / split / f"{name}.png", scenes.semantic[i])
         labelio.write_id_png(root / "instance" / split / f"{name}.png", scenes.instance[i])
-        segments = superpixels.segment(scenes.images[i], superpixel_method)
+        segments = segmenter(scenes.images[i])
         labelio.write_id_png(root / "superpixels" / split / f"{name}.png", segments)
         for kind, labels in weak.items():
             labelio.write_label_png(root / kind / split / f"{name}.png", labels[i])

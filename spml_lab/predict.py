@@ -202,7 +202,7 @@ def _load_stage2_head(path, cfg, num_classes):
             f"{path} was trained on the embedding of another run (config differs in "
             f"{sorted(changed)}); rerun `spml-lab stage2` on this run"
         )
-    head = model.SoftmaxHead(cfg.embedding_dim, num_classes, dropout=cfg.head_dropout)
+    head = model.SoftmaxHead(cfg.embedding_dim, num_classes)  # eval mode: dropout unused
     _load_weights(head, state["head"], path, "head", "softmax head")
     return head
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from spml_lab import distributed
+from spml_lab import clustering, distributed
 from spml_lab.labelio import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.losses import _valid_labels, default_chunk_size, pixel_segment_loss
 
@@ -33,6 +33,8 @@ __all__ = [
     "RELATIONS",
     "RelationSetting",
     "PAPER_SETTINGS",
+    "PAPER_KIND",
+    "paper_settings",
     "affinity_labels",
     "low_level_similarity",
     "semantic_annotation",
@@ -61,16 +63,62 @@ class RelationSetting:
     weight: float
 
 
-# The paper code's VOC scribble run (bashscripts/voc12/train_spml_scribble.sh): low-level 16 / 0.1,
-# semantic annotation 6 / 1.0, co-occurrence 12 / 0.5 (its tag run uses 8), memory of 2 batches;
-# feature affinity 12 / 0.5 comes from its DensePose point run, which has no tags (so no
-# co-occurrence) and no memory. Enable the subset that fits the annotation.
-PAPER_SETTINGS = {
-    "low_level": RelationSetting(concentration=16.0, weight=0.1),
-    "semantic_annotation": RelationSetting(concentration=6.0, weight=1.0),
-    "cooccurrence": RelationSetting(concentration=12.0, weight=0.5),
-    "feature_affinity": RelationSetting(concentration=12.0, weight=0.5),
+# The paper code's VOC runs (bashscripts/voc12/train_spml_{scribble,point,box,tag}.sh): low-level
+# 16 / 0.1 and semantic annotation kappa 6 in all of them; the weight of semantic annotation and
+# co-occurrence (and co-occurrence's kappa) differ per annotation kind. Feature affinity 12 / 0.5
+# comes from the DensePose point run, which has no tags (so no co-occurrence) and no memory.
+_PER_KIND = {
+    # kind:      (w_ann, kappa_occ, w_occ)
+    "scribbles": (1.0, 12.0, 0.5),
+    "points": (0.1, 8.0, 0.1),
+    "boxes": (0.3, 8.0, 0.3),
+    "tags": (0.3, 8.0, 0.3),
 }
+# annotation names of the data side -> the paper's kind; full masks take the scribble run's
+PAPER_KIND = {"cam_boxes": "boxes", "cam_tags": "tags", "full": "scribbles"}
+
+
+def paper_settings(annotation="scribbles"):
+    """Return the paper's kappa and weight of every relation for one annotation kind.
+
+    Parameters
+    ----------
+    annotation : str, optional
+        ``"scribbles"``, ``"points"``, ``"boxes"``, ``"tags"``, or a data-side name that maps
+        to one (``"cam_boxes"``, ``"cam_tags"``; ``"full"`` takes the scribble run's).
+
+    Returns
+    -------
+    settings : dict of str to RelationSetting
+        All four relations, in `RELATIONS` order; enable the subset that fits the data.
+
+    Raises
+    ------
+    ValueError
+        For an annotation kind the paper has no run for.
+
+    Examples
+    --------
+    >>> paper_settings("points")["semantic_annotation"]
+    RelationSetting(concentration=6.0, weight=0.1)
+    >>> paper_settings("cam_boxes")["cooccurrence"]
+    RelationSetting(concentration=8.0, weight=0.3)
+    """
+    kind = PAPER_KIND.get(annotation, annotation)
+    if kind not in _PER_KIND:
+        known = sorted([*_PER_KIND, *PAPER_KIND])
+        raise ValueError(f"no paper settings for annotation {annotation!r}; known: {known}")
+    w_ann, kappa_occ, w_occ = _PER_KIND[kind]
+    return {
+        "low_level": RelationSetting(concentration=16.0, weight=0.1),
+        "semantic_annotation": RelationSetting(concentration=6.0, weight=w_ann),
+        "cooccurrence": RelationSetting(concentration=kappa_occ, weight=w_occ),
+        "feature_affinity": RelationSetting(concentration=12.0, weight=0.5),
+    }
+
+
+# the scribble run's settings, the paper's headline run
+PAPER_SETTINGS = paper_settings("scribbles")
 
 
 class _Inputs(NamedTuple):
@@ -172,10 +220,14 @@ def affinity_labels(segments, *, threshold=0.95, ignore_index=IGNORE_INDEX):
     return out
 
 
-def _relation_inputs(relation, embeddings, labels, tags, segments, memory, threshold):
+def _relation_inputs(
+    relation, embeddings, labels, tags, segments, memory, threshold, location_weight=1.0
+):
     """Pixel labels, prototypes and prototype labels of one relation (see module table)."""
     if relation not in RELATIONS:
         raise ValueError(f"unknown relation {relation!r}; known: {RELATIONS}")
+    if relation == "low_level":
+        return _low_level_inputs(embeddings, segments, location_weight)[0]
     needs = {"semantic_annotation": ("labels", labels), "cooccurrence": ("tags", tags)}
     if relation in needs and needs[relation][1] is None:
         raise ValueError(f"relation {relation!r} needs {needs[relation][0]}, got None")
@@ -186,17 +238,6 @@ def _relation_inputs(relation, embeddings, labels, tags, segments, memory, thres
     kept = seg >= 0  # -1: pixel left out of every segment, hence of every loss
     own = seg.clamp(min=0)
     prototypes = segments.prototypes  # (S, D), differentiable
-    if relation == "low_level":
-        # superpixel ids repeat across images, so the image is the group: a pixel meets the
-        # segments of its own image only; ids may be 255, hence no ignore_index
-        pixel_labels = torch.where(kept, _gather(segments.superpixels.long(), own, -1), -1)
-        image = torch.arange(num_images, device=seg.device).repeat_interleave(per_image)
-        image = image + segments.first_image  # the image ids of a joined global batch
-        return _Inputs(
-            rows, pixel_labels, own, prototypes, segments.superpixels.long(),
-            image, segments.image_ids, None, None, segments.is_global,
-        )  # fmt: skip
-
     bank = _memory_bank(memory)
     if relation == "semantic_annotation":
         pixel_labels = torch.where(kept, labels.reshape(-1).long(), -1)
@@ -235,6 +276,48 @@ def _relation_inputs(relation, embeddings, labels, tags, segments, memory, thres
     )  # fmt: skip
 
 
+def _low_level_inputs(embeddings, segments, location_weight):
+    """Write the low-level relation as loss arguments: ``[v, location]`` rows, per-image weights.
+
+    Pixels and prototypes are compared on the k-means features (`clustering.with_location`),
+    a pixel meets the segments of its own image only (groups), and each pixel weighs
+    ``1 / (kept pixels of its image)`` so that the weighted sum is the sum of per-image means.
+    """
+    if embeddings.ndim == 3 and location_weight:
+        raise ValueError(
+            "low-level similarity on [embedding, location] needs (B, H, W, D) embeddings to "
+            f"know each pixel's place, got {tuple(embeddings.shape)}; pass location_weight=0 "
+            "for (B, N, D) rows"
+        )
+    if embeddings.ndim == 4 and location_weight:
+        height, width = embeddings.shape[1:3]
+        locations = clustering.location_features(
+            height, width, dtype=embeddings.dtype, device=embeddings.device
+        )
+        embeddings = clustering.with_location(embeddings, locations, weight=location_weight)
+    rows, num_images, per_image = _flatten(embeddings, segments, None, "labels")
+    seg = segments.segment_ids.reshape(-1).long()  # (P,)
+    kept = seg >= 0  # -1: pixel left out of every segment, hence of every loss
+    own = seg.clamp(min=0)
+    # prototypes of the same features; rows of other processes' segments stay zero, and a
+    # pixel never meets them (they lie in other images)
+    prototypes = clustering.segment_prototypes(rows, seg, segments.num_segments)  # (S, D')
+    # superpixel ids repeat across images, so the image is the group: a pixel meets the
+    # segments of its own image only; ids may be 255, hence no ignore_index
+    pixel_labels = torch.where(kept, _gather(segments.superpixels.long(), own, -1), -1)
+    local_image = torch.arange(num_images, device=seg.device).repeat_interleave(per_image)
+    dtype = torch.promote_types(rows.dtype, torch.float32)
+    kept_weight = kept.to(dtype)
+    counts = torch.zeros(num_images, dtype=dtype, device=seg.device)
+    counts = counts.index_add(0, local_image, kept_weight)
+    weights = kept_weight / counts.clamp(min=1.0)[local_image]  # (P,) per-image means
+    inputs = _Inputs(
+        rows, pixel_labels, own, prototypes, segments.superpixels.long(),
+        local_image + segments.first_image, segments.image_ids, None, None, segments.is_global,
+    )  # fmt: skip
+    return inputs, weights, (counts > 0).sum()
+
+
 def _loss(inputs, concentration):
     """Compute a relation's loss: the mean over its pixels (of all processes if global)."""
     loss = pixel_segment_loss(
@@ -257,23 +340,28 @@ def _loss(inputs, concentration):
     return distributed.global_mean(loss, count)
 
 
-def low_level_similarity(embeddings, segments, *, concentration):
+def low_level_similarity(embeddings, segments, *, concentration, location_weight=1.0):
     """Low-level image similarity: pixels of one superpixel belong together.
 
     Parameters
     ----------
-    embeddings : (B, N, D) or (B, H, W, D) float tensor
-        Unit-row pixel embeddings, channels last.
+    embeddings : (B, H, W, D) float tensor
+        Unit-row pixel embeddings, channels last; (B, N, D) rows only with
+        ``location_weight=0`` (the pixels' places are unknown then).
     segments : clustering.Segments
-        Built from the same batch *with superpixels*; ``segment_ids`` (B, N) or (B, H, W),
+        Built from the same batch *with superpixels*; ``segment_ids`` (B, H, W) or (B, N),
         -1 for pixels left out.
     concentration : float
         ``kappa`` (16 in the paper's runs).
+    location_weight : float, optional
+        Weight of the location half of the features compared (`clustering.with_location`):
+        1, the paper's VOC model, compares ``[v_i, location_i]`` re-normalised, the features
+        k-means clusters; 0 compares the plain embedding (the paper's DensePose model).
 
     Returns
     -------
     loss : () float tensor
-        Mean over all kept pixels of the batch.
+        Mean over the images that keep a pixel of each image's mean over its kept pixels.
 
     Notes
     -----
@@ -284,10 +372,13 @@ def low_level_similarity(embeddings, segments, *, concentration):
     Segments built without superpixels all share id 0, so there are no negatives and the
     loss is 0.
 
-    The paper's code loops over the images and averages per-image means; here one mean over
-    all kept pixels is taken, the same when every image keeps the same number of pixels. Its
-    VOC model compares embeddings concatenated with location features here (its DensePose
-    model plain embeddings); we use the plain embedding prototypes of `Segments` throughout.
+    As in the paper's VOC code, pixels and prototypes here are the k-means features
+    ``[v, location]``, re-normalised, and the prototypes are recomputed from them (the
+    normalised mean of the segment's features, not the embedding prototypes of `Segments`):
+    two superpixels of one image that look alike can then be told apart by where they are,
+    so the network need not write each pixel's position into its embedding to lower this
+    loss. The loss is the mean of per-image means (one weighted sum, no loop over images),
+    so an image with few kept pixels (padding) weighs as much as a full one.
 
     Examples
     --------
@@ -295,13 +386,28 @@ def low_level_similarity(embeddings, segments, *, concentration):
 
     >>> import torch.nn.functional as F
     >>> from spml_lab.clustering import build_segments
-    >>> emb = F.normalize(torch.tensor([[[1.0, 0.1], [1.0, 0.0], [0.0, 1.0]]]), dim=-1)
-    >>> seg = build_segments(emb, torch.tensor([[0, 1, 2]]), torch.tensor([[0, 0, 1]]))
+    >>> emb = F.normalize(torch.tensor([[[[1.0, 0.1], [1.0, 0.0], [0.0, 1.0]]]]), dim=-1)
+    >>> seg = build_segments(emb, torch.tensor([[[0, 1, 2]]]), torch.tensor([[[0, 0, 1]]]))
     >>> low_level_similarity(emb, seg, concentration=4.0)
+    tensor(0.0490)
+    >>> low_level_similarity(emb, seg, concentration=4.0, location_weight=0.0)
     tensor(0.0302)
     """
-    inputs = _relation_inputs("low_level", embeddings, None, None, segments, None, None)
-    return _loss(inputs, concentration)
+    inputs, weights, num_images = _low_level_inputs(embeddings, segments, location_weight)
+    loss = pixel_segment_loss(
+        inputs.embeddings,
+        inputs.labels,
+        inputs.segment_ids,
+        inputs.prototypes,
+        inputs.prototype_labels,
+        concentration,
+        reduction="sum",
+        ignore_index=None,
+        pixel_groups=inputs.pixel_groups,
+        prototype_groups=inputs.prototype_groups,
+        pixel_weights=weights,
+    )  # the sum of this process's per-image means
+    return distributed.global_mean(loss, num_images)
 
 
 def semantic_annotation(embeddings, labels, segments, memory=None, *, concentration):
@@ -450,7 +556,15 @@ def feature_affinity(embeddings, segments, memory=None, *, concentration, thresh
 
 
 def spml_loss(
-    embeddings, labels, tags, segments, memory=None, *, settings, affinity_threshold=0.95
+    embeddings,
+    labels,
+    tags,
+    segments,
+    memory=None,
+    *,
+    settings,
+    affinity_threshold=0.95,
+    location_weight=1.0,
 ):
     """Compute the SPML training loss: the enabled relations, weighted and summed.
 
@@ -471,6 +585,8 @@ def spml_loss(
         subset of `PAPER_SETTINGS`.
     affinity_threshold : float, optional
         Cosine threshold of ``"feature_affinity"``.
+    location_weight : float, optional
+        Location weight of ``"low_level"`` (`low_level_similarity`).
 
     Returns
     -------
@@ -486,8 +602,8 @@ def spml_loss(
     Examples
     --------
     >>> from spml_lab.clustering import build_segments
-    >>> emb = torch.eye(3)[None]
-    >>> seg = build_segments(emb, torch.tensor([[0, 1, 2]]), torch.tensor([[0, 0, 1]]))
+    >>> emb = torch.eye(3)[None, None]  # one image of 1 x 3 pixels
+    >>> seg = build_segments(emb, torch.tensor([[[0, 1, 2]]]), torch.tensor([[[0, 0, 1]]]))
     >>> out = spml_loss(emb, None, None, seg, settings={"low_level": RelationSetting(16.0, 0.1)})
     >>> sorted(out), bool(torch.isclose(out["total"], 0.1 * out["low_level"]))
     (['low_level', 'total'], True)
@@ -497,7 +613,9 @@ def spml_loss(
         raise ValueError(f"unknown relation(s) {unknown} in settings; known: {list(RELATIONS)}")
     bank = _memory_bank(memory)  # concatenated once for all relations
     calls = {
-        "low_level": lambda k: low_level_similarity(embeddings, segments, concentration=k),
+        "low_level": lambda k: low_level_similarity(
+            embeddings, segments, concentration=k, location_weight=location_weight
+        ),
         "semantic_annotation": lambda k: semantic_annotation(
             embeddings, labels, segments, bank, concentration=k
         ),
@@ -561,7 +679,11 @@ def positives_negatives(
     >>> positives_negatives("low_level", 0, emb, None, None, seg)
     (tensor([False,  True, False]), tensor([False, False,  True]))
     """
-    inputs = _relation_inputs(relation, embeddings, labels, tags, segments, memory, threshold)
+    # which segments are positive or negative depends on labels only, not on the features
+    # compared, so low-level's sets need no pixel locations
+    inputs = _relation_inputs(
+        relation, embeddings, labels, tags, segments, memory, threshold, location_weight=0.0
+    )
     num_pixels = inputs.embeddings.shape[0]
     if not 0 <= int(pixel) < num_pixels:
         raise ValueError(f"pixel must lie in [0, {num_pixels}), got {pixel}")

@@ -41,6 +41,9 @@ from spml_lab.predict import (
 
 __all__ = ["PseudoLabels", "Stage2Result", "pseudo_labels", "walk_size", "fit_head"]
 
+# the paper's stage-2 classifier drops 0.65 (its stage-1 head 0.75, `TrainConfig.head_dropout`)
+STAGE2_DROPOUT = 0.65
+
 
 class PseudoLabels(NamedTuple):
     """Pseudo labels of a batch and the maps they come from (for pictures).
@@ -374,7 +377,7 @@ def _train_head(groups, run, steps, lr, batch_size, momentum, weight_decay, seed
 def _sgd_head(groups, run, steps, lr, batch_size, momentum, weight_decay, seed, progress):
     device = run.device
     generator = torch.Generator().manual_seed(seed)
-    head = model.SoftmaxHead(run.cfg.embedding_dim, run.num_classes, dropout=run.cfg.head_dropout)
+    head = model.SoftmaxHead(run.cfg.embedding_dim, run.num_classes, dropout=STAGE2_DROPOUT)
     head = head.to(device).train()
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum)
     sizes = list(groups)

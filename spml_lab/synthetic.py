@@ -123,6 +123,7 @@ _OPTIONS = {
         "max_objects": 4,
         "cooccurrence": 0.8,
         "min_area": 30,
+        "object_scale": 1.0,
     },
     "parts": {"difficulty": DEFAULT_DIFFICULTY, "min_figures": 1, "max_figures": 3, "min_area": 12},
 }
@@ -415,7 +416,7 @@ def _objects_image(rng, size, opts, attempt):
         add(*args)
     count = int(rng.integers(opts["min_objects"], opts["max_objects"] + 1))
     for class_id in _pick_classes(rng, count, opts["cooccurrence"]):
-        radius = rng.uniform(11 - 4 * d, 19 + 6 * d) * scale
+        radius = rng.uniform(11 - 4 * d, 19 + 6 * d) * scale * opts["object_scale"]
         add(*OBJECT_CLASSES[class_id - 1][1:], class_id, radius)
     for args in (a for a, front in zip(distractors, in_front, strict=True) if front):
         add(*args)
@@ -549,6 +550,8 @@ def _check_options(kind, options):
     _check("min_area", opts["min_area"], 1, integer=True)
     if kind == "objects":
         _check("cooccurrence", opts["cooccurrence"], 0, 1)
+        _check("object_scale", opts["object_scale"], 0.25, 3)
+        opts["object_scale"] = float(opts["object_scale"])
     for what, limit in (("objects", 8), ("figures", 4)):
         if f"min_{what}" in opts:
             _check(f"min_{what}", opts[f"min_{what}"], 1, limit, integer=True)
@@ -593,6 +596,8 @@ def generate(num_images, *, kind="objects", size=128, seed=0, **options):
         cooccurrence : float in [0, 1], probability that an image's classes are drawn from one
             of the ``SCENE_TYPES`` pairs rather than uniformly (objects; default 0.8).
         min_figures, max_figures : int, figures per image (parts; default 1 and 3).
+        object_scale : float in [0.25, 3], factor on every object's radius (objects; default 1).
+            Larger objects mean less background per image and more embedding pixels per object.
         min_area : int, instances with fewer visible pixels are removed from the picture
             (default 30 for objects, 12 for parts), so every labelled instance is visible.
 

@@ -6,7 +6,8 @@ One step (`fit` runs ``max_steps`` of them)::
     labels, superpixels --nearest--> (B, h, w)           the contrastive part works at (h, w)
     segments = k-means on [emb, location], split by superpixel and weak label
     loss     = relations.spml_loss(emb, labels, tags, segments, memory)   the enabled relations
-             + cross-entropy of the softmax head on detached, normalised emb (full resolution)
+             + w_ann x cross-entropy of the softmax head on detached, normalised emb (full
+               resolution), the paper's (CE + L_ann) x w_ann
     SGD step (per-group LR, poly schedule with warm-up); memory.push(segments)
 
 The head sees ``emb.detach()``, as in the paper's code, so it reads the embedding without
@@ -423,6 +424,7 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
         memory,
         settings=cfg.relation_settings(),
         affinity_threshold=cfg.affinity_threshold,
+        location_weight=cfg.low_level_location_weight,
     )
     with amp or contextlib.nullcontext():
         # SPML: the head reads a detached embedding; the baseline trains the net through it
@@ -459,7 +461,9 @@ def train_step(batch, net, head, optimizer, memory, cfg, device, superpixels=Tru
         net, head, batch, cfg, memory, device=device, superpixels=superpixels
     )
     optimizer.zero_grad(set_to_none=True)
-    (losses["total"] + losses["softmax_ce"]).backward()
+    # the paper's stage-1 loss: relations + (cross-entropy + L_ann) x w_ann, whose L_ann x w_ann
+    # is already in the total; the baselines weigh their cross-entropy 1 (`cfg.head_weight`)
+    (losses["total"] + cfg.head_weight * losses["softmax_ce"]).backward()
     optimizer.step()
     memory.push(segments)
     names = [*cfg.relation_settings(), "total", "softmax_ce"]  # the metrics.csv columns
@@ -543,7 +547,7 @@ def fit(cfg):
         head_ddp = torch.nn.parallel.DistributedDataParallel(head, device_ids=ids)
     else:
         net_ddp, head_ddp = net, head
-    memory = PrototypeMemory(cfg.memory_size, affinity_threshold=cfg.affinity_threshold)
+    memory = PrototypeMemory(cfg.memory_batches(world), affinity_threshold=cfg.affinity_threshold)
     settings = cfg.relation_settings()
     columns = ["step", "lr", *settings, "total", "softmax_ce", "images_per_s"]
     sums = torch.zeros(len(settings) + 2, device=device)  # loss sums since the last row

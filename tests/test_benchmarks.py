@@ -33,11 +33,50 @@ def test_contrastive_speed_small_crop_matches_the_loop():
 
 
 def test_accuracy_benchmark_runs_end_to_end_in_miniature(tmp_path):
-    out = run(ROOT / "benchmarks/accuracy.py", "--reduced", "--train", "8", "--val", "4",
-              "--steps", "2", "--batch", "2", "--cam-steps", "2", "--threads", "1",
-              "--device", "cpu", "--work", tmp_path / "work", "--out", tmp_path / "acc.csv",
-              "--only", "objects/scribbles/spml", "objects/scribbles/baseline",
-              "objects/full/full")  # fmt: skip
+    args = ["--reduced", "--train", "8", "--val", "4", "--test", "4", "--steps", "2",
+            "--batch", "2", "--cam-steps", "2", "--stage2-steps", "2", "--seeds", "0", "1",
+            "--device", "cpu", "--work", tmp_path / "work", "--out", tmp_path / "acc.csv",
+            "--only", "objects/scribbles/spml", "objects/scribbles/baseline"]  # fmt: skip
+    out = run(ROOT / "benchmarks/accuracy.py", *args)
     rows = (tmp_path / "acc.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[0].startswith("dataset,kind,method"), out
+    assert len(rows) == 5, out  # 2 cells x 2 seeds, test split
+    assert rows[0].startswith("dataset,kind,method,seed,split,miou,miou_knn"), rows[0]
+    assert "segments_per_image" in rows[0] and "pixels_per_segment" in rows[0]
+    claims = (tmp_path / "acc_claims.csv").read_text()
+    assert "objects/scribbles: SPML > partial CE" in claims and ",se," in claims.splitlines()[0]
+    summary = (tmp_path / "acc_summary.csv").read_text().splitlines()
+    assert len(summary) == 3 and "miou_std" in summary[0]
     assert (tmp_path / "acc.png").is_file()
+    # resumable: a second invocation trains and scores nothing again, and writes the same rows
+    finished = sorted((tmp_path / "work" / "runs").rglob("*.pt"))
+    finished += sorted((tmp_path / "work" / "runs").rglob("metrics.json"))
+    stamps = [p.stat().st_mtime_ns for p in finished]
+    run(ROOT / "benchmarks/accuracy.py", *args)
+    assert [p.stat().st_mtime_ns for p in finished] == stamps
+    assert (tmp_path / "acc.csv").read_text().splitlines() == rows
+
+
+def test_accuracy_claims_need_two_standard_errors():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import accuracy
+
+    def rows(method, values):
+        return [
+            {
+                "dataset": "objects",
+                "kind": "points",
+                "method": method,
+                "seed": i,
+                "split": "test",
+                "miou": v,
+                "miou_knn": "",
+            }
+            for i, v in enumerate(values)
+        ]
+
+    # difference 0.1; se = sqrt(0.01/3 + 0.01/3) = 0.0816: 0.1 < 2 se, no claim
+    noisy = rows("spml", [0.5, 0.6, 0.7]) + rows("baseline", [0.4, 0.5, 0.6])
+    (claim,) = accuracy.check_claims(noisy)
+    assert claim["holds"] == "FAIL" and claim["se"] == 0.08165
+    tight = rows("spml", [0.60, 0.61, 0.62]) + rows("baseline", [0.50, 0.51, 0.52])
+    assert accuracy.check_claims(tight)[0]["holds"] == "PASS"

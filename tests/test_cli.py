@@ -56,3 +56,25 @@ def test_run_notebook_parses_literals():
 def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit):
         cli.main(["no-such-command"])
+
+
+def test_make_data_writes_a_held_out_test_split_and_coarser_superpixels(tmp_path):
+    root = tmp_path / "data"
+    args = ["make-data", str(root), "--train", "2", "--val", "1", "--test", "2", "--size", "64",
+            "--superpixels", "12", "--object-scale", "1.5", "--quiet"]  # fmt: skip
+    assert cli.main(args) == 0
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["splits"] == {"train": 2, "val": 1, "test": 2}
+    assert meta["superpixel_options"] == {"n_segments": 12}
+    assert meta["options"]["object_scale"] == 1.5
+    assert len((root / "lists" / "test_full.txt").read_text().splitlines()) == 2
+    # the test scenes are the generator's for the test seed, and none of train or val
+    scenes = synthetic.generate(2, kind="objects", size=64, seed=SPLIT_SEEDS["test"](0),
+                                object_scale=1.5)  # fmt: skip
+    semantic = labelio.read_label_png(root / "semantic" / "test" / "test_00001.png")
+    np.testing.assert_array_equal(semantic, scenes.semantic[1])
+    assert SPLIT_SEEDS["test"](0) not in {SPLIT_SEEDS[s](k) for s in ("train", "val")
+                                          for k in range(1000)}  # fmt: skip
+    counts = [len(np.unique(labelio.read_id_png(p)))
+              for p in sorted((root / "superpixels").rglob("*.png"))]  # fmt: skip
+    assert max(counts) <= 20  # about 12 asked for (SLIC's grid rounds it)

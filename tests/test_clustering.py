@@ -253,3 +253,32 @@ def test_segment_batch_end_to_end():
     right = seg.segment_ids[:, :, 4:]
     assert torch.unique(right[:, 1:4]).numel() == 2 and torch.unique(right[:, 4:]).numel() == 2
     assert set(right[:, 1:4].unique().tolist()).isdisjoint(right[:, 4:].unique().tolist())
+
+
+def test_segment_statistics_count_by_hand():
+    rng = np.random.default_rng(0)
+    superpixels = torch.from_numpy(rng.integers(0, 5, (2, 6, 7)))
+    clusters = torch.from_numpy(rng.integers(0, 3, (2, 6, 7)))
+    clusters[1, 0, :3] = -1  # pixels left out
+    emb = F.normalize(torch.rand(2, 6, 7, 4, dtype=torch.float64), dim=-1)
+    segments = clustering.build_segments(emb, clusters, superpixels)
+    stats = clustering.segment_statistics(segments, superpixels)
+    kept = clusters.numpy() >= 0
+    pairs = {
+        (b, int(c), int(s))
+        for b in range(2)
+        for c, s, k in zip(
+            clusters[b].ravel(), superpixels[b].ravel(), kept[b].ravel(), strict=True
+        )
+        if k
+    }
+    sps = {
+        (b, int(s))
+        for b in range(2)
+        for s, k in zip(superpixels[b].ravel(), kept[b].ravel(), strict=True)
+        if k
+    }
+    assert stats["segments_per_image"] == len(pairs) / 2
+    assert stats["pixels_per_segment"] == kept.sum() / len(pairs)
+    assert stats["superpixels_per_image"] == len(sps) / 2
+    assert stats["pixels_per_superpixel"] == kept.sum() / len(sps)

@@ -5,7 +5,7 @@ import pytest
 
 from spml_lab import config
 from spml_lab.config import TrainConfig
-from spml_lab.relations import RELATIONS
+from spml_lab.relations import RELATIONS, RelationSetting
 
 FIELDS = [spec.name for spec in dataclasses.fields(TrainConfig)]
 
@@ -31,6 +31,8 @@ def _other_value(name):
         return default + 2  # keeps `width` even
     if isinstance(default, float):
         return default / 2
+    if default is None:  # "unset" float fields (the paper's value for the annotation)
+        return 0.25
     return strings[name]
 
 
@@ -114,6 +116,50 @@ def test_bad_values_name_the_field(name, value):
 def test_no_relation_enabled_is_refused():
     with pytest.raises(ValueError, match="at least one relation"):
         TrainConfig(**dict.fromkeys(RELATIONS, False))
+
+
+@pytest.mark.parametrize(
+    ("annotation", "ann", "occ"),
+    [
+        ("scribbles", (6.0, 1.0), (12.0, 0.5)),
+        ("points", (6.0, 0.1), (8.0, 0.1)),
+        ("cam_boxes", (6.0, 0.3), (8.0, 0.3)),
+        ("cam_tags", (6.0, 0.3), (8.0, 0.3)),
+    ],
+)
+def test_unset_relation_knobs_take_the_papers_per_kind_values(annotation, ann, occ):
+    # bashscripts/voc12/train_spml_{scribble,point,box,tag}.sh of the paper's code
+    settings = TrainConfig(annotation=annotation).relation_settings()
+    assert (
+        settings["semantic_annotation"].concentration,
+        settings["semantic_annotation"].weight,
+    ) == ann
+    assert (settings["cooccurrence"].concentration, settings["cooccurrence"].weight) == occ
+    assert settings["low_level"] == RelationSetting(16.0, 0.1)
+    assert TrainConfig(annotation=annotation).head_weight == ann[1]  # (CE + L_ann) x w_ann
+    given = TrainConfig(annotation=annotation, cooccurrence_weight=0.7).relation_settings()
+    assert given["cooccurrence"].weight == 0.7 and given["cooccurrence"].concentration == occ[0]
+
+
+def test_unset_knobs_follow_a_changed_annotation_and_stay_unset_in_yaml(tmp_path):
+    cfg = TrainConfig(annotation="scribbles").replace(annotation="points")
+    assert cfg.relation_settings()["semantic_annotation"].weight == 0.1
+    cfg.to_yaml(tmp_path / "c.yaml")
+    back = TrainConfig.from_yaml(tmp_path / "c.yaml")
+    assert back.semantic_annotation_weight is None and back == cfg
+
+
+def test_head_weight_and_contrast_set():
+    assert TrainConfig(head_trains_embedding=True, annotation="points").head_weight == 1.0
+    assert TrainConfig(softmax_weight=0.5).head_weight == 0.5
+    assert TrainConfig(head_dropout=0.75).head_dropout == TrainConfig().head_dropout
+    # the paper's contrast set: 16 live images + 2 memory batches of 16 = 48 images
+    assert TrainConfig(batch_size=16).memory_batches() == 2
+    assert TrainConfig(batch_size=4, contrast_images=48).memory_batches() == 11
+    assert TrainConfig(batch_size=4, contrast_images=48).memory_batches(world_size=4) == 2
+    assert TrainConfig(batch_size=4, contrast_images=4).memory_batches() == 0
+    with pytest.raises(ValueError, match="contrast_images"):
+        TrainConfig(contrast_images=-1)
 
 
 def test_relation_settings_follow_the_flat_fields():

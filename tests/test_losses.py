@@ -562,3 +562,26 @@ def test_unique_label_sets_match_torch_unique(num_columns):
     expected_sets, expected_inverse = torch.unique(rows, dim=0, return_inverse=True)
     sets, inverse = _unique_rows(rows)
     assert torch.equal(sets, expected_sets) and torch.equal(inverse, expected_inverse)
+
+
+def test_pixel_weights_give_the_weighted_sum_and_its_gradient():
+    # independent reference: the per-pixel losses of reduction="none", weighted by hand
+    v, labels, seg, u, plabels = single_label_case(9)
+    weights = torch.rand(len(labels), generator=torch.Generator().manual_seed(1), dtype=v.dtype)
+    v1, u1 = v.clone().requires_grad_(), u.clone().requires_grad_()
+    (
+        pixel_segment_loss(v1, labels, seg, u1, plabels, 4.0, reduction="none") * weights
+    ).sum().backward()
+    v2, u2 = v.clone().requires_grad_(), u.clone().requires_grad_()
+    got = pixel_segment_loss(
+        v2, labels, seg, u2, plabels, 4.0, reduction="sum", pixel_weights=weights
+    )
+    want = (pixel_segment_loss(v, labels, seg, u, plabels, 4.0, reduction="none") * weights).sum()
+    torch.testing.assert_close(got, want)
+    got.backward()
+    torch.testing.assert_close(v2.grad, v1.grad)
+    torch.testing.assert_close(u2.grad, u1.grad)
+    with pytest.raises(ValueError, match="reduction='sum'"):
+        pixel_segment_loss(v, labels, seg, u, plabels, 4.0, pixel_weights=weights)
+    with pytest.raises(ValueError, match="pixel_weights must have shape"):
+        pixel_segment_loss(v, labels, seg, u, plabels, 4.0, "sum", pixel_weights=weights[:2])

@@ -276,6 +276,112 @@ def brute_force(relation, emb, seg_ids, superpixels, labels, tags, bank, kappa, 
     return sum(losses) / max(len(losses), 1), len(losses)
 
 
+def brute_force_low_level(emb, seg_ids, superpixels, kappa, location_weight):
+    """The paper's VOC low-level loss by hand: per image, pixels and prototypes on
+    ``normalise([v, w * (y, x)])`` with y, x in [-0.5, 0.5]; the mean over images of each
+    image's mean over its kept pixels. Loops only, float64."""
+    num_images, height, width, _ = emb.shape
+    image_means, count = [], 0
+    for b in range(num_images):
+        feats, members = {}, defaultdict(list)
+        for r in range(height):
+            for c in range(width):
+                y, x = r / (height - 1) - 0.5, c / (width - 1) - 0.5
+                v = emb[b, r, c].double().tolist() + [location_weight * y, location_weight * x]
+                feats[r, c] = normalise(v)
+                if seg_ids[b, r, c] >= 0:
+                    members[int(seg_ids[b, r, c])].append((r, c))
+        protos = {
+            s: (normalise([sum(feats[p][d] for p in pix) for d in range(len(feats[pix[0]]))]),
+                int(superpixels[b, pix[0][0], pix[0][1]]))
+            for s, pix in members.items()
+        }  # fmt: skip
+        losses = []
+        for s_own, pix in members.items():
+            for p in pix:
+                key = protos[s_own][1]
+                e = {s: math.exp(kappa * dot(feats[p], u)) for s, (u, _) in protos.items()}
+                others = [s for s, (_, sp) in protos.items() if sp == key and s != s_own]
+                pos = sum(e[s] for s in others) if others else e[s_own]
+                neg = sum(e[s] for s, (_, sp) in protos.items() if sp != key)
+                losses.append(-math.log(pos / (pos + neg)))
+        if losses:
+            image_means.append(sum(losses) / len(losses))
+            count += len(losses)
+    return sum(image_means) / len(image_means), count
+
+
+@pytest.mark.parametrize("location_weight", [1.0, 0.5])
+def test_low_level_on_embedding_and_location_matches_the_papers_definition(location_weight):
+    emb, _, _, superpixels, segments = random_batch(0)
+    got = low_level_similarity(emb, segments, concentration=4.0, location_weight=location_weight)
+    want, count = brute_force_low_level(
+        emb, segments.segment_ids, superpixels, 4.0, location_weight
+    )
+    assert count > 10
+    assert got.item() == pytest.approx(want, rel=1e-9)
+    plain = low_level_similarity(emb, segments, concentration=4.0, location_weight=0.0)
+    assert abs(got.item() - plain.item()) > 1e-3  # the location features change the loss
+
+
+def test_low_level_averages_per_image_means():
+    """An image with few kept pixels weighs as much as a full one (the paper's mean of means)."""
+    emb, _, _, superpixels, segments = random_batch(0)
+    ids = segments.segment_ids.clone()
+    ids[1, 1:] = -1  # image 1 keeps one row only
+    kept = build_segments(emb, ids, superpixels)
+    got = low_level_similarity(emb, kept, concentration=4.0)
+    want, _ = brute_force_low_level(emb, kept.segment_ids, superpixels, 4.0, 1.0)
+    assert got.item() == pytest.approx(want, rel=1e-9)
+    pooled = []  # one mean over all kept pixels differs
+    for b in range(2):
+        one = build_segments(emb[b : b + 1], ids[b : b + 1], superpixels[b : b + 1])
+        n = int((one.segment_ids >= 0).sum())
+        pooled.append((low_level_similarity(emb[b : b + 1], one, concentration=4.0).item(), n))
+    assert got.item() == pytest.approx((pooled[0][0] + pooled[1][0]) / 2, rel=1e-9)
+    weighted = sum(m * n for m, n in pooled) / sum(n for _, n in pooled)
+    assert abs(got.item() - weighted) > 1e-3
+
+
+def test_low_level_gradient_matches_autograd_of_the_brute_force():
+    emb, _, _, superpixels, segments = random_batch(1)
+    leaf = emb.clone().requires_grad_(True)
+    clusters = segments.segment_ids  # each segment its own cluster: same segments again
+    seg = build_segments(leaf, clusters, superpixels)
+    low_level_similarity(leaf, seg, concentration=4.0).backward()
+    # dense autograd reference of the same definition
+    ref = emb.clone().requires_grad_(True)
+    height, width = ref.shape[1:3]
+    y = torch.linspace(-0.5, 0.5, height, dtype=ref.dtype)
+    x = torch.linspace(-0.5, 0.5, width, dtype=ref.dtype)
+    loc = torch.stack(torch.meshgrid(y, x, indexing="ij"), -1).expand(2, -1, -1, -1)
+    feats = F.normalize(torch.cat([ref, loc], -1), dim=-1)
+    total = 0.0
+    for b in range(2):
+        ids, sp = seg.segment_ids[b].reshape(-1), superpixels[b].reshape(-1)
+        f = feats[b].reshape(-1, feats.shape[-1])[ids >= 0]
+        ids, sp = ids[ids >= 0], sp[seg.segment_ids[b].reshape(-1) >= 0]
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        protos = F.normalize(torch.zeros(len(uniq), f.shape[1], dtype=f.dtype).index_add(0, inv, f))
+        proto_sp = torch.zeros(len(uniq), dtype=torch.long).scatter(0, inv, sp)
+        logits = 4.0 * f @ protos.T
+        same = sp[:, None] == proto_sp[None, :]
+        own = F.one_hot(inv, len(uniq)).bool()
+        others = same & ~own
+        pos_mask = torch.where(others.any(1, keepdim=True), others, own)
+        pos = torch.logsumexp(logits.masked_fill(~pos_mask, -torch.inf), 1)
+        every = torch.logsumexp(logits.masked_fill(~(pos_mask | ~same), -torch.inf), 1)
+        total = total + (every - pos).mean() / 2
+    total.backward()
+    torch.testing.assert_close(leaf.grad, ref.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_low_level_with_location_needs_the_image_layout():
+    emb, _, _, _, segments = random_batch(0)
+    with pytest.raises(ValueError, match="location_weight=0"):
+        low_level_similarity(emb.reshape(2, 36, -1), segments, concentration=4.0)
+
+
 def random_batch(seed, num_images=2, size=6, dim=5, num_classes=4):
     """Embeddings clustered by a class map, sparse labels, odd superpixel ids, left-out pixels."""
     g = torch.Generator().manual_seed(seed)
@@ -323,7 +429,9 @@ def test_relation_losses_match_brute_force(relation, with_memory):
     bank = None if memory is None else memory.bank()
     kappa = {"low_level": 4.0, "semantic_annotation": 6.0}.get(relation, 3.0)
     calls = {
-        "low_level": lambda: low_level_similarity(emb, segments, concentration=kappa),
+        "low_level": lambda: low_level_similarity(
+            emb, segments, concentration=kappa, location_weight=0.0
+        ),
         "semantic_annotation": lambda: semantic_annotation(
             emb, labels, segments, memory, concentration=kappa
         ),
@@ -335,6 +443,11 @@ def test_relation_losses_match_brute_force(relation, with_memory):
         ),
     }
     got = calls[relation]()
+    if relation == "low_level":  # the plain-embedding form averages per image too
+        want, count = brute_force_low_level(emb, segments.segment_ids, superpixels, kappa, 0.0)
+        assert count > 10
+        assert got.item() == pytest.approx(want, rel=1e-9)
+        return
     want, count = brute_force(
         relation, emb.reshape(2, 36, -1), segments.segment_ids.reshape(2, 36),
         superpixels.reshape(2, 36), labels.reshape(2, 36), tags, bank, kappa, THRESHOLD,
@@ -355,10 +468,12 @@ def test_relations_accept_flat_and_image_shaped_inputs():
     memory = filled_memory(0.95)
     flat = Segments(**{**vars(segments), "segment_ids": segments.segment_ids.reshape(2, -1)})
     settings = {name: RelationSetting(5.0, 1.0) for name in RELATIONS}
-    a = spml_loss(emb, labels, tags, segments, memory, settings=settings)
+    # flat rows carry no pixel places: the low-level relation then compares plain embeddings
+    a = spml_loss(emb, labels, tags, segments, memory, settings=settings, location_weight=0.0)
     b = spml_loss(
-        emb.reshape(2, 36, -1), labels.reshape(2, -1), tags, flat, memory, settings=settings
-    )
+        emb.reshape(2, 36, -1), labels.reshape(2, -1), tags, flat, memory, settings=settings,
+        location_weight=0.0,
+    )  # fmt: skip
     for name in a:
         torch.testing.assert_close(a[name], b[name])
 
@@ -390,7 +505,9 @@ def test_gradients_reach_embeddings_through_pixels_and_prototypes():
 
 def all_losses(emb, labels, tags, segments, memory, kappa):
     settings = {name: RelationSetting(kappa, 1.0) for name in RELATIONS}
-    return spml_loss(emb, labels, tags, segments, memory, settings=settings)
+    # flat (B, N, D) hand batches carry no pixel places: plain-embedding low-level
+    weight = 1.0 if emb.ndim == 4 else 0.0
+    return spml_loss(emb, labels, tags, segments, memory, settings=settings, location_weight=weight)
 
 
 @pytest.mark.parametrize("with_memory", [False, True])

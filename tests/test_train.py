@@ -244,3 +244,47 @@ def test_only_the_baseline_lets_the_head_loss_reach_the_network(trains_embedding
 def test_no_relation_and_no_baseline_is_refused():
     with pytest.raises(ValueError, match="head_trains_embedding"):
         TrainConfig(low_level=False, semantic_annotation=False, cooccurrence=False)
+
+
+def test_the_head_loss_is_weighted_as_the_papers_stage_one():
+    # (CE + L_ann) x w_ann: with points (w_ann 0.1) the head's gradient is a tenth of the
+    # unweighted one; the baseline keeps weight 1
+    grads = {}
+    for annotation, weight in (("points", None), ("points", 1.0)):
+        cfg = TrainConfig(
+            **TINY,
+            annotation=annotation,
+            softmax_weight=weight,
+            low_level=True,
+            semantic_annotation=False,
+            cooccurrence=False,
+            head_dropout=0.0,
+        )
+        dataset = train.build_dataset(cfg)
+        batch = default_collate([dataset[i] for i in range(2)])
+        torch.manual_seed(0)
+        net, head = train.build_model(cfg, dataset.num_classes)
+        optimizer = torch.optim.SGD(train.param_groups(net, head, cfg), lr=0.0)
+        memory = train.PrototypeMemory(0)
+        train.train_step(batch, net, head, optimizer, memory, cfg, torch.device("cpu"))
+        grads[weight] = head.classifier.weight.grad.clone()
+    torch.testing.assert_close(grads[None], 0.1 * grads[1.0])
+    assert (
+        TrainConfig(
+            annotation="points",
+            head_trains_embedding=True,
+            low_level=False,
+            semantic_annotation=False,
+            cooccurrence=False,
+        ).head_weight
+        == 1.0
+    )
+
+
+def test_contrast_images_size_the_memory(tmp_path):
+    cfg = TrainConfig(**{**TINY, "out_dir": str(tmp_path / "run")}, contrast_images=6,
+                      max_steps=4)  # fmt: skip
+    train.fit(cfg)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    # batch 2, 6 images to contrast with: 2 live + 2 memory batches of 2
+    assert len(state["memory"]["batches"]) == 2
