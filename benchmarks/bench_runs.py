@@ -145,6 +145,22 @@ def _one_thread():
     import torch
 
     torch.set_num_threads(1)
+    _die_with_parent()
+
+
+def _die_with_parent():
+    """Ask Linux to end this worker when the benchmark process dies (kill, Ctrl-C).
+
+    Otherwise a killed benchmark leaves its workers training on; whatever they were doing
+    resumes from its checkpoint the next time, so nothing is lost by ending them.
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _call(job):
@@ -221,3 +237,28 @@ def segment_report(run_dir, batches=4, device="cpu"):
             for key, value in clustering.segment_statistics(segments, sp, valid).items():
                 totals[key] = totals.get(key, 0.0) + value / batches
     return {key: round(value, 2) for key, value in totals.items()}
+
+
+def probe_report(run_dir, split="test", images=32, device="cpu"):
+    """Linear probes of a run's embedding on a split: position R² and class balanced accuracy.
+
+    Returns
+    -------
+    scores : dict of str to float
+        `embedding_stats.probe_position_and_class` of the first `images` images of `split`.
+    """
+    import torch
+
+    from spml_lab import embedding_stats
+
+    run = evaluate.load_run(run_dir, device=device)
+    truth = evaluate.dataset_for(run.cfg, split, "full")
+    embeddings, labels = [], []
+    with torch.no_grad():
+        for batch in evaluate.image_batches(truth, 8, images):
+            embeddings.append(run.net(batch["image"].to(device)).cpu())
+            labels.append(batch["label"])
+    scores = embedding_stats.probe_position_and_class(
+        torch.cat(embeddings), torch.cat(labels), num_samples=3000
+    )
+    return {key: round(value, 3) for key, value in scores.items()}

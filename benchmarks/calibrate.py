@@ -50,17 +50,63 @@ SETTINGS = {
                        width=32, steps=800, batch=8, lr=0.03),
     "d40_s20_96": dict(difficulty=0.4, object_scale=2.0, size=96, superpixels=24,
                        width=32, steps=800, batch=8, lr=0.03),
+    "d25_s15_lr05": dict(difficulty=0.25, object_scale=1.5, size=128, superpixels=32,
+                         width=32, steps=600, batch=8, lr=0.05),
+    "d25_s15_lr10": dict(difficulty=0.25, object_scale=1.5, size=128, superpixels=32,
+                         width=32, steps=600, batch=8, lr=0.1),
+    "d25_s20_96_lr05": dict(difficulty=0.25, object_scale=2.0, size=96, superpixels=24,
+                            width=32, steps=800, batch=8, lr=0.05),
+    "d10_s15_lr05": dict(difficulty=0.1, object_scale=1.5, size=128, superpixels=32,
+                         width=32, steps=600, batch=8, lr=0.05),
+    "d25_s25": dict(difficulty=0.25, object_scale=2.5, size=128, superpixels=32,
+                    width=32, steps=600, batch=8, lr=0.01),
+    "d25_s25_d64": dict(difficulty=0.25, object_scale=2.5, size=128, superpixels=32,
+                        width=32, steps=600, batch=8, lr=0.01, embedding_dim=64),
+    "d25_s15_long": dict(difficulty=0.25, object_scale=1.5, size=128, superpixels=32,
+                         width=32, steps=1200, batch=8, lr=0.01),
+    "d25_s15_lr10_h1": dict(difficulty=0.25, object_scale=1.5, size=128, superpixels=32,
+                            width=32, steps=600, batch=8, lr=0.1, head_lr_mult=1.0),
+    "d25_s15_lr05_h2": dict(difficulty=0.25, object_scale=1.5, size=128, superpixels=32,
+                            width=32, steps=600, batch=8, lr=0.05, head_lr_mult=2.0),
+    "p96_s25_lr05": dict(difficulty=0.25, object_scale=2.5, size=96, superpixels=24,
+                         width=32, steps=800, batch=8, lr=0.05),
+    "p96_s20_lr10_h1": dict(difficulty=0.25, object_scale=2.0, size=96, superpixels=24,
+                            width=32, steps=800, batch=8, lr=0.1, head_lr_mult=1.0),
+    "p96_s20_lr05_1600": dict(difficulty=0.25, object_scale=2.0, size=96, superpixels=24,
+                              width=32, steps=1600, batch=8, lr=0.05),
+    "p96_s20_d10_lr05": dict(difficulty=0.1, object_scale=2.0, size=96, superpixels=24,
+                             width=32, steps=800, batch=8, lr=0.05),
+    "p96_s20_lr05_do10": dict(difficulty=0.25, object_scale=2.0, size=96, superpixels=24,
+                              width=32, steps=800, batch=8, lr=0.05, head_dropout=0.1),
+    "p96_s20_lr05_w64": dict(difficulty=0.25, object_scale=2.0, size=96, superpixels=24,
+                             width=64, steps=800, batch=8, lr=0.05),
+    "p64_s25_lr05_1600": dict(difficulty=0.25, object_scale=2.5, size=64, superpixels=12,
+                              width=32, steps=1600, batch=8, lr=0.05),
+    "p64_d10_s20_lr05_1600": dict(difficulty=0.1, object_scale=2.0, size=64, superpixels=12,
+                                  width=32, steps=1600, batch=8, lr=0.05),
+    # the candidates: 96 px, large objects, clean-ish scenes, 1,000 steps
+    "cal_d10_do10": dict(difficulty=0.1, object_scale=2.0, size=96, superpixels=16,
+                         width=32, steps=1000, batch=8, lr=0.05, head_dropout=0.1),
+    "cal_d10": dict(difficulty=0.1, object_scale=2.0, size=96, superpixels=16,
+                    width=32, steps=1000, batch=8, lr=0.05),
+    "d25_s15_w64": dict(difficulty=0.25, object_scale=1.5, size=128, superpixels=32,
+                        width=64, steps=600, batch=8, lr=0.01, embedding_dim=64),
 }  # fmt: skip
+# other TrainConfig fields a setting may change
+RECIPE_FIELDS = ("embedding_dim", "head_lr_mult", "head_dropout", "warmup_steps", "weight_decay")
 CHECKS = {"full_min": 0.75, "points_max_ratio": 0.85}
 
 
-def setting_runs(name, setting, seed, work, train_images, val_images):
+def setting_runs(name, setting, seed, work, train_images, val_images, methods=METHODS):
     """Write the dataset of one setting; return the jobs of its three runs."""
-    options = {"difficulty": setting["difficulty"], "object_scale": setting["object_scale"]}
+    kind = setting.get("kind", "objects")
+    options = {"difficulty": setting["difficulty"]}
+    if kind == "objects":
+        options["object_scale"] = setting["object_scale"]
     data_name = "d{difficulty}_s{object_scale}_px{size}_sp{superpixels}".format(**setting)
     data = bench_runs.ensure_dataset(
-        work / "data" / data_name,
-        "objects",
+        work / "data" / (data_name if kind == "objects" else f"{kind}_{data_name}"),
+        kind,
         {"train": train_images, "val": val_images},
         0,
         options,
@@ -68,7 +114,8 @@ def setting_runs(name, setting, seed, work, train_images, val_images):
         setting["size"],
     )
     jobs = []
-    for method, annotation in METHODS.items():
+    for method in methods:
+        annotation = METHODS[method]
         cfg = bench_runs.base_config(
             data=str(data),
             annotation=annotation,
@@ -82,6 +129,7 @@ def setting_runs(name, setting, seed, work, train_images, val_images):
             device="cpu",
             out_dir=str(work / "runs" / f"{name}_{method}_seed{seed}"),
             **bench_runs.BASELINE,
+            **{k: v for k, v in setting.items() if k in RECIPE_FIELDS},
         )
         jobs.append((bench_runs.score_run, (cfg, ["val"], ["softmax", "softmax_crf"]), {}))
     return jobs
@@ -91,6 +139,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="a first look may train full masks only")  # fmt: skip
     parser.add_argument("--train", type=int, default=400, help="training images")
     parser.add_argument("--val", type=int, default=100, help="validation images")
     parser.add_argument("--jobs", type=int, default=2, help="single-thread runs side by side")
@@ -107,9 +157,11 @@ def main():
     jobs, keys = [], []
     for name in args.settings:
         for seed in args.seeds:
-            runs = setting_runs(name, SETTINGS[name], seed, work, args.train, args.val)
+            runs = setting_runs(
+                name, SETTINGS[name], seed, work, args.train, args.val, args.methods
+            )
             jobs += runs
-            keys += [(name, method, seed) for method in METHODS]
+            keys += [(name, method, seed) for method in args.methods]
     rows = []
     out = Path(args.out)
     for (name, method, seed), result in zip(keys, bench_runs.run_all(jobs, args.jobs), strict=True):

@@ -232,7 +232,10 @@ def loop_losses(batch, embeddings, memory, settings, clusters=None):
     per-image segments.
     """
     images = loop_segments(batch, embeddings, clusters)
-    dim = embeddings.shape[-1]
+    num_images, height, width, dim = embeddings.shape
+    yy = torch.linspace(0, 1, height, dtype=embeddings.dtype, device=embeddings.device) - 0.5
+    xx = torch.linspace(0, 1, width, dtype=embeddings.dtype, device=embeddings.device) - 0.5
+    location = torch.stack(torch.meshgrid(yy, xx, indexing="ij"), -1).reshape(-1, 2)
     pixels = [embeddings[b].reshape(-1, dim) for b in range(len(images))]
     # batch + memory prototypes and their fields, as the paper's code concatenates its lists
     everything = images + list(memory)
@@ -253,10 +256,12 @@ def loop_losses(batch, embeddings, memory, settings, clusters=None):
         loss_sum, count = embeddings.new_zeros(()), 0
         for b, seg in enumerate(images):
             v, own = pixels[b], seg["ids"]
-            if name == "low_level":  # the image's own segments only
+            if name == "low_level":  # the image's own segments, on [v, location]: a mean per image
+                f = F.normalize(torch.cat([v, location.to(v)], 1), dim=1)
+                u = F.normalize(f.new_zeros(len(seg["labels"]), f.shape[1]).index_add(0, own, f))
                 same = seg["superpixels"][own][:, None] == seg["superpixels"][None, :]
-                loss_sum = loss_sum + dense_loss(v, own, same, seg["prototypes"], kappa)
-                count += len(v)
+                loss_sum = loss_sum + dense_loss(f, own, same, u, kappa) / len(v)
+                count += 1
             elif name == "cooccurrence":
                 tags = seg["tags"][1:].float()
                 if not tags.any():

@@ -21,6 +21,7 @@ __all__ = [
     "silhouette_per_class",
     "cosine_distributions",
     "compare_embeddings",
+    "probe_position_and_class",
 ]
 
 
@@ -433,3 +434,74 @@ def compare_embeddings(samples, *, class_names=None, num_pairs=5000, seed=0):
             row[f"silhouette {label}"] = score
         rows.append(row)
     return rows
+
+
+def probe_position_and_class(embeddings, labels, *, num_samples=4000, seed=0):
+    """What an embedding encodes: linear probes of each pixel's position and of its class.
+
+    An embedding that lowers a contrastive loss by writing *where* a pixel is, rather than
+    *what* it is, shows a high position R² and a low class accuracy. Both probes are fitted on
+    the pixels of the first half of the images and scored on the other half, so no image is
+    seen by both (scikit-learn's ridge regression and logistic regression).
+
+    Parameters
+    ----------
+    embeddings : (B, D, h, w) float ndarray or tensor
+        Pixel embeddings, channels first; B >= 2.
+    labels : (B, H, W) int ndarray or tensor
+        True class per pixel (brought to (h, w) by nearest sampling); 255 = unknown.
+    num_samples : int, optional
+        Pixels drawn from each half (class-balanced draws for the class probe).
+    seed : int, optional
+
+    Returns
+    -------
+    scores : dict of str to float
+        ``position_r2``: R² of (y, x) in [-0.5, 0.5] predicted from the embedding (1 = the
+        position is linearly readable, 0 = not at all); ``class_balanced_accuracy``: balanced
+        accuracy of the class predicted by a multinomial logistic regression.
+
+    Examples
+    --------
+    An "embedding" that is the pixel's position, in an image of two halves of one class each:
+
+    >>> yy, xx = np.meshgrid(np.linspace(-0.5, 0.5, 8), np.linspace(-0.5, 0.5, 8), indexing="ij")
+    >>> emb = np.broadcast_to(np.stack([yy, xx, np.ones_like(yy)]), (4, 3, 8, 8))
+    >>> labels = np.broadcast_to((xx > 0).astype(int), (4, 8, 8))
+    >>> scores = probe_position_and_class(emb, labels, num_samples=200)
+    >>> round(scores["position_r2"], 3), round(scores["class_balanced_accuracy"], 2)
+    (1.0, 1.0)
+    """
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.metrics import balanced_accuracy_score, r2_score
+
+    emb = _numpy(embeddings, np.float64)
+    if emb.ndim != 4 or emb.shape[0] < 2:
+        raise ValueError(f"embeddings must be (B, D, h, w) with B >= 2, got {emb.shape}")
+    num_images, _, height, width = emb.shape
+    classes = _nearest(_numpy(labels), (height, width), "labels")  # (B, h, w)
+    yy, xx = np.meshgrid(
+        np.linspace(-0.5, 0.5, height), np.linspace(-0.5, 0.5, width), indexing="ij"
+    )
+    rows = np.moveaxis(emb, 1, -1)  # (B, h, w, D)
+    rng = np.random.default_rng(seed)
+    halves = []
+    for part in (slice(0, num_images // 2), slice(num_images // 2, num_images)):
+        vectors = rows[part].reshape(-1, rows.shape[-1])
+        where = np.stack(np.broadcast_arrays(yy, xx), -1)[None].repeat(rows[part].shape[0], 0)
+        where = where.reshape(-1, 2)
+        truth = classes[part].reshape(-1)
+        known = np.flatnonzero(truth != IGNORE_INDEX)
+        uniform = rng.choice(known, min(num_samples, len(known)), replace=False)
+        counts = np.bincount(truth[known])
+        weights = 1.0 / counts[truth[known]]
+        balanced = rng.choice(
+            known, min(num_samples, len(known)), replace=False, p=weights / weights.sum()
+        )
+        halves.append((vectors, where, truth, uniform, balanced))
+    (v0, w0, t0, u0, b0), (v1, w1, t1, u1, b1) = halves
+    position = Ridge(alpha=1e-3).fit(v0[u0], w0[u0])
+    r2 = r2_score(w1[u1], position.predict(v1[u1]))
+    probe = LogisticRegression(max_iter=2000).fit(v0[b0], t0[b0])
+    accuracy = balanced_accuracy_score(t1[b1], probe.predict(v1[b1]))
+    return {"position_r2": float(r2), "class_balanced_accuracy": float(accuracy)}

@@ -184,3 +184,15 @@ def test_compare_embeddings_rows_agree_with_the_parts():
     assert rows[0]["gap"] == pytest.approx(intra.mean() - inter.mean())
     assert rows[0]["gap"] > 0.8 > abs(rows[1]["gap"])
     assert rows[0]["silhouette"] > 0.8 > rows[1]["silhouette"]
+
+
+def test_probes_tell_position_from_class():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (6, 8, 8))  # classes scattered, independent of position
+    onehot = np.moveaxis(np.eye(3)[labels], -1, 1) + 0.01 * rng.normal(size=(6, 3, 8, 8))
+    what = embedding_stats.probe_position_and_class(onehot, labels, num_samples=300)
+    assert what["class_balanced_accuracy"] == 1.0 and what["position_r2"] < 0.05
+    yy, xx = np.meshgrid(np.linspace(-0.5, 0.5, 8), np.linspace(-0.5, 0.5, 8), indexing="ij")
+    where = np.broadcast_to(np.stack([yy, xx]), (6, 2, 8, 8))
+    got = embedding_stats.probe_position_and_class(where, labels, num_samples=300)
+    assert got["position_r2"] > 0.99 and got["class_balanced_accuracy"] < 0.5  # chance: 1/3
