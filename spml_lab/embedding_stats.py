@@ -437,7 +437,7 @@ def compare_embeddings(samples, *, class_names=None, num_pairs=5000, seed=0):
 
 
 def probe_position_and_class(embeddings, labels, *, num_samples=4000, seed=0):
-    """What an embedding encodes: linear probes of each pixel's position and of its class.
+    """Probe what an embedding encodes: each pixel's position and its class, linearly.
 
     An embedding that lowers a contrastive loss by writing *where* a pixel is, rather than
     *what* it is, shows a high position R² and a low class accuracy. Both probes are fitted on
