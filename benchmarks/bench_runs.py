@@ -9,6 +9,7 @@ since the last checkpoint.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from spml_lab import evaluate, make_data, stage2, train
 from spml_lab.config import TrainConfig
 
-__all__ = ["ensure_dataset", "score_run", "run_all", "BASELINE"]
+__all__ = ["ensure_dataset", "score_run", "run_all", "BASELINE", "read_csv", "write_csv"]
 
 # partial cross-entropy (and full supervision): every relation off, the head trains the net
 BASELINE = {
@@ -262,3 +263,25 @@ def probe_report(run_dir, split="test", images=32, device="cpu"):
         torch.cat(embeddings), torch.cat(labels), num_samples=3000
     )
     return {key: round(value, 3) for key, value in scores.items()}
+
+
+def read_csv(path):
+    """Rows of a CSV file as dicts of strings; [] when it does not exist yet."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_csv(path, rows):
+    """Write dict rows (columns: the union of their keys, in order of appearance)."""
+    if not rows:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)

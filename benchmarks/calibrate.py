@@ -25,7 +25,6 @@ Rows go to ``benchmarks/results/calibration.csv`` (one per run), the verdicts to
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -183,8 +182,8 @@ def main():
         print(f"{name:<14} {method:<10} seed {seed}  mIoU {rows[-1]['miou']:.4f} "
               f"(softmax {rows[-1]['miou_softmax']:.4f})", flush=True)  # fmt: skip
         _merge(out, rows)
-    summary = summarise(_read(out))
-    _write(out.with_name("calibration_summary.csv"), summary)
+    summary = summarise(bench_runs.read_csv(out))
+    bench_runs.write_csv(out.with_name("calibration_summary.csv"), summary)
     for row in summary:
         print(row)
     print(f"took {time.perf_counter() - tic:.0f} s")
@@ -211,30 +210,12 @@ def summarise(rows):
     return out
 
 
-def _read(path):
-    if not path.is_file():
-        return []
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
-
-
 def _merge(path, new_rows):
     """Add rows to the CSV, replacing earlier rows of the same (setting, method, seed)."""
     key = ("setting", "method", "seed")
     fresh = {tuple(str(r[k]) for k in key) for r in new_rows}
-    kept = [r for r in _read(path) if tuple(r[k] for k in key) not in fresh]
-    _write(path, kept + [{k: str(v) for k, v in r.items()} for r in new_rows])
-
-
-def _write(path, rows):
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(rows)
+    kept = [r for r in bench_runs.read_csv(path) if tuple(r[k] for k in key) not in fresh]
+    bench_runs.write_csv(path, kept + [{k: str(v) for k, v in r.items()} for r in new_rows])
 
 
 if __name__ == "__main__":

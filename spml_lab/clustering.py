@@ -472,24 +472,30 @@ def segment_statistics(segments, superpixels=None, valid=None):
     Returns
     -------
     stats : dict of str to float
-        ``segments_per_image``, ``pixels_per_segment`` and, with `superpixels`,
+        ``segments_per_image``, ``pixels_per_segment``, ``pixels_per_segment_of_a_pixel``
+        (the pixel-weighted mean size) and, with `superpixels`,
         ``superpixels_per_image`` and ``pixels_per_superpixel`` (means over the batch).
 
     Examples
     --------
     >>> seg = build_segments(torch.ones(1, 2, 4, 1), torch.zeros(1, 2, 4, dtype=torch.long),
     ...                      torch.tensor([[[0, 0, 1, 1], [0, 0, 2, 2]]]))
-    >>> segment_statistics(seg, torch.tensor([[[0, 0, 1, 1], [0, 0, 2, 2]]]))
-    {'segments_per_image': 3.0, 'pixels_per_segment': 2.6666666666666665, \
-'superpixels_per_image': 3.0, 'pixels_per_superpixel': 2.6666666666666665}
+    >>> stats = segment_statistics(seg, torch.tensor([[[0, 0, 1, 1], [0, 0, 2, 2]]]))
+    >>> {key: round(value, 2) for key, value in stats.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'segments_per_image': 3.0, 'pixels_per_segment': 2.67, 'pixels_per_segment_of_a_pixel': 3.0,
+     'superpixels_per_image': 3.0, 'pixels_per_superpixel': 2.67}
     """
     ids = segments.segment_ids
     num_images = ids.shape[0]
     kept = (ids >= 0) if valid is None else valid.bool()
     pixels = int(kept.sum())
+    sizes = segments.sizes.double()
     stats = {
         "segments_per_image": segments.num_segments / max(num_images, 1),
         "pixels_per_segment": pixels / max(segments.num_segments, 1),
+        # the size of the segment a random pixel lies in: thin scribble fragments are many
+        # but hold few pixels, so this is the size most pixels see
+        "pixels_per_segment_of_a_pixel": float((sizes**2).sum() / sizes.sum().clamp(min=1)),
     }
     if superpixels is not None:
         image = torch.arange(num_images, device=ids.device).view(-1, *[1] * (ids.ndim - 1))

@@ -139,12 +139,13 @@ def make_batch(
     iterations=10,
     seed=0,
 ):
-    """Load images of the embedded data, embed them and build their segments.
+    """Load images of a dataset (the embedded one by default), embed them, build their segments.
 
     Parameters
     ----------
-    kind : {"objects", "parts"}, optional
-        Which embedded dataset.
+    kind : str, optional
+        ``"objects"`` / ``"parts"`` (the embedded samples), or any ``TrainConfig.data``
+        string: ``"embedded:KIND"`` or a `spml-lab make-data` folder.
     annotation : {"full", "points", "scribbles", "boxes", "tags"}, optional
         Which weak labels (``"tags"``: every pixel unlabelled, tags only).
     indices : sequence of int, optional
@@ -174,11 +175,12 @@ def make_batch(
     >>> batch.images.shape, tuple(batch.embeddings.shape), tuple(batch.labels.shape)
     ((2, 128, 128, 3), (2, 32, 32, 8), (2, 32, 32))
     """
-    dataset = datasets.embedded(kind, split, annotation)
+    data = f"embedded:{kind}" if kind in ("objects", "parts") else kind
+    dataset = datasets.open_data(data, split, annotation)
     indices = [int(i) for i in indices]
     if not indices or not all(0 <= i < len(dataset) for i in indices):
         raise ValueError(f"indices must be non-empty and lie in [0, {len(dataset)}), got {indices}")
-    full = datasets.embedded(kind, split, "full")
+    full = datasets.open_data(data, split, "full")
     items = [dataset[i] for i in indices]
     images = torch.stack([item["image"] for item in items])  # (B, 3, H, W)
     if net is None:

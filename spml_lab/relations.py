@@ -318,8 +318,13 @@ def _low_level_inputs(embeddings, segments, location_weight):
     return inputs, weights, (counts > 0).sum()
 
 
-def _loss(inputs, concentration):
-    """Compute a relation's loss: the mean over its pixels (of all processes if global)."""
+def _loss(inputs, concentration, pixel_weights=None, count=None):
+    """Compute a relation's loss: the mean over its pixels (of all processes if global).
+
+    With `pixel_weights`, the weighted sum divided by `count` (summed over processes), e.g.
+    per-image weights and the number of images for a mean of per-image means.
+    """
+    summed = inputs.global_batch or pixel_weights is not None
     loss = pixel_segment_loss(
         inputs.embeddings,
         inputs.labels,
@@ -331,12 +336,14 @@ def _loss(inputs, concentration):
         pixel_groups=inputs.pixel_groups,
         prototype_groups=inputs.prototype_groups,
         trainable_prototypes=inputs.trainable,
-        reduction="sum" if inputs.global_batch else "mean",
+        reduction="sum" if summed else "mean",
+        pixel_weights=pixel_weights,
     )
-    if not inputs.global_batch:
+    if not summed:
         return loss
-    multi_label = inputs.labels.ndim == 2
-    count = _valid_labels(inputs.labels, multi_label, inputs.ignore_index).sum()
+    if count is None:
+        multi_label = inputs.labels.ndim == 2
+        count = _valid_labels(inputs.labels, multi_label, inputs.ignore_index).sum()
     return distributed.global_mean(loss, count)
 
 
@@ -394,20 +401,7 @@ def low_level_similarity(embeddings, segments, *, concentration, location_weight
     tensor(0.0302)
     """
     inputs, weights, num_images = _low_level_inputs(embeddings, segments, location_weight)
-    loss = pixel_segment_loss(
-        inputs.embeddings,
-        inputs.labels,
-        inputs.segment_ids,
-        inputs.prototypes,
-        inputs.prototype_labels,
-        concentration,
-        reduction="sum",
-        ignore_index=None,
-        pixel_groups=inputs.pixel_groups,
-        prototype_groups=inputs.prototype_groups,
-        pixel_weights=weights,
-    )  # the sum of this process's per-image means
-    return distributed.global_mean(loss, num_images)
+    return _loss(inputs, concentration, weights, num_images)  # the mean of per-image means
 
 
 def semantic_annotation(embeddings, labels, segments, memory=None, *, concentration):

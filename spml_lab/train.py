@@ -389,8 +389,9 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
     -------
     losses : dict of str to () float tensor
         Each enabled relation's loss, ``"total"`` (their weighted sum) and ``"softmax_ce"``.
-    segments : clustering.Segments
-        The batch's segments (what a step pushes into the memory).
+    segments : clustering.Segments or None
+        The batch's segments (what a step pushes into the memory); None when no relation is
+        enabled (the baselines), which need none.
     """
     device = torch.device(device)
     images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
@@ -411,21 +412,26 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
         valid = small_sp >= 0  # crop padding has no superpixel: out of k-means and losses
         small_sp = small_sp.clamp(min=0)
     rows = emb.permute(0, 2, 3, 1)  # (B, h, w, D)
-    segments = clustering.segment_batch(
-        rows, small_sp, small_labels, cfg.kmeans_grid, cfg.kmeans_iterations, tags=tags, valid=valid
-    )
-    # under DDP: the segments of every process, so negatives come from the global batch
-    segments = distributed.gather_segments(segments)
-    losses = relations.spml_loss(
-        rows,
-        small_labels,
-        tags,
-        segments,
-        memory,
-        settings=cfg.relation_settings(),
-        affinity_threshold=cfg.affinity_threshold,
-        location_weight=cfg.low_level_location_weight,
-    )
+    settings = cfg.relation_settings()
+    segments = None  # the baselines train no relation: no segments to build
+    losses = {"total": rows.reshape(-1)[:1].sum() * 0.0}
+    if settings:
+        segments = clustering.segment_batch(
+            rows, small_sp, small_labels, cfg.kmeans_grid, cfg.kmeans_iterations, tags=tags,
+            valid=valid,
+        )  # fmt: skip
+        # under DDP: the segments of every process, so negatives come from the global batch
+        segments = distributed.gather_segments(segments)
+        losses = relations.spml_loss(
+            rows,
+            small_labels,
+            tags,
+            segments,
+            memory,
+            settings=settings,
+            affinity_threshold=cfg.affinity_threshold,
+            location_weight=cfg.low_level_location_weight,
+        )
     with amp or contextlib.nullcontext():
         # SPML: the head reads a detached embedding; the baseline trains the net through it
         head_input = emb if cfg.head_trains_embedding else emb.detach()
@@ -465,7 +471,8 @@ def train_step(batch, net, head, optimizer, memory, cfg, device, superpixels=Tru
     # is already in the total; the baselines weigh their cross-entropy 1 (`cfg.head_weight`)
     (losses["total"] + cfg.head_weight * losses["softmax_ce"]).backward()
     optimizer.step()
-    memory.push(segments)
+    if segments is not None:
+        memory.push(segments)
     names = [*cfg.relation_settings(), "total", "softmax_ce"]  # the metrics.csv columns
     return torch.stack([losses[name] for name in names]).detach()
 
