@@ -124,8 +124,13 @@ def score_run(cfg, splits, methods, *, stage2_steps=0, stage2_lr=0.1):
 
     if not (run_dir / "final.pt").is_file():
         tic = time.perf_counter()
-        # resume=True also starts afresh over a run killed before its first checkpoint
-        train.fit(cfg.replace(resume=True))
+        resume = (run_dir / "checkpoint.pt").is_file()
+        if not resume:  # killed before its first checkpoint: its config and rows are all it left
+            for partial in ("config.yaml", "metrics.csv"):
+                if (run_dir / partial).is_file():
+                    print(f"{run_dir}: no checkpoint yet, starting afresh over its {partial}")
+                    (run_dir / partial).unlink()
+        train.fit(cfg.replace(resume=resume))
         note("train_seconds", time.perf_counter() - tic)
     if stage2_steps and not (run_dir / evaluate.STAGE2).is_file():
         tic = time.perf_counter()

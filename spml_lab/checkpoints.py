@@ -128,7 +128,14 @@ def to_device(value, device):
 
 
 def open_run(run, cfg):
-    """Check the run folder; return the checkpoint to resume from, or None for a fresh run."""
+    """Check the run folder; return the checkpoint to resume from, or None for a fresh run.
+
+    A fresh run needs an empty (or absent) folder; ``resume`` needs its ``checkpoint.pt`` and a
+    config that matches it, and on an empty folder starts afresh (there is nothing to lose).
+    A folder with run files but no checkpoint is refused either way: a finished run
+    (``final.pt``) is never trained again, and a run killed before its first checkpoint is
+    the user's to remove.
+    """
     for stale in run.glob(".*.tmp"):  # left by a run killed while saving
         stale.unlink()
     if cfg.resume and (run / CHECKPOINT).is_file():
@@ -142,6 +149,16 @@ def open_run(run, cfg):
             )
         return state
     taken = [name for name in (CONFIG, CHECKPOINT, FINAL, METRICS) if (run / name).exists()]
+    if taken and cfg.resume:  # a run folder without its checkpoint: nothing safe to resume
+        if (run / FINAL).exists():
+            raise FileExistsError(
+                f"cannot resume {run}: it holds a finished run ({FINAL}) but no {CHECKPOINT}; "
+                "a finished run is never trained again (choose another out_dir to retrain)"
+            )
+        raise FileNotFoundError(
+            f"cannot resume {run}: no {CHECKPOINT} in it (the run stopped before its first "
+            f"checkpoint); remove the folder's {', '.join(taken)} to start afresh"
+        )
     if taken and not cfg.resume:
         raise FileExistsError(
             f"TrainConfig.out_dir {str(run)!r} already holds a run ({', '.join(taken)}); pass "

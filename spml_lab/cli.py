@@ -248,7 +248,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         status = args.run(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as error:
         print(f"spml-lab {args.command}: error: {error}", file=sys.stderr)
         return 2
     return status or 0
@@ -390,14 +390,22 @@ def _predict(args):
     if args.head != "stage1" and run.stage2_head is not None:
         head = run.stage2_head
     colours = viz.palette(run.num_classes)
+    targets = {}  # every mask's file, checked before anything is written
     for name in args.images:
         path = Path(name)
+        folder = Path(args.out) if args.out else path.parent
+        target = folder / f"{path.stem}_mask.png"
+        if target in targets:
+            raise ValueError(
+                f"{targets[target]} and {path} would both write {target}; predict them into "
+                "different --out folders or rename one"
+            )
+        targets[target] = path
+    for target, path in targets.items():
         image = labelio.read_image(path)  # names the file when missing or unreadable
         tensor = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
         labels = evaluate.predict(run.net, head, tensor, crf=args.crf)[0].numpy()
-        folder = Path(args.out) if args.out else path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{path.stem}_mask.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(viz.colorize(labels, colours)).save(target, format="PNG")
         print(f"wrote {target}")
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from spml_lab.relations import RELATIONS, RelationSetting, paper_settings
 __all__ = ["TrainConfig", "add_arguments", "from_arguments", "RESUMABLE_CHANGES"]
 
 MODELS = ("small", "resnet50", "resnet101")
+MIN_CROP = 16
 LR_POLICIES = ("poly", "constant")
 EMBEDDED_KINDS = ("objects", "parts")
 # Fields that may differ between a run and its resumption without changing what it computes.
@@ -374,6 +376,12 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"TrainConfig.{name} must be {what}, got {getattr(self, name)!r}")
 
+        for spec in dataclasses.fields(self):  # inf or nan anywhere trains NaN weights
+            value = getattr(self, spec.name)
+            values = value if isinstance(value, tuple) else (value,)
+            finite = all(math.isfinite(v) for v in values if isinstance(v, float))
+            need(finite, spec.name, "finite")
+
         for spec in dataclasses.fields(self):
             choices = spec.metadata["choices"]
             if choices is not None:
@@ -383,7 +391,10 @@ class TrainConfig:
             kind = self.data.split(":", 1)[1]
             need(kind in EMBEDDED_KINDS, "data", f"'embedded:' + one of {list(EMBEDDED_KINDS)}")
         need(self.split.strip() != "", "split", "a split name")
-        for name in ("crop_size", "embedding_dim", "batch_size", "max_steps"):
+        # the networks bring a crop to 1/4 (the small net) or 1/8 (ResNet) of its side, and
+        # k-means needs a few pixels per cell there
+        need(self.crop_size >= MIN_CROP, "crop_size", f">= {MIN_CROP} pixels")
+        for name in ("embedding_dim", "batch_size", "max_steps"):
             need(getattr(self, name) >= 1, name, ">= 1")
         need(self.width >= 2 and self.width % 2 == 0, "width", "an even int >= 2")
         low, high = self.scale_range

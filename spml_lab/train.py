@@ -38,6 +38,7 @@ dependent, `clustering.build_segments`), plus one read-back per log row.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from pathlib import Path
@@ -368,6 +369,32 @@ def _batches(dataset, cfg, epoch, start, device):
 # ---------------------------------------------------------------------- the loop
 
 
+def _stop_if_not_finite(values, first, step, run, last_saved):
+    """Raise when a logged loss (or the weights) turned inf or NaN: never save such a state.
+
+    Parameters
+    ----------
+    values : dict of str to float
+        Loss name (or ``"weights"``) to its value over steps ``first + 1 .. step``.
+    first, step : int
+    run : Path
+    last_saved : int or None
+        Step of the last checkpoint written (which stays as it is), None if none yet.
+    """
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    if not bad:
+        return
+    kept = (
+        f"{run / CHECKPOINT} (step {last_saved}) keeps the last good state"
+        if last_saved is not None
+        else "no checkpoint was written"
+    )
+    raise FloatingPointError(
+        f"training stopped: {', '.join(bad)} turned non-finite between steps {first + 1} and "
+        f"{step}; {kept}; lower TrainConfig.lr (--lr) or the relation's weight"
+    )
+
+
 def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixels=True):
     """Compute the losses of one batch as a training step does (no optimizer step).
 
@@ -591,6 +618,7 @@ def fit(cfg):
     )
     batches = _batches(dataset, cfg, epoch, index, device)
     tic = time.perf_counter()
+    last_saved = step if state is not None else None  # step of the last good checkpoint
     try:
         while step < cfg.max_steps:
             epoch, index, batch = next(batches)
@@ -617,6 +645,7 @@ def fit(cfg):
                 means = (sums / window_steps).tolist()  # the one read-back per row
                 elapsed = time.perf_counter() - tic
                 row = dict(zip(columns[2:-1], means, strict=True))
+                _stop_if_not_finite(row, step - window_steps, step, run, last_saved)
                 bar.set_postfix({SHORT[k]: f"{v:.3f}" for k, v in row.items()}, refresh=False)
                 row.update(step=step, lr=lr, images_per_s=f"{window_images / elapsed:.2f}")
                 if main:
@@ -627,8 +656,12 @@ def fit(cfg):
                 if world > 1:  # every process resumes from the same (averaged) window
                     dist.all_reduce(sums)
                     sums /= world
+                weights = [*net.parameters(), *head.parameters()]
+                if not bool(torch.stack([w.isfinite().all() for w in weights]).all()):
+                    _stop_if_not_finite({"weights": math.nan}, last_saved, step, run, last_saved)
                 if main:
                     save_checkpoint(snapshot(), run / CHECKPOINT)
+                last_saved = step
             bar.update(1)
     finally:
         batches.close()

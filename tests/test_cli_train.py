@@ -50,3 +50,24 @@ def test_a_second_run_in_the_same_folder_needs_resume(tmp_path, capsys):
     assert cli.main(args) == 2
     assert "--resume" in capsys.readouterr().err
     assert cli.main([*args, "--resume"]) == 0
+
+
+def test_predict_refuses_two_images_that_would_write_one_mask(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--max-steps", "1", "--out-dir", str(run)]) == 0
+    from PIL import Image
+
+    for suffix in ("png", "jpg"):
+        Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / f"a.{suffix}")
+    out = tmp_path / "masks"
+    args = [
+        "predict",
+        str(run),
+        str(tmp_path / "a.png"),
+        str(tmp_path / "a.jpg"),
+        "--out",
+        str(out),
+    ]
+    assert cli.main(args) == 2
+    assert "would both write" in capsys.readouterr().err
+    assert not out.exists()  # nothing written

@@ -288,3 +288,45 @@ def test_contrast_images_size_the_memory(tmp_path):
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     # batch 2, 6 images to contrast with: 2 live + 2 memory batches of 2
     assert len(state["memory"]["batches"]) == 2
+
+
+def test_resume_never_retrains_a_finished_run_and_needs_a_checkpoint(tmp_path):
+    cfg = TrainConfig(**TINY, max_steps=2, out_dir=str(tmp_path / "run"))
+    run = train.fit(cfg)
+    (run / "checkpoint.pt").unlink()
+    final = (run / "final.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="finished run"):
+        train.fit(cfg.replace(resume=True))
+    assert (run / "final.pt").read_bytes() == final  # untouched
+    (run / "final.pt").unlink()  # as if killed before its first checkpoint
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
+        train.fit(cfg.replace(resume=True))
+    fresh = TrainConfig(**TINY, max_steps=1, out_dir=str(tmp_path / "empty"), resume=True)
+    assert (train.fit(fresh) / "final.pt").is_file()  # nothing there to lose: starts afresh
+
+
+@pytest.mark.parametrize("lr", [math.inf, math.nan])
+def test_non_finite_settings_are_refused(lr):
+    with pytest.raises(ValueError, match="TrainConfig.lr must be finite"):
+        TrainConfig(lr=lr)
+    with pytest.raises(ValueError, match="scale_range must be finite"):
+        TrainConfig(scale_range=(0.5, math.inf))
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(**{**TINY, "log_every": 1}, lr=1e4, max_steps=30, checkpoint_every=1,
+                      out_dir=str(tmp_path / "run"))  # fmt: skip
+    with pytest.raises(FloatingPointError, match="non-finite between steps") as error:
+        train.fit(cfg)
+    assert not (tmp_path / "run" / "final.pt").exists()
+    if "no checkpoint was written" not in str(error.value):
+        state = train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+        assert all(
+            torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+        )
+        assert f"(step {state['step']})" in str(error.value)
+
+
+def test_crops_too_small_for_the_network_are_refused():
+    with pytest.raises(ValueError, match="crop_size must be >= 16 pixels"):
+        TrainConfig(crop_size=1)
