@@ -72,11 +72,17 @@ def load_checkpoint(path, map_location="cpu"):
     ------
     FileNotFoundError
         If `path` does not exist.
+    ValueError
+        If it is not a checkpoint torch can read (empty, truncated, a text file, random bytes,
+        or a pickle that needs code to load), naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # foreign files raise anything: KeyError, IndexError, EOFError...
+        raise ValueError(f"{path}: cannot read checkpoint ({error!r})") from error
 
 
 def rng_state():
@@ -139,7 +145,12 @@ def open_run(run, cfg):
     for stale in run.glob(".*.tmp"):  # left by a run killed while saving
         stale.unlink()
     if cfg.resume and (run / CHECKPOINT).is_file():
-        state = load_checkpoint(run / CHECKPOINT)
+        state = load_checkpoint(run / CHECKPOINT)  # names the file when unreadable
+        needs = ("config", "step", "model", "head", "optimizer", "memory", "rng", "data")
+        if not isinstance(state, dict) or any(key not in state for key in needs):
+            raise ValueError(
+                f"{run / CHECKPOINT}: not a training checkpoint of spml-lab (it needs {needs})"
+            )
         saved = TrainConfig.from_dict(state["config"], source=str(run / CHECKPOINT))
         changed = saved.differences(cfg, ignore=RESUMABLE_CHANGES)
         if changed:

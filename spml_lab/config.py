@@ -321,7 +321,10 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:  # PyYAML names "<unicode string>", not the file
+            raise ValueError(f"{path}: not valid YAML ({error})") from error
         return cls.from_dict(values, source=str(path))
 
     def to_yaml(self, path=None):

@@ -85,6 +85,7 @@ __all__ = [
     "embedded",
     "open_data",
     "from_folder",
+    "read_metadata",
     "voc2012",
 ]
 
@@ -463,6 +464,42 @@ def embedded(kind="objects", split="train", annotation="scribbles", **kwargs):
     return from_folder(root, split, annotation, **kwargs)
 
 
+def read_metadata(path):
+    """Read a dataset folder's ``dataset.json`` and check what every reader relies on.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``dataset.json`` file.
+
+    Returns
+    -------
+    meta : dict
+        With ``class_names`` a non-empty list of strings (and ``num_classes``, when given,
+        equal to its length).
+
+    Raises
+    ------
+    ValueError
+        On malformed JSON, a missing or bad ``class_names``, or a ``num_classes`` that
+        contradicts it; the message names the file.
+    """
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    names = meta.get("class_names") if isinstance(meta, dict) else None
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{path}: needs 'class_names', a non-empty list of class names")
+    if "num_classes" in meta and meta["num_classes"] != len(names):
+        raise ValueError(
+            f"{path}: num_classes is {meta['num_classes']!r} but class_names lists "
+            f"{len(names)} classes"
+        )
+    return meta
+
+
 def from_folder(root, split="train", annotation="full", **kwargs):
     """Load a dataset written by ``spml-lab make-data`` (layout in the module notes).
 
@@ -495,7 +532,7 @@ def from_folder(root, split="train", annotation="full", **kwargs):
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: is {root} a `spml-lab make-data` folder?")
-    meta = json.loads(meta_path.read_text())
+    meta = read_metadata(meta_path)
     known = ANNOTATIONS + PSEUDO_ANNOTATIONS
     if annotation not in known:
         raise ValueError(f"unknown annotation {annotation!r}; expected one of {known}")

@@ -234,7 +234,8 @@ def read_image(path):
     Parameters
     ----------
     path : str or Path
-        Image file; greyscale and CMYK images are converted to RGB.
+        Image file; greyscale and CMYK images are converted to RGB, and 16-bit greyscale
+        images are scaled by 1 / 65535 (Pillow's own conversion would clip them to white).
 
     Returns
     -------
@@ -246,7 +247,17 @@ def read_image(path):
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If it cannot be decoded.
+        If it cannot be decoded, or holds values no photo has (32-bit integers above 65535,
+        floating-point pixels): the message names the file and its mode.
     """
     image = _open(path)
+    if image.mode.startswith("I") or image.mode == "F":  # "I;16", "I;16B", "I" (32-bit), "F"
+        values = np.asarray(image).astype(np.float64)
+        if image.mode == "F" or values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise ValueError(
+                f"{path}: pixels of mode {image.mode!r} (range {values.min():g} to "
+                f"{values.max():g}) are not an 8- or 16-bit photo; convert it to 8-bit RGB"
+            )
+        grey = (values / 65535.0).astype(np.float32)
+        return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0

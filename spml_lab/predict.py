@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +80,7 @@ class Run:
 
 def _read_checkpoint(path, needs):
     """Load a checkpoint dict and check that it has the entries `needs`."""
-    try:
-        state = load_checkpoint(path)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        raise ValueError(f"{path}: cannot read checkpoint ({error})") from error
+    state = load_checkpoint(path)  # names the file when it cannot be read
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(state).__name__}")
     missing = [key for key in needs if key not in state]

@@ -27,7 +27,6 @@ References
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,8 +298,8 @@ def _read_state_dict(path):
     """Read a checkpoint and unwrap it to a flat {key: tensor} dict without "module." prefixes."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
-        raise ValueError(f"{path}: not a checkpoint that torch.load can read ({err})") from err
+    except Exception as err:  # foreign files raise anything: KeyError, IndexError, EOFError...
+        raise ValueError(f"{path}: not a checkpoint that torch.load can read ({err!r})") from err
     for wrapper in ("state_dict", "model"):  # training scripts often save {"state_dict": ...}
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

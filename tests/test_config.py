@@ -202,3 +202,10 @@ def test_differences_and_replace():
     assert cfg.differences(other, ignore=config.RESUMABLE_CHANGES) == {"lr": (0.01, 0.5)}
     with pytest.raises(ValueError, match="TrainConfig.batch_size"):
         cfg.replace(batch_size=-3)
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: [0.1\nmax_steps: 3\n")
+    with pytest.raises(ValueError, match=r"run.yaml: not valid YAML"):
+        TrainConfig.from_yaml(path)

@@ -429,3 +429,31 @@ def test_eval_mode_returns_files_unchanged(coded):
     item = datasets.SegmentationList(root, list_file, 5)[0]
     np.testing.assert_array_equal(item["label"].numpy(), label)
     assert item["superpixel"][3, 5] == 3 * label.shape[1] + 5
+
+
+def test_a_16_bit_grey_image_is_decoded_faithfully(tmp_path):
+    ramp = (np.arange(32 * 48).reshape(32, 48) * 40).astype(np.uint16)  # up to 61,400
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as written:
+        assert written.mode.startswith("I")  # not an 8-bit mode
+    image = labelio.read_image(tmp_path / "grey16.png")
+    np.testing.assert_allclose(image, np.repeat((ramp / 65535.0)[..., None], 3, -1), rtol=1e-6)
+    assert image.max() < 1.0  # Pillow's convert("RGB") would give all 1.0
+    Image.fromarray(np.full((4, 4), 1e6, np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match=r"float.tif: pixels of mode 'F'"):
+        labelio.read_image(tmp_path / "float.tif")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"num_classes": 3}', "needs 'class_names'"),
+        ('{"class_names": ["bg", "a"], "num_classes": 3}', "num_classes is 3 but class_names"),
+    ],
+)
+def test_a_bad_dataset_json_is_named(tmp_path, text, message):
+    (tmp_path / "dataset.json").write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        datasets.from_folder(tmp_path, "train", "full")
+    assert str(tmp_path / "dataset.json") in str(error.value)

@@ -101,6 +101,10 @@ def test_pretrained_errors_name_the_file(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
     with pytest.raises(ValueError, match="resnet18-like.pth(.|\n)*missing layer1.0.conv1"):
         model.DeepLabEmbeddingNet(50, 8, pretrained=path)
+    text = tmp_path / "notes.pth"
+    text.write_text("these are not weights\n")
+    with pytest.raises(ValueError, match="notes.pth: not a checkpoint that torch.load can read"):
+        model.DeepLabEmbeddingNet(50, 8, pretrained=text)
 
 
 def test_build_embedding_net_names():

@@ -330,3 +330,20 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
 def test_crops_too_small_for_the_network_are_refused():
     with pytest.raises(ValueError, match="crop_size must be >= 16 pixels"):
         TrainConfig(crop_size=1)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello\n", bytes(range(256)) * 4, b"PK\x03\x04trunc"])
+def test_an_unreadable_checkpoint_is_named_on_resume(tmp_path, content):
+    cfg = TrainConfig(**TINY, max_steps=2, out_dir=str(tmp_path / "run"))
+    train.fit(cfg)
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(ValueError, match="checkpoint.pt: cannot read checkpoint"):
+        train.fit(cfg.replace(resume=True))
+
+
+def test_a_checkpoint_of_another_kind_is_named_on_resume(tmp_path):
+    cfg = TrainConfig(**TINY, max_steps=2, out_dir=str(tmp_path / "run"))
+    train.fit(cfg)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        train.fit(cfg.replace(resume=True))
