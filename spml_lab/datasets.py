@@ -62,6 +62,7 @@ References
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -86,6 +87,8 @@ __all__ = [
     "open_data",
     "from_folder",
     "read_metadata",
+    "absolute_data",
+    "data_fingerprint",
     "voc2012",
 ]
 
@@ -462,6 +465,55 @@ def embedded(kind="objects", split="train", annotation="scribbles", **kwargs):
             f"`make data-samples` or `spml-lab make-data {root} --kind {kind}`"
         )
     return from_folder(root, split, annotation, **kwargs)
+
+
+def absolute_data(data):
+    """Return a ``TrainConfig.data`` string that means the same from any folder.
+
+    ``"embedded:KIND"`` stays as it is; a folder becomes its absolute path, so a run folder
+    records what it trained on and not what ``data`` happened to mean in the shell it ran in.
+
+    Examples
+    --------
+    >>> absolute_data("embedded:objects")
+    'embedded:objects'
+    >>> Path(absolute_data("data/objects")).is_absolute()
+    True
+    """
+    if str(data).startswith("embedded:"):
+        return str(data)
+    return str(Path(data).expanduser().resolve())
+
+
+def data_fingerprint(data, list_file=None):
+    """Where a dataset is and what it holds, to tell later whether it is still the same.
+
+    Parameters
+    ----------
+    data : str
+        A ``TrainConfig.data`` string.
+    list_file : str or Path, optional
+        A list file of it whose content is recorded too (the training list).
+
+    Returns
+    -------
+    fingerprint : dict
+        ``root`` (absolute folder), ``dataset_json`` (SHA-256 of ``dataset.json``, None
+        without one) and, with `list_file`, ``list_file`` and ``list_sha256``.
+    """
+    if str(data).startswith("embedded:"):
+        root = DATA_SAMPLES / str(data).split(":", 1)[1]
+    else:
+        root = Path(data).expanduser().resolve()
+    meta = root / "dataset.json"
+    out = {"root": str(root), "dataset_json": _sha256(meta) if meta.is_file() else None}
+    if list_file is not None:
+        out.update(list_file=str(list_file), list_sha256=_sha256(list_file))
+    return out
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_metadata(path):

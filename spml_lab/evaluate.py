@@ -177,7 +177,7 @@ def evaluate_run(
     _check_methods(methods, run)
     knn_options = knn_settings(run.cfg, knn_options)
     crf_options = dict(crf_options or {})
-    truth = dataset_for(run.cfg, split, "full")
+    truth = dataset_for(run.cfg, split, "full", run.data_fingerprint)
     num_classes = run.num_classes
     bank = None
     if "knn" in methods:

@@ -61,6 +61,9 @@ class Run:
         Training steps done.
     stage2_head : model.SoftmaxHead or None
         The head of RUN_DIR/stage2.pt when it exists.
+    data_fingerprint : dict or None
+        What the run trained on (`datasets.data_fingerprint`); None for runs written before
+        runs recorded it.
     """
 
     path: Path
@@ -71,6 +74,7 @@ class Run:
     class_names: list | None
     step: int
     stage2_head: torch.nn.Module | None = None
+    data_fingerprint: dict | None = None
 
     @property
     def device(self):
@@ -184,6 +188,7 @@ def load_run(run, *, device="cpu"):
         class_names=state.get("class_names"),
         step=int(state.get("step", 0)),
         stage2_head=stage2_head,
+        data_fingerprint=state.get("data_fingerprint"),
     )
 
 
@@ -206,7 +211,7 @@ def _load_stage2_head(path, cfg, num_classes):
 # ---------------------------------------------------------------------- data
 
 
-def dataset_for(cfg, split, annotation):
+def dataset_for(cfg, split, annotation, fingerprint=None):
     """Open one split and annotation of the run's data, without augmentation.
 
     Parameters
@@ -217,16 +222,32 @@ def dataset_for(cfg, split, annotation):
         E.g. ``"val"``, or ``cfg.split`` for the training images.
     annotation : str
         ``"full"`` for dense ground truth, ``cfg.annotation`` for the weak labels.
+    fingerprint : dict, optional
+        The run's `datasets.data_fingerprint` (``Run.data_fingerprint``): the data must still
+        be the dataset the run trained on.
 
     Returns
     -------
     dataset : datasets.SegmentationList
+
+    Raises
+    ------
+    ValueError
+        If the data's ``dataset.json`` is not the one the run recorded (another dataset now
+        sits at that path), naming both folders.
 
     Examples
     --------
     >>> dataset_for(TrainConfig(), "val", "full").annotation
     'full'
     """
+    if fingerprint is not None:
+        now = datasets.data_fingerprint(cfg.data)
+        if now["dataset_json"] != fingerprint.get("dataset_json"):
+            raise ValueError(
+                f"{now['root']} is not the dataset this run trained on: its dataset.json differs "
+                f"from the one recorded when the run trained on {fingerprint.get('root')}"
+            )
     return datasets.open_data(cfg.data, split, annotation)
 
 
@@ -432,7 +453,7 @@ def build_bank(run, *, batch_size=8, max_images=None, knn_options=None):
         If no training pixel is labelled (image tags: train on CAM pseudo labels instead).
     """
     settings = knn_settings(run.cfg, knn_options)
-    dataset = dataset_for(run.cfg, run.cfg.split, run.cfg.annotation)
+    dataset = dataset_for(run.cfg, run.cfg.split, run.cfg.annotation, run.data_fingerprint)
     banks = []
     with torch.no_grad():
         for batch in image_batches(dataset, batch_size, max_images):

@@ -309,7 +309,7 @@ def fit_head(
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     run = load_run(run_dir, device=device)
-    dataset = dataset_for(run.cfg, run.cfg.split, run.cfg.annotation)
+    dataset = dataset_for(run.cfg, run.cfg.split, run.cfg.annotation, run.data_fingerprint)
     truth = _ground_truth(run.cfg, dataset)
     num_classes = run.num_classes
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)

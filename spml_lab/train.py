@@ -542,6 +542,7 @@ def fit(cfg):
     ['checkpoint.pt', 'config.yaml', 'final.pt', 'metrics.csv']
     """
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
+    cfg = cfg.replace(data=datasets.absolute_data(cfg.data))  # the run pins what it trains on
     run = Path(cfg.out_dir)
     owns_group = not (dist.is_available() and dist.is_initialized())
     device = distributed.setup(cfg.device) or resolve_device(cfg.device)  # torchrun or not
@@ -554,6 +555,12 @@ def fit(cfg):
     np.random.seed(cfg.seed)  # noqa: NPY002  (the global RNG of any user code, see _rng_state)
     random.seed(cfg.seed)
     dataset = build_dataset(cfg)
+    fingerprint = datasets.data_fingerprint(cfg.data, dataset.list_file)
+    if state is not None and state.get("data_fingerprint") not in (None, fingerprint):
+        raise ValueError(
+            f"cannot resume {run}: its data changed since it was trained "
+            f"({state['data_fingerprint']} there, {fingerprint} now)"
+        )
     if len(dataset) < cfg.batch_size * world:
         times = f" x {world} processes" if world > 1 else ""
         raise ValueError(
@@ -611,6 +618,7 @@ def fit(cfg):
             "data": {"epoch": epoch, "batch": index},
             "window": {"sums": sums, "steps": window_steps, "images": window_images},
             "config": cfg.to_dict(),
+            "data_fingerprint": fingerprint,
         }
 
     bar = tqdm(
@@ -674,6 +682,7 @@ def fit(cfg):
             "num_classes": dataset.num_classes,
             "class_names": dataset.class_names,
             "step": step,
+            "data_fingerprint": fingerprint,
         }
         save_checkpoint(final, run / FINAL)
     if world > 1 and owns_group:  # the group this call joined (torchrun) ends with it

@@ -269,3 +269,34 @@ def test_cli_predict_names_an_unreadable_image(run_dir, tmp_path, capsys):
     assert "missing.png" in capsys.readouterr().err
     assert cli.main(["predict", str(tmp_path / "norun"), str(broken)]) == 2
     assert "run folder not found" in capsys.readouterr().err
+
+
+def test_a_run_pins_its_data_and_refuses_another_dataset_at_that_path(tmp_path, monkeypatch):
+    from spml_lab import make_data
+
+    data = tmp_path / "work" / "data"
+    make_data.write_dataset(data, num_train=4, num_val=2, size=64, progress=False)
+    monkeypatch.chdir(tmp_path / "work")
+    cfg = train.TrainConfig(
+        **TINY, data="data", max_steps=1, out_dir=str(tmp_path / "runs" / "ref")
+    )
+    run = train.fit(cfg)
+    assert train.TrainConfig.from_yaml(run / "config.yaml").data == str(data)  # absolute
+    # elsewhere, a folder with a data/ of its own: the run still scores the data it trained on
+    other = tmp_path / "elsewhere"
+    make_data.write_dataset(other / "data", num_train=4, num_val=2, size=64, seed=5,
+                            progress=False)  # fmt: skip
+    monkeypatch.chdir(other)
+    first = evaluate.evaluate_run(run, methods=["softmax"])
+    assert first["config"]["data"] == str(data)
+    moved = shutil.move(run, tmp_path / "moved")  # a moved run folder still finds its data
+    assert evaluate.evaluate_run(moved, methods=["softmax"])["softmax"] == first["softmax"]
+    run = shutil.move(moved, run)
+    # the run's data replaced by another dataset at the same path: refused, both named
+    shutil.rmtree(data)
+    shutil.copytree(other / "data", data)
+    with pytest.raises(ValueError, match="is not the dataset this run trained on") as error:
+        evaluate.evaluate_run(run, methods=["softmax"])
+    assert str(data) in str(error.value)
+    with pytest.raises(ValueError, match="its data changed"):
+        train.fit(cfg.replace(data=str(data), resume=True))
