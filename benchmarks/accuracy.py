@@ -428,6 +428,9 @@ def main():
     parser.add_argument("--minutes", type=float, help="start no new run after this long")
     parser.add_argument("--splits", nargs="+", default=["test"], help="splits to score")
     parser.add_argument("--out", help="CSV path (default benchmarks/results/accuracy_*.csv)")
+    parser.add_argument(
+        "--report", action="store_true", help="train nothing: summary, claims, plot of the CSV"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -450,6 +453,9 @@ def main():
         raise SystemExit(f"--only {args.only} matches no run of {names}")
 
     start = time.perf_counter()
+    if args.report:
+        report(bench_runs.read_csv(out), out, form, device, start)
+        return
     deadline = None if args.minutes is None else time.time() + 60 * args.minutes
     roots = {}
     splits = {"train": form["train"], "val": form["val"], "test": form["test"]}
@@ -479,6 +485,11 @@ def main():
         for row in new:
             print(f"[{name}] {row['split']} mIoU {row['miou']}  kNN {row['miou_knn']}  "
                   f"softmax+CRF {row['miou_softmax_crf']}", flush=True)  # fmt: skip
+    report(rows, out, form, device, start)
+
+
+def report(rows, out, form, device, start):
+    """Write the summary, claims and plot of the rows so far, and print them."""
     summary = summarise(rows)
     bench_runs.write_csv(out.with_name(out.stem + "_summary.csv"), summary)
     claims = check_claims(rows) + check_claims(rows, key="miou_knn")

@@ -39,6 +39,7 @@ EMBEDDED_KINDS = ("objects", "parts")
 # Fields that may differ between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = (
     "resume", "device", "num_workers", "progress", "log_every", "out_dir", "pretrained",
+    "check_files_limit",
 )  # fmt: skip
 
 
@@ -90,6 +91,12 @@ class TrainConfig:
     )
     flip: bool = _f(True, "random horizontal flips (paper: random_mirror true)")
     num_workers: int = _f(0, "DataLoader worker processes; 0 loads in the main process")
+    check_files_limit: int = _f(
+        5000,
+        "read and check every file of a training list of at most this many lines before step 0 "
+        "(a bad file fails at once, not at the step that draws it); 0 = never (VOC-sized lists "
+        "take minutes to check)",
+    )
     # ---- model
     model: str = _f(
         "small",
@@ -416,6 +423,7 @@ class TrainConfig:
         need(-1 <= self.affinity_threshold <= 1, "affinity_threshold", "a cosine in [-1, 1]")
         need(0 <= self.head_dropout < 1, "head_dropout", "a probability in [0, 1)")
         names = ("memory_size", "contrast_images", "kmeans_iterations", "warmup_steps")
+        names += ("check_files_limit",)
         for name in (*names, "num_workers", "seed"):
             need(getattr(self, name) >= 0, name, ">= 0")
         need(min(self.kmeans_grid) >= 1, "kmeans_grid", "two ints >= 1 (gy, gx)")

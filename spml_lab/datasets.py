@@ -285,6 +285,21 @@ class SegmentationList(Dataset):
             "index": index,
         }
 
+    def check_files(self):
+        """Read every listed file once and check it, before any training step needs it.
+
+        Each image, label and superpixel map is decoded in full (a truncated file fails
+        here, not at the step that first draws it) and checked as `__getitem__` checks it:
+        existence, matching sizes, label values in range.
+
+        Raises
+        ------
+        ValueError
+            At the first bad sample, naming the file, the problem and the list line.
+        """
+        for sample in self.samples:
+            self._load(sample)
+
     def _where(self, sample):
         return f"(listed in {self.list_file} line {sample.line_no}: {sample.line!r})"
 

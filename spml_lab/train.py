@@ -567,6 +567,8 @@ def fit(cfg):
             f"TrainConfig.batch_size ({cfg.batch_size}){times} exceeds the "
             f"{len(dataset)} images of {cfg.data!r} split {cfg.split!r}"
         )
+    if len(dataset) <= cfg.check_files_limit:
+        dataset.check_files()  # a bad file fails now, before any step or checkpoint
     if cfg.low_level and not dataset.has_superpixels:
         raise ValueError(
             f"TrainConfig.low_level needs superpixels, but {dataset.list_file} has no "

@@ -347,3 +347,20 @@ def test_a_checkpoint_of_another_kind_is_named_on_resume(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(ValueError, match="not a training checkpoint"):
         train.fit(cfg.replace(resume=True))
+
+
+def test_a_bad_file_late_in_the_list_fails_before_step_0(tmp_path):
+    from spml_lab import make_data
+
+    data = make_data.write_dataset(tmp_path / "data", num_train=6, num_val=2, size=64,
+                                   progress=False)  # fmt: skip
+    image = data / "images" / "train" / "train_00004.jpg"
+    image.write_bytes(image.read_bytes()[:200])  # truncated
+    cfg = TrainConfig(**TINY, data=str(data), max_steps=3, out_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="train_00004.jpg") as error:
+        train.fit(cfg)
+    assert "line 5" in str(error.value)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    # the check can be switched off (VOC-sized lists): then the file fails when it is drawn
+    with pytest.raises(ValueError, match="train_00004.jpg"):
+        train.fit(cfg.replace(check_files_limit=0, out_dir=str(tmp_path / "run2")))
