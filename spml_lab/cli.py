@@ -190,6 +190,13 @@ def _add_evaluation_commands(commands):
         default="auto",
         help="which softmax head: auto = stage 2 when stage2.pt exists (default)",
     )
+    predict.add_argument(
+        "--max-side",
+        type=int,
+        default=1024,
+        help="label larger images at this many pixels on the longer side, then bring the mask "
+        "back to full size (bounded memory for any photo; 0 = full resolution; default 1024)",
+    )
     predict.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
     predict.set_defaults(run=_predict)
 
@@ -404,7 +411,9 @@ def _predict(args):
     for target, path in targets.items():
         image = labelio.read_image(path)  # names the file when missing or unreadable
         tensor = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
-        labels = evaluate.predict(run.net, head, tensor, crf=args.crf)[0].numpy()
+        max_side = args.max_side or None
+        labels = evaluate.predict(run.net, head, tensor, crf=args.crf, max_side=max_side)[0]
+        labels = labels.numpy()
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(viz.colorize(labels, colours)).save(target, format="PNG")
         print(f"wrote {target}")

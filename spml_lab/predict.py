@@ -357,6 +357,7 @@ def predict(
     bank=None,
     knn_options=None,
     crf_options=None,
+    max_side=None,
 ):
     """Label images with a trained run: softmax head or kNN retrieval, optionally + CRF.
 
@@ -379,11 +380,16 @@ def predict(
         Keyword arguments of `inference.knn_predict` (``k``, ``grid``, ``iterations``).
     crf_options : dict, optional
         Keyword arguments of `crf.dense_crf`.
+    max_side : int, optional
+        Work at most at this many pixels on the longer side: larger images are downscaled
+        (antialiased), labelled, and the labels brought back to full size by nearest
+        sampling, so memory and time stay bounded for any photo (the paper's inference also
+        runs at a few fixed scales). None: always at full resolution.
 
     Returns
     -------
     labels : (B, H, W) int64 tensor
-        On the CPU.
+        On the CPU, at the input's full size.
 
     Raises
     ------
@@ -399,6 +405,13 @@ def predict(
     """
     check_images(images)
     size = tuple(images.shape[-2:])
+    if max_side is not None and max(size) > max_side:
+        scale = max_side / max(size)
+        work = tuple(max(1, round(side * scale)) for side in size)
+        small = F.interpolate(images.float(), size=work, mode="bilinear", antialias=True)
+        labels = predict(net, head, small.clamp(0, 1), method=method, crf=crf, flip=flip,
+                         bank=bank, knn_options=knn_options, crf_options=crf_options)  # fmt: skip
+        return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
     if method == "softmax":
         probs = predict_softmax(net, head, images, flip=flip)
     elif method == "knn":

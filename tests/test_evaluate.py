@@ -300,3 +300,20 @@ def test_a_run_pins_its_data_and_refuses_another_dataset_at_that_path(tmp_path, 
     assert str(data) in str(error.value)
     with pytest.raises(ValueError, match="its data changed"):
         train.fit(cfg.replace(data=str(data), resume=True))
+
+
+def test_large_images_are_labelled_at_a_bounded_working_size():
+    torch.manual_seed(0)
+    net, head = train.build_model(TrainConfig(width=8, embedding_dim=8), 3)
+    net, head = net.eval(), head.eval()
+    image = torch.rand(1, 3, 300, 200)
+    labels = evaluate.predict(net, head, image, crf=True, max_side=100)
+    assert labels.shape == (1, 300, 200)
+    # the same as labelling the antialiased 100 x 67 image and sampling it back up
+    small = torch.nn.functional.interpolate(image, size=(100, 67), mode="bilinear",
+                                            antialias=True).clamp(0, 1)  # fmt: skip
+    want = evaluate.predict(net, head, small, crf=True)
+    want = torch.nn.functional.interpolate(want[:, None].float(), size=(300, 200))[:, 0].long()
+    assert torch.equal(labels, want)
+    assert torch.equal(evaluate.predict(net, head, small, max_side=100),
+                       evaluate.predict(net, head, small))  # small enough: untouched  # fmt: skip
