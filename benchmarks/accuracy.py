@@ -364,6 +364,7 @@ def plot(summary, path, title):
                 ha="center", fontsize=7)  # fmt: skip
 
     groups = [("objects", k) for k in KINDS] + [("parts", "points")]
+    groups = [g for g in groups if (*g, "spml") in by or (*g, "baseline") in by]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=[2, 1.2])
     seen = set()
     for i, (dataset, kind) in enumerate(groups):
@@ -495,7 +496,8 @@ def report(rows, out, form, device, start):
     claims = check_claims(rows) + check_claims(rows, key="miou_knn")
     bench_runs.write_csv(out.with_name(out.stem + "_claims.csv"), claims)
     title = (f"{form['train']} train / {form['test']} test images, {form['steps']} steps of "
-             f"{form['batch']}, seeds {sorted({r['seed'] for r in rows})}, {device}")  # fmt: skip
+             f"{form['batch']}, seeds {', '.join(sorted({str(r['seed']) for r in rows}))}, "
+             f"{device}")  # fmt: skip
     if summary:
         plot(summary, out.with_suffix(".png"), title)
     print()
