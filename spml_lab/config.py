@@ -221,17 +221,16 @@ class TrainConfig:
         settings : dict of str to relations.RelationSetting
             In `relations.RELATIONS` order, enabled relations only.
         """
-        paper = paper_settings(self.annotation)
-        out = {}
-        for name in RELATIONS:
-            if getattr(self, name):
-                kappa = getattr(self, f"{name}_concentration")
-                weight = getattr(self, f"{name}_weight")
-                out[name] = RelationSetting(
-                    paper[name].concentration if kappa is None else kappa,
-                    paper[name].weight if weight is None else weight,
-                )
-        return out
+        return {
+            name: RelationSetting(self._knob(name, "concentration"), self._knob(name, "weight"))
+            for name in RELATIONS
+            if getattr(self, name)
+        }
+
+    def _knob(self, name, part):
+        """Return a relation's concentration or weight: the field, else the paper's for the kind."""
+        value = getattr(self, f"{name}_{part}")
+        return getattr(paper_settings(self.annotation)[name], part) if value is None else value
 
     @property
     def head_weight(self):
@@ -248,12 +247,7 @@ class TrainConfig:
             return self.softmax_weight
         if self.head_trains_embedding:
             return 1.0
-        weight = self.semantic_annotation_weight
-        return (
-            paper_settings(self.annotation)["semantic_annotation"].weight
-            if weight is None
-            else weight
-        )
+        return self._knob("semantic_annotation", "weight")
 
     def memory_batches(self, world_size=1):
         """Batches the prototype memory keeps (`contrast_images` or `memory_size`).
