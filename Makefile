@@ -27,6 +27,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the layers contract of pyproject.toml
 
 browser:
 	@command -v chromedriver >/dev/null || { $(SUDO) apt-get update -qq && \

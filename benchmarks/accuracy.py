@@ -49,7 +49,9 @@ from pathlib import Path
 import bench_runs
 import torch
 
-from spml_lab import cam, datasets, metrics, train
+from spml_lab.data import datasets
+from spml_lab.prediction import cam, metrics
+from spml_lab.training import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FORMS = {

@@ -17,8 +17,10 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from spml_lab import evaluate, make_data, stage2, train
-from spml_lab.config import TrainConfig
+from spml_lab.data import make_data
+from spml_lab.prediction import evaluate, predict, stage2
+from spml_lab.training import train
+from spml_lab.training.config import TrainConfig
 
 __all__ = ["ensure_dataset", "score_run", "run_all", "BASELINE", "read_csv", "write_csv"]
 
@@ -132,7 +134,7 @@ def score_run(cfg, splits, methods, *, stage2_steps=0, stage2_lr=0.1):
                     (run_dir / partial).unlink()
         train.fit(cfg.replace(resume=resume))
         note("train_seconds", time.perf_counter() - tic)
-    if stage2_steps and not (run_dir / evaluate.STAGE2).is_file():
+    if stage2_steps and not (run_dir / predict.STAGE2).is_file():
         tic = time.perf_counter()
         stage2.fit_head(run_dir, steps=stage2_steps, lr=stage2_lr, seed=cfg.seed, device=cfg.device)
         note("stage2_seconds", time.perf_counter() - tic)
@@ -216,7 +218,7 @@ def segment_report(run_dir, batches=4, device="cpu"):
     """
     import torch
 
-    from spml_lab import clustering
+    from spml_lab.method import clustering
 
     net, _, cfg, _ = train.load_final(run_dir, device=device)
     dataset = train.build_dataset(cfg)
@@ -255,13 +257,13 @@ def probe_report(run_dir, split="test", images=32, device="cpu"):
     """
     import torch
 
-    from spml_lab import embedding_stats
+    from spml_lab.pictures import embedding_stats
 
-    run = evaluate.load_run(run_dir, device=device)
-    truth = evaluate.dataset_for(run.cfg, split, "full")
+    run = predict.load_run(run_dir, device=device)
+    truth = predict.dataset_for(run.cfg, split, "full")
     embeddings, labels = [], []
     with torch.no_grad():
-        for batch in evaluate.image_batches(truth, 8, images):
+        for batch in predict.image_batches(truth, 8, images):
             embeddings.append(run.net(batch["image"].to(device)).cpu())
             labels.append(batch["label"])
     scores = embedding_stats.probe_position_and_class(

@@ -8,7 +8,7 @@ for each image, k-means on that image alone and its segments by ``torch.unique``
 relation and each image, a dense ``pixels x prototypes`` similarity matrix with explicit
 positive and negative masks, autograd for the backward pass, and the memory as a list of the
 earlier batches' fields. The loop exists only here, as the yardstick (and, through
-``tests/test_contrastive_reference.py``, as an independent check of the library's loss).
+``tests/method/test_contrastive_reference.py``, as an independent check of the library's loss).
 
 Inputs: 4 crops of 128 x 128 or 512 x 512 pixels, embeddings of dimension 64 at 1/4 resolution
 (32 x 32 and 128 x 128 maps, as the paper's network gives), smooth random unit embeddings,
@@ -42,8 +42,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spml_lab import clustering, datasets, relations
-from spml_lab.memory import PrototypeMemory
+from spml_lab.data import datasets
+from spml_lab.method import clustering, relations
+from spml_lab.method.memory import PrototypeMemory
 
 GRID = (5, 5)  # initial k-means grid (gy, gx)
 ITERATIONS = 10  # k-means rounds

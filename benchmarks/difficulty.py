@@ -19,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spml_lab import annotations, metrics, synthetic
-from spml_lab.model import SmallEmbeddingNet, SoftmaxHead
+from spml_lab.data import annotations, synthetic
+from spml_lab.nets.embedding_nets import SmallEmbeddingNet
+from spml_lab.nets.heads import SoftmaxHead
+from spml_lab.prediction import metrics
 
 
 def weak_point_labels(scenes, seed):

@@ -28,7 +28,7 @@ def child(num_pixels, num_prototypes, dim, reduction, device):
     import torch
     import torch.nn.functional as F
 
-    from spml_lab.losses import pixel_segment_loss
+    from spml_lab.method.losses import pixel_segment_loss
 
     torch.manual_seed(0)
     v = F.normalize(torch.randn(num_pixels, dim, device=device), dim=1).requires_grad_()

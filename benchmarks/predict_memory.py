@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spml_lab import train
-from spml_lab.config import TrainConfig
+from spml_lab.training import train
+from spml_lab.training.config import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -17,7 +17,7 @@ import time
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from spml_lab import synthetic, textures  # noqa: E402
+from spml_lab.data import synthetic, textures  # noqa: E402  (after the thread caps)
 
 
 def main():

@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from spml_lab import train
-from spml_lab.memory import PrototypeMemory
+from spml_lab.method.memory import PrototypeMemory
+from spml_lab.training import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE_SIDE = 128  # side of the embedded sample images

@@ -1,7 +1,23 @@
 """spml_lab: pixel-to-segment contrastive learning for weakly supervised segmentation.
 
-One module per idea; notebooks call them with the module prefix, e.g.
-``from spml_lab import synthetic`` then ``synthetic.generate(...)``.
+The package follows the pipeline, one layer per folder; a module imports only from its own
+layer or the layers below it (checked by ``lint-imports``)::
+
+    cli                  the spml-lab command
+    classroom/           demo (a batch to draw relations on), exercises
+    batch/               runner (notebooks through papermill), sweep
+    pictures/            viz, embedding_viz, embedding_stats, explorer
+    prediction/          knn, probabilities, pseudo_labels, cam, stage2, predict, crf,
+                         metrics, evaluate
+    training/            config, train, checkpoints
+    method/  nets/       clustering, losses, relations, memory, distributed /
+                         embedding_nets, heads, resnet
+    data/                textures, synthetic, annotations, superpixels, labelio, datasets,
+                         make_data
+    constants            IGNORE_INDEX and the annotation kinds
+
+Notebooks import a module with the prefix that names its file, e.g.
+``from spml_lab.method import relations`` then ``relations.spml_loss(...)``.
 """
 
 __version__ = "0.1.0"

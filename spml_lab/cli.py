@@ -98,7 +98,7 @@ def build_parser():
     )
     run.set_defaults(run=_run_notebook)
 
-    from spml_lab import config  # the flags are generated from TrainConfig's fields
+    from spml_lab.training import config
 
     train = commands.add_parser(
         "train",
@@ -141,7 +141,7 @@ def build_parser():
 
 def _add_evaluation_commands(commands):
     """Sub-parsers of the commands that use a trained run: evaluate, predict, stage2."""
-    from spml_lab.evaluate import METHODS
+    from spml_lab.prediction.evaluate import METHODS
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -262,7 +262,7 @@ def main(argv=None):
 
 
 def _make_data(args):
-    from spml_lab import make_data
+    from spml_lab.data import make_data
 
     options = {
         name: value
@@ -294,7 +294,7 @@ def _literal(text):
 
 
 def _run_notebook(args):
-    from spml_lab import runner
+    from spml_lab.batch import runner
 
     parameters = {name: _literal(value) for name, value in args.parameter}
     executed = runner.run_notebook(args.notebook, args.out, parameters)
@@ -302,14 +302,15 @@ def _run_notebook(args):
 
 
 def _train(args):
-    from spml_lab import config, train
+    from spml_lab.training import config, train
 
     run = train.fit(config.from_arguments(args))
     print(f"wrote {run} (final.pt, metrics.csv)")
 
 
 def _cam_labels(args):
-    from spml_lab import cam, datasets
+    from spml_lab.data import datasets
+    from spml_lab.prediction import cam
 
     tags = datasets.from_folder(args.data, "train", "tags")
     net = cam.train_tag_classifier(
@@ -325,7 +326,7 @@ def _sweep(args):
     import functools
     from pathlib import Path
 
-    from spml_lab import sweep
+    from spml_lab.batch import sweep
 
     grid = []
     for name, *values in args.parameter:
@@ -361,7 +362,7 @@ def _sweep(args):
 def _evaluate(args):
     from pathlib import Path
 
-    from spml_lab import evaluate
+    from spml_lab.prediction import evaluate
 
     results = evaluate.evaluate_run(
         args.run_dir,
@@ -388,12 +389,14 @@ def _predict(args):
     import torch
     from PIL import Image
 
-    from spml_lab import evaluate, labelio, viz
+    from spml_lab.data import labelio
+    from spml_lab.pictures import viz
+    from spml_lab.prediction import predict
 
-    run = evaluate.load_run(args.checkpoint, device=args.device)
+    run = predict.load_run(args.checkpoint, device=args.device)
     head = run.head
     if args.head == "stage2" and run.stage2_head is None:
-        raise FileNotFoundError(f"--head stage2: {run.path / evaluate.STAGE2} not found")
+        raise FileNotFoundError(f"--head stage2: {run.path / predict.STAGE2} not found")
     if args.head != "stage1" and run.stage2_head is not None:
         head = run.stage2_head
     colours = viz.palette(run.num_classes)
@@ -412,7 +415,7 @@ def _predict(args):
         image = labelio.read_image(path)  # names the file when missing or unreadable
         tensor = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
         max_side = args.max_side or None
-        labels = evaluate.predict(run.net, head, tensor, crf=args.crf, max_side=max_side)[0]
+        labels = predict.predict(run.net, head, tensor, crf=args.crf, max_side=max_side)[0]
         labels = labels.numpy()
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(viz.colorize(labels, colours)).save(target, format="PNG")
@@ -421,7 +424,7 @@ def _predict(args):
 
 
 def _stage2(args):
-    from spml_lab import stage2
+    from spml_lab.prediction import stage2
 
     result = stage2.fit_head(
         args.run_dir,

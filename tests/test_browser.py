@@ -7,7 +7,7 @@ browser test that skips in CI proves nothing) unless SPML_SKIP_BROWSER=1 says to
 
 To check another notebook, add it to SOURCES: its widget box needs the CSS class
 "spml-explorer", an Image with class "spml-similarity" and a slider labelled "x" (the
-conventions of `spml_lab.explorer`); the dict holds parameters injected after its
+conventions of `spml_lab.pictures.explorer`); the dict holds parameters injected after its
 `parameters` cell, to keep it small.
 """
 
@@ -31,7 +31,7 @@ from browser import (
 )
 from selenium.webdriver.common.by import By
 
-from spml_lab import runner
+from spml_lab.batch import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}

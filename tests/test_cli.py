@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from spml_lab import cli, labelio, synthetic
-from spml_lab.make_data import SPLIT_SEEDS
+from spml_lab import cli
+from spml_lab.data import labelio, synthetic
+from spml_lab.data.make_data import SPLIT_SEEDS
 
 
 def test_make_data_writes_the_list_file_layout(tmp_path):

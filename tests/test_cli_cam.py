@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from spml_lab import cli, datasets, make_data
+from spml_lab import cli
+from spml_lab.data import datasets, make_data
 
 
 @pytest.mark.parametrize("kind", ["tags", "boxes"])

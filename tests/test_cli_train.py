@@ -1,7 +1,8 @@
 import csv
 
-from spml_lab import cli, train
-from spml_lab.config import TrainConfig
+from spml_lab import cli
+from spml_lab.training import train
+from spml_lab.training.config import TrainConfig
 
 TINY = ["--crop-size", "64", "--batch-size", "2", "--width", "8", "--embedding-dim", "8"]
 TINY += ["--kmeans-grid", "3", "3", "--no-progress", "--log-every", "1"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spml_lab import runner
+from spml_lab.batch import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -1,0 +1,1 @@
+"""Pictures: label colours and overlays, embedding projections and statistics, the explorer."""

@@ -1,0 +1,696 @@
+"""Stage 1 of SPML: train the pixel embedding with the enabled relations, plus a softmax head.
+
+One step (`fit` runs ``max_steps`` of them)::
+
+    images --net--> emb (B, D, h, w), unit rows          h, w = H/4, W/4
+    labels, superpixels --nearest--> (B, h, w)           the contrastive part works at (h, w)
+    segments = k-means on [emb, location], split by superpixel and weak label
+    loss     = relations.spml_loss(emb, labels, tags, segments, memory)   the enabled relations
+             + w_ann x cross-entropy of the softmax head on detached, normalised emb (full
+               resolution), the paper's (CE + L_ann) x w_ann
+    SGD step (per-group LR, poly schedule with warm-up); memory.push(segments)
+
+The head sees ``emb.detach()``, as in the paper's code, so it reads the embedding without
+shaping it: only the relations train the network (``head_trains_embedding`` lifts the detach:
+the partial cross-entropy baseline).
+
+Hardware, one code path: on CUDA the network runs channels-last under bf16 autocast, and the
+contrastive part in float32; on the CPU everything is float32. Under ``torchrun`` the processes
+train data-parallel on one global batch (`distributed`).
+
+A run lives in one folder (``TrainConfig.out_dir``)::
+
+    config.yaml     the TrainConfig of the run
+    metrics.csv     step, lr, each enabled relation's loss, total, softmax_ce, images_per_s
+    checkpoint.pt   latest state, replaced atomically every checkpoint_every steps
+    final.pt        model + head + config, written at the end
+
+``TrainConfig(resume=True)`` (``spml-lab train --resume``) continues a killed run from its
+checkpoint exactly: same step, weights, optimizer, learning rate, memory bank, data order
+and RNG states, so on the CPU it ends with the weights an uninterrupted run would have.
+
+Data order is a function of (seed, epoch) and augmentation of (seed, epoch, image), so a run
+repeats with any number of DataLoader workers. Losses stay on the device between log rows;
+the only host-device syncs of a step are those of building segments (their number is data
+dependent, `clustering.build_segments`), plus one read-back per log row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
+from spml_lab.data import datasets
+from spml_lab.method import clustering, distributed, relations
+from spml_lab.method.memory import PrototypeMemory
+from spml_lab.nets import embedding_nets, heads
+from spml_lab.training import checkpoints
+from spml_lab.training.checkpoints import (
+    CHECKPOINT,
+    CONFIG,
+    FINAL,
+    METRICS,
+    load_checkpoint,
+    save_checkpoint,
+)
+from spml_lab.training.config import TrainConfig
+
+__all__ = [
+    "fit",
+    "batch_losses",
+    "train_step",
+    "poly_lr",
+    "param_groups",
+    "build_model",
+    "build_dataset",
+    "resolve_device",
+    "epoch_order",
+    "downsample_nearest",
+    "softmax_cross_entropy",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_final",
+]
+
+SHORT = {"low_level": "low", "semantic_annotation": "ann", "cooccurrence": "occ"}
+SHORT.update(feature_affinity="aff", total="total", softmax_ce="ce")
+
+
+def _is_main_process():
+    """Tell whether this process writes files: always, unless a non-zero DDP rank."""
+    return distributed.rank() == 0
+
+
+# ---------------------------------------------------------------------- building blocks
+
+
+def poly_lr(step, base_lr, max_steps, *, warmup_steps=0, power=0.9, policy="poly"):
+    """Learning rate of step `step` (0-based): poly decay with a linear warm-up.
+
+    Parameters
+    ----------
+    step : int
+        Steps done so far.
+    base_lr : float
+    max_steps : int
+    warmup_steps : int, optional
+        The LR ramps linearly from ``base_lr / 10`` to `base_lr` over these steps.
+    power : float, optional
+        Poly exponent: ``base_lr * (1 - step / max_steps) ** power``.
+    policy : {"poly", "constant"}, optional
+
+    Returns
+    -------
+    lr : float
+
+    Notes
+    -----
+    As the paper's ``lr_poly``: during warm-up the LR is the smaller of the ramp and the
+    decay, so a warm-up longer than the run never overshoots it.
+
+    Examples
+    --------
+    >>> poly_lr(0, 0.01, 100, warmup_steps=10), round(poly_lr(50, 0.01, 100), 6)
+    (0.001, 0.005359)
+    """
+    factor = 1.0 if policy == "constant" else (1.0 - step / max_steps) ** power
+    if step < warmup_steps:
+        ramp = step / warmup_steps
+        factor = min(0.1 * (1.0 - ramp) + ramp, factor)
+    return base_lr * factor
+
+
+def _is_head(name):
+    """Parameters learned from scratch at a higher LR (paper: ASPP and classifier at 10x)."""
+    return name.startswith(("embed.", "head."))
+
+
+def param_groups(net, head, cfg):
+    """SGD parameter groups as in the paper: trunk vs head, weights vs biases.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Embedding network (its ``embed`` layer counts as head).
+    head : torch.nn.Module
+        Softmax head.
+    cfg : TrainConfig
+        Uses ``backbone_lr_mult``, ``head_lr_mult``, ``bias_lr_mult`` and ``weight_decay``.
+
+    Returns
+    -------
+    groups : list of dict
+        Non-empty groups with ``params``, ``name``, ``lr_mult`` (times the scheduled LR) and
+        ``weight_decay`` (0 for biases and normalisation parameters).
+
+    Examples
+    --------
+    >>> net, head = embedding_nets.SmallEmbeddingNet(8, 8), heads.SoftmaxHead(8, 3)
+    >>> [(g["name"], g["lr_mult"]) for g in param_groups(net, head, TrainConfig())]
+    [('backbone', 1.0), ('backbone_bias', 2.0), ('head', 10.0), ('head_bias', 20.0)]
+    """
+    named = [*net.named_parameters(), *(("head." + n, p) for n, p in head.named_parameters())]
+    groups = []
+    for part, mult in (("backbone", cfg.backbone_lr_mult), ("head", cfg.head_lr_mult)):
+        for bias in (False, True):
+            params = [
+                p
+                for name, p in named
+                if _is_head(name) == (part == "head") and (p.ndim == 1) == bias
+            ]
+            if params:
+                groups.append(
+                    {
+                        "params": params,
+                        "name": part + ("_bias" if bias else ""),
+                        "lr_mult": mult * (cfg.bias_lr_mult if bias else 1.0),
+                        "weight_decay": 0.0 if bias else cfg.weight_decay,
+                    }
+                )
+    return groups
+
+
+def build_model(cfg, num_classes, *, load_pretrained=True):
+    """Return ``(net, head)``: the embedding network and the softmax head of `cfg`.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        ``model``, ``embedding_dim``, ``width`` and ``pretrained``.
+    num_classes : int
+        Classes C of the head, background included.
+    load_pretrained : bool, optional
+        Load ``cfg.pretrained`` into a ResNet backbone; a resumed run skips it, as its
+        checkpoint holds the weights (and the ImageNet file may have moved since).
+
+    Returns
+    -------
+    net : embedding_nets.SmallEmbeddingNet or embedding_nets.DeepLabEmbeddingNet
+    head : heads.SoftmaxHead
+    """
+    pretrained = cfg.pretrained if (load_pretrained and cfg.pretrained) else None
+    net = embedding_nets.build_embedding_net(
+        cfg.model, cfg.embedding_dim, width=cfg.width, pretrained=pretrained
+    )
+    return net, heads.SoftmaxHead(cfg.embedding_dim, num_classes, dropout=cfg.head_dropout)
+
+
+def build_dataset(cfg):
+    """Return the augmented training `datasets.SegmentationList` that `cfg` names.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        ``data`` is ``"embedded:KIND"`` or a `spml-lab make-data` folder.
+
+    Returns
+    -------
+    dataset : datasets.SegmentationList
+    """
+    options = {
+        "train": True,
+        "crop_size": cfg.crop_size,
+        "scale_range": cfg.scale_range,
+        "flip": cfg.flip,
+        "seed": cfg.seed,
+    }
+    return datasets.open_data(cfg.data, cfg.split, cfg.annotation, **options)
+
+
+def resolve_device(name):
+    """Turn ``"auto"`` into CUDA when present, else CPU; check that a named device exists.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device is {name!r} but CUDA is not available")
+    return device
+
+
+def epoch_order(num_items, seed, epoch):
+    """Return the order in which epoch `epoch` visits the data: a permutation of (seed, epoch).
+
+    Examples
+    --------
+    >>> order = epoch_order(5, 0, 1)
+    >>> bool((order == epoch_order(5, 0, 1)).all()), sorted(order.tolist())
+    (True, [0, 1, 2, 3, 4])
+    """
+    return np.random.default_rng([seed, epoch]).permutation(num_items)
+
+
+def downsample_nearest(maps, size):
+    """Bring integer maps to the embedding resolution by nearest sampling.
+
+    Parameters
+    ----------
+    maps : (B, H, W) int tensor
+        Labels or superpixel ids.
+    size : (int, int)
+        Output (h, w).
+
+    Returns
+    -------
+    (B, h, w) tensor
+        Output pixel (i, j) is input pixel ``(floor(i H / h), floor(j W / w))``, as
+        ``F.interpolate(mode="nearest")``, in integer arithmetic (exact for any id).
+
+    Examples
+    --------
+    >>> downsample_nearest(torch.arange(16).view(1, 4, 4), (2, 2))
+    tensor([[[ 0,  2],
+             [ 8, 10]]])
+    """
+    height, width = maps.shape[-2:]
+    rows = torch.arange(size[0], device=maps.device) * height // size[0]
+    cols = torch.arange(size[1], device=maps.device) * width // size[1]
+    return maps.index_select(-2, rows).index_select(-1, cols)
+
+
+def softmax_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
+    """Mean cross-entropy over labelled pixels; 0 (not NaN) when none is labelled.
+
+    Under DDP the mean is over the labelled pixels of every process (`distributed.global_mean`).
+
+    Parameters
+    ----------
+    logits : (B, C, H, W) float tensor
+    labels : (B, H, W) int64 tensor
+        `ignore_index` = unlabelled (image-tag runs have no labelled pixel at all).
+
+    Returns
+    -------
+    loss : () float tensor
+
+    Examples
+    --------
+    >>> softmax_cross_entropy(torch.zeros(1, 2, 1, 2), torch.tensor([[[1, 255]]]))
+    tensor(0.6931)
+    >>> softmax_cross_entropy(torch.zeros(1, 2, 1, 1), torch.tensor([[[255]]]))
+    tensor(0.)
+    """
+    loss = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return distributed.global_mean(loss, (labels != ignore_index).sum())  # a tensor: no sync
+
+
+# ---------------------------------------------------------------------- results
+
+
+def load_final(run, device="cpu"):
+    """Load the trained network and head of a finished run.
+
+    Parameters
+    ----------
+    run : str or Path
+        The run folder (or its ``final.pt``).
+    device : str or torch.device, optional
+
+    Returns
+    -------
+    net, head : torch.nn.Module
+        In eval mode.
+    cfg : TrainConfig
+    class_names : list of str or None
+    """
+    path = Path(run)
+    state = load_checkpoint(path / FINAL if path.is_dir() else path)
+    cfg = TrainConfig.from_dict(state["config"])
+    net, head = build_model(cfg, state["num_classes"])
+    net.load_state_dict(state["model"])
+    head.load_state_dict(state["head"])
+    return net.to(device).eval(), head.to(device).eval(), cfg, state["class_names"]
+
+
+def _batches(dataset, cfg, epoch, start, device):
+    """Yield ``(epoch, batch index, batch)`` forever from position (epoch, start).
+
+    Under DDP batch b of the global order has ``world * batch_size`` images and process r
+    loads its r-th slice, so the processes together see what one process would.
+    """
+    world, rank = distributed.world_size(), distributed.rank()
+    size = cfg.batch_size * world  # the global batch
+    per_epoch = len(dataset) // size  # whole batches only: every step sees the same count
+    while True:
+        order = epoch_order(len(dataset), cfg.seed, epoch)
+        first = rank * cfg.batch_size
+        sampler = [
+            order[b * size + first : b * size + first + cfg.batch_size].tolist()
+            for b in range(start, per_epoch)
+        ]
+        dataset.set_epoch(epoch)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+            # its own generator: a loader drawn from the global RNG would shift the head's
+            # dropout masks after a resume (the resumed run opens its loader mid-epoch)
+            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
+        )
+        for index, batch in enumerate(loader, start):
+            yield epoch, index, batch
+        epoch, start = epoch + 1, 0
+
+
+# ---------------------------------------------------------------------- the loop
+
+
+def _stop_if_not_finite(values, first, step, run, last_saved):
+    """Raise when a logged loss (or the weights) turned inf or NaN: never save such a state.
+
+    Parameters
+    ----------
+    values : dict of str to float
+        Loss name (or ``"weights"``) to its value over steps ``first + 1 .. step``.
+    first, step : int
+    run : Path
+    last_saved : int or None
+        Step of the last checkpoint written (which stays as it is), None if none yet.
+    """
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    if not bad:
+        return
+    kept = (
+        f"{run / CHECKPOINT} (step {last_saved}) keeps the last good state"
+        if last_saved is not None
+        else "no checkpoint was written"
+    )
+    raise FloatingPointError(
+        f"training stopped: {', '.join(bad)} turned non-finite between steps {first + 1} and "
+        f"{step}; {kept}; lower TrainConfig.lr (--lr) or the relation's weight"
+    )
+
+
+def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixels=True):
+    """Compute the losses of one batch as a training step does (no optimizer step).
+
+    Parameters
+    ----------
+    net, head : torch.nn.Module
+        Embedding network and softmax head.
+    batch : dict
+        Collated dataset items (``image``, ``label``, ``superpixel``, ``tags``).
+    cfg : TrainConfig
+        Relations, k-means grid and iterations, AMP.
+    memory : memory.PrototypeMemory, optional
+        Earlier batches' prototypes.
+    device : str or torch.device, optional
+    superpixels : bool, optional
+        Whether the batch's superpixel maps are real (False: the list had none).
+
+    Returns
+    -------
+    losses : dict of str to () float tensor
+        Each enabled relation's loss, ``"total"`` (their weighted sum) and ``"softmax_ce"``.
+    segments : clustering.Segments or None
+        The batch's segments (what a step pushes into the memory); None when no relation is
+        enabled (the baselines), which need none.
+    """
+    device = torch.device(device)
+    images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = batch["label"].to(device, non_blocking=True)  # (B, H, W)
+    tags = batch["tags"].to(device, non_blocking=True)  # (B, C)
+    amp = torch.autocast("cuda", torch.bfloat16) if cfg.amp and device.type == "cuda" else None
+    with amp or contextlib.nullcontext():
+        emb = net(images)  # (B, D, h, w)
+    # k-means means, prototypes and loss logits in float32: the network is the heavy part
+    emb = emb.float()
+    size = tuple(emb.shape[-2:])
+    small_labels = downsample_nearest(labels, size)  # (B, h, w)
+    small_sp, valid = None, None
+    if superpixels:
+        small_sp = downsample_nearest(batch["superpixel"].to(device, non_blocking=True), size)
+        valid = small_sp >= 0  # crop padding has no superpixel: out of k-means and losses
+        small_sp = small_sp.clamp(min=0)
+    rows = emb.permute(0, 2, 3, 1)  # (B, h, w, D)
+    settings = cfg.relation_settings()
+    segments = None  # the baselines train no relation: no segments to build
+    losses = {"total": rows.reshape(-1)[:1].sum() * 0.0}
+    if settings:
+        segments = clustering.segment_batch(
+            rows, small_sp, small_labels, cfg.kmeans_grid, cfg.kmeans_iterations, tags=tags,
+            valid=valid,
+        )  # fmt: skip
+        # under DDP: the segments of every process, so negatives come from the global batch
+        segments = distributed.gather_segments(segments)
+        losses = relations.spml_loss(
+            rows,
+            small_labels,
+            tags,
+            segments,
+            memory,
+            settings=settings,
+            affinity_threshold=cfg.affinity_threshold,
+            location_weight=cfg.low_level_location_weight,
+        )
+    with amp or contextlib.nullcontext():
+        # SPML: the head reads a detached embedding; the baseline trains the net through it
+        head_input = emb if cfg.head_trains_embedding else emb.detach()
+        logits = head(F.normalize(head_input, dim=1), size=tuple(images.shape[-2:]))
+    losses["softmax_ce"] = softmax_cross_entropy(logits.float(), labels)
+    return losses, segments
+
+
+def train_step(batch, net, head, optimizer, memory, cfg, device, superpixels=True):
+    """Run one SGD step of `fit` (what the speed benchmark times).
+
+    Parameters
+    ----------
+    batch : dict
+        Collated dataset items.
+    net, head : torch.nn.Module
+        Embedding network and softmax head (possibly DDP-wrapped).
+    optimizer : torch.optim.Optimizer
+    memory : memory.PrototypeMemory
+        Receives the batch's segments after the step.
+    cfg : TrainConfig
+    device : torch.device
+    superpixels : bool, optional
+        Whether the batch carries superpixels.
+
+    Returns
+    -------
+    losses : (K,) float tensor on the device
+        The enabled relations' losses, the weighted total and the head's cross-entropy (the
+        metrics.csv columns), detached: reading them is left to the caller.
+    """
+    losses, segments = batch_losses(
+        net, head, batch, cfg, memory, device=device, superpixels=superpixels
+    )
+    optimizer.zero_grad(set_to_none=True)
+    # the paper's stage-1 loss: relations + (cross-entropy + L_ann) x w_ann, whose L_ann x w_ann
+    # is already in the total; the baselines weigh their cross-entropy 1 (`cfg.head_weight`)
+    (losses["total"] + cfg.head_weight * losses["softmax_ce"]).backward()
+    optimizer.step()
+    if segments is not None:
+        memory.push(segments)
+    names = [*cfg.relation_settings(), "total", "softmax_ce"]  # the metrics.csv columns
+    return torch.stack([losses[name] for name in names]).detach()
+
+
+def fit(cfg):
+    """Train an embedding network with SPML (stage 1) and return the run folder.
+
+    Parameters
+    ----------
+    cfg : TrainConfig or dict
+        The run; a dict is read with `TrainConfig.from_dict`.
+
+    Returns
+    -------
+    run : Path
+        ``cfg.out_dir``, holding config.yaml, metrics.csv, checkpoint.pt and final.pt.
+
+    Raises
+    ------
+    FileExistsError
+        If ``out_dir`` already holds a run and ``cfg.resume`` is False.
+    ValueError
+        On a config that does not fit the data (batch larger than the dataset, low-level
+        relation without superpixels), or a resume whose config differs from the checkpoint's.
+    FileNotFoundError
+        If the dataset is missing.
+
+    Notes
+    -----
+    ``metrics.csv`` rows average the steps since the previous row; ``total`` is the weighted
+    relation sum (what trains the embedding) and ``softmax_ce`` the head's loss, which is
+    added to it for the backward pass but only reaches the head.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> cfg = TrainConfig(max_steps=2, crop_size=32, batch_size=2, width=8, embedding_dim=8,
+    ...                   progress=False, out_dir=tempfile.mkdtemp() + "/run")
+    >>> sorted(p.name for p in fit(cfg).iterdir())
+    ['checkpoint.pt', 'config.yaml', 'final.pt', 'metrics.csv']
+    """
+    cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
+    cfg = cfg.replace(data=datasets.absolute_data(cfg.data))  # the run pins what it trains on
+    run = Path(cfg.out_dir)
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    device = distributed.setup(cfg.device) or resolve_device(cfg.device)  # torchrun or not
+    world = distributed.world_size()
+    main = _is_main_process()
+    run.mkdir(parents=True, exist_ok=True)
+    state = checkpoints.open_run(run, cfg)
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)  # noqa: NPY002  (the global RNG of any user code, see _rng_state)
+    random.seed(cfg.seed)
+    dataset = build_dataset(cfg)
+    fingerprint = datasets.data_fingerprint(cfg.data, dataset.list_file)
+    if state is not None and state.get("data_fingerprint") not in (None, fingerprint):
+        raise ValueError(
+            f"cannot resume {run}: its data changed since it was trained "
+            f"({state['data_fingerprint']} there, {fingerprint} now)"
+        )
+    if len(dataset) < cfg.batch_size * world:
+        times = f" x {world} processes" if world > 1 else ""
+        raise ValueError(
+            f"TrainConfig.batch_size ({cfg.batch_size}){times} exceeds the "
+            f"{len(dataset)} images of {cfg.data!r} split {cfg.split!r}"
+        )
+    if len(dataset) <= cfg.check_files_limit:
+        dataset.check_files()  # a bad file fails now, before any step or checkpoint
+    if cfg.low_level and not dataset.has_superpixels:
+        raise ValueError(
+            f"TrainConfig.low_level needs superpixels, but {dataset.list_file} has no "
+            "superpixel column; disable it (--no-low-level) or add superpixels"
+        )
+    net, head = build_model(cfg, dataset.num_classes, load_pretrained=state is None)
+    if world > 1:  # batch norm over the global batch (before the optimizer sees parameters)
+        net = distributed.convert_batchnorm(net, device)
+        head = distributed.convert_batchnorm(head, device)
+    net, head = net.to(device).train(), head.to(device).train()
+    if device.type == "cuda":  # NHWC convolutions: what bf16 tensor cores run fastest
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        param_groups(net, head, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0
+    )
+    if world > 1:  # gradients averaged across processes
+        ids = [device.index] if device.type == "cuda" else None
+        net_ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        head_ddp = torch.nn.parallel.DistributedDataParallel(head, device_ids=ids)
+    else:
+        net_ddp, head_ddp = net, head
+    memory = PrototypeMemory(cfg.memory_batches(world), affinity_threshold=cfg.affinity_threshold)
+    settings = cfg.relation_settings()
+    columns = ["step", "lr", *settings, "total", "softmax_ce", "images_per_s"]
+    sums = torch.zeros(len(settings) + 2, device=device)  # loss sums since the last row
+    step, epoch, index, window_steps, window_images = 0, 0, 0, 0, 0
+    if state is None:
+        if main:
+            cfg.replace(resume=False).to_yaml(run / CONFIG)
+    else:
+        net.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        memory.load_state_dict(checkpoints.to_device(state["memory"], device))
+        checkpoints.set_rng_state(state["rng"])
+        step, epoch, index = state["step"], state["data"]["epoch"], state["data"]["batch"]
+        sums = state["window"]["sums"].to(device)
+        window_steps, window_images = state["window"]["steps"], state["window"]["images"]
+    metrics = checkpoints.MetricsFile(run / METRICS, columns, keep_until=step) if main else None
+
+    def snapshot():
+        return {
+            "step": step,
+            "model": net.state_dict(),
+            "head": head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "memory": memory.state_dict(),
+            "rng": checkpoints.rng_state(),
+            "data": {"epoch": epoch, "batch": index},
+            "window": {"sums": sums, "steps": window_steps, "images": window_images},
+            "config": cfg.to_dict(),
+            "data_fingerprint": fingerprint,
+        }
+
+    bar = tqdm(
+        total=cfg.max_steps, initial=step, disable=not (cfg.progress and main), desc="spml train"
+    )
+    batches = _batches(dataset, cfg, epoch, index, device)
+    tic = time.perf_counter()
+    last_saved = step if state is not None else None  # step of the last good checkpoint
+    try:
+        while step < cfg.max_steps:
+            epoch, index, batch = next(batches)
+            lr = poly_lr(
+                step,
+                cfg.lr,
+                cfg.max_steps,
+                warmup_steps=cfg.warmup_steps,
+                power=cfg.lr_power,
+                policy=cfg.lr_policy,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_mult"]
+            sums += train_step(
+                batch, net_ddp, head_ddp, optimizer, memory, cfg, device, dataset.has_superpixels
+            )
+            step, index = step + 1, index + 1
+            window_steps += 1
+            window_images += len(batch["image"]) * world
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                if world > 1:  # each process holds its share of the global mean
+                    dist.all_reduce(sums)
+                    sums /= world
+                means = (sums / window_steps).tolist()  # the one read-back per row
+                elapsed = time.perf_counter() - tic
+                row = dict(zip(columns[2:-1], means, strict=True))
+                _stop_if_not_finite(row, step - window_steps, step, run, last_saved)
+                bar.set_postfix({SHORT[k]: f"{v:.3f}" for k, v in row.items()}, refresh=False)
+                row.update(step=step, lr=lr, images_per_s=f"{window_images / elapsed:.2f}")
+                if main:
+                    metrics.append(row)
+                sums.zero_()
+                window_steps, window_images, tic = 0, 0, time.perf_counter()
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                if world > 1:  # every process resumes from the same (averaged) window
+                    dist.all_reduce(sums)
+                    sums /= world
+                weights = [*net.parameters(), *head.parameters()]
+                if not bool(torch.stack([w.isfinite().all() for w in weights]).all()):
+                    _stop_if_not_finite({"weights": math.nan}, last_saved, step, run, last_saved)
+                if main:
+                    save_checkpoint(snapshot(), run / CHECKPOINT)
+                last_saved = step
+            bar.update(1)
+    finally:
+        batches.close()
+        bar.close()
+    if main:
+        final = {
+            "model": net.state_dict(),
+            "head": head.state_dict(),
+            "config": cfg.replace(resume=False).to_dict(),
+            "num_classes": dataset.num_classes,
+            "class_names": dataset.class_names,
+            "step": step,
+            "data_fingerprint": fingerprint,
+        }
+        save_checkpoint(final, run / FINAL)
+    if world > 1 and owns_group:  # the group this call joined (torchrun) ends with it
+        dist.barrier()
+        dist.destroy_process_group()
+    return run
