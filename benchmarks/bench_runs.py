@@ -231,17 +231,12 @@ def segment_report(run_dir, batches=4, device="cpu"):
             pick = torch.randperm(len(dataset), generator=generator)[: cfg.batch_size].tolist()
             items = [dataset[i] for i in pick]
             images = torch.stack([it["image"] for it in items]).to(device)
-            emb = net(images)  # (B, D, h, w)
-            size = tuple(emb.shape[-2:])
-            labels = train.downsample_nearest(torch.stack([it["label"] for it in items]), size)
-            sp = torch.stack([it["superpixel"] for it in items])
-            sp = train.downsample_nearest(sp, size)
-            valid = sp >= 0
-            sp = sp.clamp(min=0)
+            emb = net(images).permute(0, 2, 3, 1)  # (B, h, w, D), as a training step has it
+            maps = {key: torch.stack([it[key] for it in items]) for key in ("label", "superpixel")}
+            labels, sp, valid = train.step_maps(maps, emb.shape[1:3], device=device)
             segments = clustering.segment_batch(
-                emb.permute(0, 2, 3, 1), sp, labels, cfg.kmeans_grid, cfg.kmeans_iterations,
-                valid=valid,
-            )  # fmt: skip
+                emb, sp, labels, cfg.kmeans_grid, cfg.kmeans_iterations, valid=valid
+            )
             for key, value in clustering.segment_statistics(segments, sp, valid).items():
                 totals[key] = totals.get(key, 0.0) + value / batches
     return {key: round(value, 2) for key, value in totals.items()}
@@ -257,6 +252,7 @@ def probe_report(run_dir, split="test", images=32, device="cpu"):
     """
     import torch
 
+    from spml_lab.nets import embedding_nets
     from spml_lab.pictures import embedding_stats
 
     run = predict.load_run(run_dir, device=device)
@@ -264,7 +260,7 @@ def probe_report(run_dir, split="test", images=32, device="cpu"):
     embeddings, labels = [], []
     with torch.no_grad():
         for batch in predict.image_batches(truth, 8, images):
-            embeddings.append(run.net(batch["image"].to(device)).cpu())
+            embeddings.append(embedding_nets.embed(run.net, batch["image"]).cpu())
             labels.append(batch["label"])
     scores = embedding_stats.probe_position_and_class(
         torch.cat(embeddings), torch.cat(labels), num_samples=3000

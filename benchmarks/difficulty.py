@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from spml_lab.data import annotations, synthetic
-from spml_lab.nets.embedding_nets import SmallEmbeddingNet
+from spml_lab.nets.embedding_nets import SmallEmbeddingNet, embed
 from spml_lab.nets.heads import SoftmaxHead
 from spml_lab.prediction import metrics
 
@@ -47,7 +47,7 @@ def train_and_score(images, labels, val_images, val_semantic, num_classes, steps
         x, y = images[pick], labels[pick]
         flip = torch.from_numpy(rng.random(batch) < 0.5)
         x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-        loss = F.cross_entropy(head(net(x), size=size), y, ignore_index=255)
+        loss = F.cross_entropy(head(net(x).permute(0, 2, 3, 1), size=size), y, ignore_index=255)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -59,7 +59,7 @@ def train_and_score(images, labels, val_images, val_semantic, num_classes, steps
     with torch.no_grad():
         for start in range(0, len(val_images), 64):
             x = val_images[start : start + 64]
-            pred = head(net(x), size=size).argmax(1)
+            pred = head(embed(net, x), size=size).argmax(1)
             confusion += metrics.confusion_matrix(
                 pred, val_semantic[start : start + 64], num_classes
             )

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from spml_lab.method.memory import PrototypeMemory
-from spml_lab.training import train
+from spml_lab.training import config, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE_SIDE = 128  # side of the embedded sample images
@@ -84,7 +84,7 @@ def make_config(preset, batch_size, *, crop_size=None, model=None, device="cpu")
     spec = PRESETS[preset]
     crop = crop_size or spec["crop_size"]
     fill = crop / IMAGE_SIDE  # rescale the 128 px samples to about the crop
-    return train.TrainConfig(
+    return config.TrainConfig(
         data="embedded:objects",
         annotation="scribbles",
         model=model or spec["model"],
@@ -130,7 +130,8 @@ def network_step(batch, net, head, optimizer, cfg, device):
     use_amp = cfg.amp and device.type == "cuda"
     with torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
         emb = net(images)  # (B, D, h, w)
-        logits = head(F.normalize(emb, dim=1), size=tuple(images.shape[-2:]))  # (B, C, H, W)
+        unit = F.normalize(emb, dim=1).permute(0, 2, 3, 1)  # (B, h, w, D), as heads take
+        logits = head(unit, size=tuple(images.shape[-2:]))  # (B, C, H, W)
     loss = train.softmax_cross_entropy(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -1,5 +1,6 @@
 """The package's own files agree with each other: dependencies, entry points, CI."""
 
+import ast
 import re
 from pathlib import Path
 
@@ -68,3 +69,32 @@ def test_readme_lists_every_notebook():
     readme = (ROOT / "README.md").read_text()
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert notebook.name in readme, f"README does not list {notebook.name}"
+
+
+def _package_trees(folders=("spml_lab",)):
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            yield path.relative_to(ROOT), ast.parse(path.read_text())
+
+
+def test_no_module_hands_out_names_lazily():
+    # a module __getattr__ hides where a name lives: the prefix must name the file to open
+    lazy = [
+        str(path)
+        for path, tree in _package_trees()
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+    ]
+    assert lazy == []
+
+
+def test_no_private_name_is_imported_from_another_module():
+    private = [
+        f"{path}: from {node.module} import {alias.name}"
+        for path, tree in _package_trees(("spml_lab", "tests", "benchmarks"))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("spml_lab")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+    assert private == []

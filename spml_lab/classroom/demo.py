@@ -14,17 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.data import datasets
 from spml_lab.method import clustering, relations
 from spml_lab.nets import embedding_nets
+from spml_lab.training import train
 
 __all__ = [
     "DemoBatch",
     "make_batch",
-    "embed",
     "pixel_index",
     "pixel_position",
     "pick_pixel",
@@ -96,40 +95,6 @@ class DemoBatch:
         return maps.repeat(self.scale, axis=1).repeat(self.scale, axis=2)
 
 
-def embed(net, images):
-    """Run an embedding network in eval mode without gradients, channels last.
-
-    Parameters
-    ----------
-    net : torch.nn.Module
-        Maps (B, 3, H, W) images in [0, 1] to (B, D, h, w) unit embeddings.
-    images : (B, 3, H, W) float tensor
-
-    Returns
-    -------
-    embeddings : (B, h, w, D) float tensor
-
-    Examples
-    --------
-    >>> net = embedding_nets.SmallEmbeddingNet(embedding_dim=8, width=8)
-    >>> tuple(embed(net, torch.rand(1, 3, 16, 16)).shape)
-    (1, 4, 4, 8)
-    """
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            return net(images).permute(0, 2, 3, 1).contiguous()
-    finally:
-        net.train(was_training)
-
-
-def _down(maps, size):
-    """(B, H, W) integer maps to (B, h, w) by nearest sampling (as the labels of a step)."""
-    out = F.interpolate(maps[:, None].double(), size=size, mode="nearest")
-    return out[:, 0].long()
-
-
 def make_batch(
     kind="objects",
     annotation="scribbles",
@@ -188,13 +153,13 @@ def make_batch(
     if net is None:
         torch.manual_seed(seed)
         net = embedding_nets.SmallEmbeddingNet()
-    embeddings = embed(net, images)  # (B, h, w, D)
-    size = tuple(embeddings.shape[1:3])
-    labels = _down(torch.stack([item["label"] for item in items]), size)
-    superpixels = _down(torch.stack([item["superpixel"] for item in items]), size)
+    embeddings = embedding_nets.embed(net, images)  # (B, h, w, D)
+    # the labels and superpixels at the embedding resolution, as a training step sees them
+    maps = {key: torch.stack([item[key] for item in items]) for key in ("label", "superpixel")}
+    labels, superpixels, valid = train.step_maps(maps, embeddings.shape[1:3])
     tags = torch.stack([item["tags"] for item in items])
     segments = clustering.segment_batch(
-        embeddings, superpixels.clamp(min=0), labels, grid, iterations, tags=tags
+        embeddings, superpixels, labels, grid, iterations, tags=tags, valid=valid
     )
     return DemoBatch(
         images=(images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),

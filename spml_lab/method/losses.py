@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["pixel_segment_loss", "default_chunk_size"]
+__all__ = ["pixel_segment_loss", "default_chunk_size", "valid_labels", "unique_rows"]
 
 # Elements of one block's (pixels x prototypes) logit matrix: 2**22 float32 values are 16 MB.
 # With the masked copy and the bool mask a block's work buffers take ~2.3x that (~40 MB).
@@ -111,8 +111,26 @@ def _check_inputs(
     return multi_label
 
 
-def _valid_labels(labels, multi_label, ignore_index):
-    """(N,) bool: rows that carry a label (see `pixel_segment_loss` Notes)."""
+def valid_labels(labels, multi_label, ignore_index):
+    """Which pixels carry a label and so take part in the loss (see `pixel_segment_loss` Notes).
+
+    Parameters
+    ----------
+    labels : (N,) int tensor or (N, C) 0/1 tensor
+        One label per pixel, or (``multi_label``) a set of labels per pixel.
+    multi_label : bool
+    ignore_index : int or None
+        Label value of "unlabelled" (single labels only); negative labels are always unlabelled.
+
+    Returns
+    -------
+    valid : (N,) bool tensor
+
+    Examples
+    --------
+    >>> valid_labels(torch.tensor([0, 255, -1, 2]), False, 255).tolist()
+    [True, False, False, True]
+    """
     if multi_label:
         return (labels != 0).any(1)
     valid = labels >= 0
@@ -253,7 +271,7 @@ class _Problem:
             return [self._part(r, c, False) for r, c in pairs]
         # few distinct label sets (image tags): split by set, so that same(i) is one row of
         # 0/1 per part, applied by broadcasting instead of a (p, c) label-overlap matmul
-        sets, inverse = _unique_rows(self.keys[rows])
+        sets, inverse = unique_rows(self.keys[rows])
         if len(sets) > MAX_LABEL_SETS:
             return [self._part(r, c, False) for r, c in pairs]
         which = torch.empty(self.keys.shape[0], dtype=torch.long, device=device)
@@ -417,8 +435,10 @@ class _Problem:
         return col.clamp(min=0), col >= 0
 
 
-def _unique_rows(rows):
+def unique_rows(rows):
     """``torch.unique(rows, dim=0, return_inverse=True)`` for 0/1 rows, fast for few columns.
+
+    The loss groups pixels by their label set with it (multi-label relations).
 
     With at most 62 columns each row is packed into one int64 code, so the unique runs on a
     vector: ``unique(dim=0)`` sorts rows lexicographically and costs ~10x more. Codes sort in
@@ -654,7 +674,7 @@ def pixel_segment_loss(
     num_pixels, num_prototypes = embeddings.shape[0], prototypes.shape[0]
     dtype = torch.promote_types(embeddings.dtype, prototypes.dtype)
     dtype = torch.promote_types(dtype, torch.float32)  # bf16 / fp16 inputs: float32 maths
-    valid = _valid_labels(labels, multi_label, ignore_index)  # (P,)
+    valid = valid_labels(labels, multi_label, ignore_index)  # (P,)
     if num_prototypes == 0 or num_pixels == 0:
         # nothing to contrast with: exact zeros that keep a (zero) gradient path
         zero = embeddings.to(dtype).sum(1) * 0.0 + prototypes.to(dtype).sum() * 0.0  # (P,)
@@ -672,7 +692,7 @@ def pixel_segment_loss(
             proto_keys, proto_valid = (prototype_labels != 0).to(dtype), None
         else:
             keys = torch.where(valid, labels.long(), -2)  # (P,)
-            proto_valid = _valid_labels(prototype_labels, False, ignore_index)  # (S,)
+            proto_valid = valid_labels(prototype_labels, False, ignore_index)  # (S,)
             proto_keys = torch.where(proto_valid, prototype_labels.long(), -1)
         problem = _Problem(
             embeddings,

@@ -27,7 +27,7 @@ import torch
 
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.method import clustering, distributed
-from spml_lab.method.losses import _valid_labels, default_chunk_size, pixel_segment_loss
+from spml_lab.method.losses import default_chunk_size, pixel_segment_loss, valid_labels
 
 __all__ = [
     "RELATIONS",
@@ -343,7 +343,7 @@ def _loss(inputs, concentration, pixel_weights=None, count=None):
         return loss
     if count is None:
         multi_label = inputs.labels.ndim == 2
-        count = _valid_labels(inputs.labels, multi_label, inputs.ignore_index).sum()
+        count = valid_labels(inputs.labels, multi_label, inputs.ignore_index).sum()
     return distributed.global_mean(loss, count)
 
 

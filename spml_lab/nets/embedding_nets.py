@@ -5,19 +5,24 @@ resolution (the paper's DeepLab head upsamples output-stride 8 features by 2). T
 the small network that trains from scratch on a laptop CPU and the paper's DeepLab-v2 network
 (ResNet-50/101 + ASPP) for real data; both follow one interface: ``forward(images) -> (B, D,
 ceil(H/4), ceil(W/4))`` unit-norm embeddings, with images in [0, 1].
+
+A network's forward is channels first, as convolutions are. Everything after the network takes
+embeddings channels last, ``(B, h, w, D)``: the relations, k-means, the heads, kNN, the random
+walk and the pictures. `embed` is the one way from images to that layout.
 """
 
 from __future__ import annotations
 
 import math
 
-import torch  # noqa: F401  (the docstring examples use it)
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from spml_lab.nets import resnet
 
 __all__ = [
+    "embed",
     "SmallEmbeddingNet",
     "ASPP",
     "DeepLabEmbeddingNet",
@@ -305,3 +310,38 @@ def build_embedding_net(name, embedding_dim, *, width=64, pretrained=None):
     if name in ("resnet50", "resnet101"):
         return DeepLabEmbeddingNet(int(name[len("resnet") :]), embedding_dim, pretrained=pretrained)
     raise ValueError(f"name must be one of {list(EMBEDDING_NETS)}, got {name!r}")
+
+
+def embed(net, images):
+    """Embed images for use after the network: eval mode, no gradients, channels last.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Maps (B, 3, H, W) images in [0, 1] to (B, D, h, w) embeddings.
+    images : (B, 3, H, W) float tensor
+        Moved to the network's device.
+
+    Returns
+    -------
+    embeddings : (B, h, w, D) float32 tensor
+        Unit length along D (re-normalised in float32 after a reduced-precision network), on
+        the network's device; a view of the channels-first result, so a head that turns it
+        back computes exactly what it would on the network's output.
+
+    Examples
+    --------
+    >>> net = SmallEmbeddingNet(embedding_dim=8, width=8)
+    >>> emb = embed(net, torch.rand(1, 3, 16, 16))
+    >>> tuple(emb.shape), net.training, bool(torch.allclose(emb.norm(dim=-1), torch.ones(1, 4, 4)))
+    ((1, 4, 4, 8), True, True)
+    """
+    was_training = net.training
+    device = next(net.parameters()).device
+    net.eval()
+    try:
+        with torch.no_grad():
+            emb = F.normalize(net(images.to(device).float()).float(), dim=1)  # (B, D, h, w)
+    finally:
+        net.train(was_training)
+    return emb.permute(0, 2, 3, 1)

@@ -34,7 +34,7 @@ class SoftmaxHead(nn.Module):
     Examples
     --------
     >>> head = SoftmaxHead(8, 3)
-    >>> tuple(head(torch.randn(2, 8, 4, 4), size=(16, 16)).shape)
+    >>> tuple(head(torch.randn(2, 4, 4, 8), size=(16, 16)).shape)  # (B, h, w, D) in
     (2, 3, 16, 16)
     """
 
@@ -54,15 +54,23 @@ class SoftmaxHead(nn.Module):
 
         Parameters
         ----------
-        emb : (B, D, h, w) float tensor
+        emb : (B, h, w, D) float tensor
+            Embeddings channels last, as everything after the network takes them
+            (`embedding_nets.embed`).
         size : tuple of int, optional
             Output (H, W).
 
         Returns
         -------
         logits : (B, C, H, W) float tensor
+            Class maps channels first, as the probabilities, the CRF and the losses take them.
         """
-        logits = self.classifier(self.hidden(emb))
+        if emb.ndim != 4 or emb.shape[-1] != self.hidden[0].in_channels:
+            raise ValueError(
+                f"emb must be (B, h, w, {self.hidden[0].in_channels}), got {tuple(emb.shape)}"
+            )
+        # contiguous: the same convolution as on the network's own channels-first output
+        logits = self.classifier(self.hidden(emb.permute(0, 3, 1, 2).contiguous()))
         if size is not None:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
+from spml_lab.constants import IGNORE_INDEX
+from spml_lab.pictures.arrays import embedding_array, nearest_resize, to_numpy
 
 __all__ = [
     "sample_pixels",
@@ -25,38 +26,9 @@ __all__ = [
 ]
 
 
-def _numpy(values, dtype=None):
-    """Return a tensor or an array as an ndarray on the host."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype)
-
-
-def _channels_last(embeddings, channels_last):
-    """(B, D, h, w) -- or (B, h, w, D) when `channels_last` -- as a (B, h, w, D) float64 array."""
-    emb = _numpy(embeddings, np.float64)
-    if emb.ndim != 4:
-        raise ValueError(f"embeddings must be a 4-d map (B, D, h, w), got shape {emb.shape}")
-    return emb if channels_last else emb.transpose(0, 2, 3, 1)
-
-
-def _nearest(maps, size, name):
-    """(B, H, W) maps to (B, h, w) by nearest sampling, as a training step brings labels down.
-
-    Row ``i`` takes source row ``(i * H) // h`` (torch's ``interpolate(mode="nearest")``), so at
-    a 4x ratio every 4th row and column is kept; works for upsampling too.
-    """
-    maps = _numpy(maps)
-    if maps.ndim != 3:
-        raise ValueError(f"{name} must be (B, H, W), got shape {maps.shape}")
-    rows = (np.arange(size[0]) * maps.shape[1]) // size[0]
-    cols = (np.arange(size[1]) * maps.shape[2]) // size[1]
-    return maps[:, rows][:, :, cols]
-
-
 def _unit(vectors):
     """Rows scaled to unit length (zero rows stay zero) in float64."""
-    vectors = _numpy(vectors, np.float64)
+    vectors = to_numpy(vectors, np.float64)
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be (N, D), got shape {vectors.shape}")
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -78,15 +50,14 @@ def sample_pixels(
     num_samples=2000,
     balance=False,
     seed=0,
-    channels_last=False,
 ):
     """Draw pixel embeddings from a batch with their true class, annotation state and image.
 
     Parameters
     ----------
-    embeddings : (B, D, h, w) float ndarray or tensor
-        The networks' output layout (channels first, 1/4 of the image size for the small net);
-        pass ``channels_last=True`` for (B, h, w, D), e.g. ``demo.DemoBatch.embeddings``.
+    embeddings : (B, h, w, D) float ndarray or tensor
+        Channels last, as `embedding_nets.embed` gives them (1/4 of the image size for the
+        small net), e.g. ``demo.DemoBatch.embeddings``.
     labels : (B, H, W) int ndarray or tensor
         True class per pixel at any resolution (brought to (h, w) by nearest sampling);
         255 = unknown, never drawn.
@@ -99,8 +70,6 @@ def sample_pixels(
         so that small objects are not drowned by background.
     seed : int, optional
         Seed of the draw: same seed, same pixels.
-    channels_last : bool, optional
-        `embeddings` is (B, h, w, D).
 
     Returns
     -------
@@ -117,20 +86,20 @@ def sample_pixels(
 
     Examples
     --------
-    >>> emb = np.zeros((1, 2, 2, 2))  # (B, D, h, w)
-    >>> emb[0, 0] = 1.0
+    >>> emb = np.zeros((1, 2, 2, 2))  # (B, h, w, D)
+    >>> emb[0, ..., 0] = 1.0
     >>> s = sample_pixels(emb, np.array([[[1, 1, 2, 2]] * 4]), num_samples=3)
     >>> s["vectors"].shape, sorted(set(s["classes"].tolist()))
     ((3, 2), [1, 2])
     """
-    emb = _channels_last(embeddings, channels_last)
+    emb = embedding_array(embeddings)
     num_images, height, width, dim = emb.shape
-    truth = _nearest(labels, (height, width), "labels").astype(np.int64)
+    truth = nearest_resize(labels, (height, width), ndim=3, name="labels").astype(np.int64)
     if truth.shape[0] != num_images:
         raise ValueError(f"labels hold {truth.shape[0]} images, embeddings {num_images}")
     labelled = np.zeros(truth.shape, bool)
     if annotation is not None:
-        weak = _nearest(annotation, (height, width), "annotation")
+        weak = nearest_resize(annotation, (height, width), ndim=3, name="annotation")
         if weak.shape[0] != num_images:
             raise ValueError(f"annotation holds {weak.shape[0]} images, embeddings {num_images}")
         labelled = weak != IGNORE_INDEX
@@ -188,11 +157,11 @@ def sample_segments(segments, labels, *, num_samples=None, seed=0):
     >>> s["classes"].tolist(), s["sizes"].tolist(), s["y"].tolist()
     ([1, 2], [2, 2], [0, 1])
     """
-    ids = _numpy(segments.segment_ids).astype(np.int64)
+    ids = to_numpy(segments.segment_ids).astype(np.int64)
     num_segments = int(segments.prototypes.shape[0])
     if ids.ndim != 3:
         raise ValueError(f"segments.segment_ids must be (B, h, w), got shape {ids.shape}")
-    truth = _nearest(labels, ids.shape[1:], "labels").astype(np.int64)
+    truth = nearest_resize(labels, ids.shape[1:], ndim=3, name="labels").astype(np.int64)
     if truth.shape != ids.shape:
         raise ValueError(f"labels hold {truth.shape[0]} images, segment_ids {ids.shape[0]}")
     keep = (ids >= 0) & (truth != IGNORE_INDEX)
@@ -215,10 +184,10 @@ def sample_segments(segments, labels, *, num_samples=None, seed=0):
     candidates = np.flatnonzero(classes != IGNORE_INDEX)
     rows = candidates[_choose(rng, len(candidates), num_samples)]
     return {
-        "vectors": _numpy(segments.prototypes, np.float64)[rows],
+        "vectors": to_numpy(segments.prototypes, np.float64)[rows],
         "classes": classes[rows],
-        "labelled": _numpy(segments.labels)[rows] != IGNORE_INDEX,
-        "images": _numpy(segments.image_ids).astype(np.int64)[rows],
+        "labelled": to_numpy(segments.labels)[rows] != IGNORE_INDEX,
+        "images": to_numpy(segments.image_ids).astype(np.int64)[rows],
         "y": y[rows],
         "x": x[rows],
         "segment": np.ones(len(rows), bool),
@@ -303,7 +272,7 @@ def silhouette_per_class(vectors, classes, *, chunk_size=1024):
     (0.99, 0.99)
     """
     unit = _unit(vectors)
-    classes = _numpy(classes).reshape(-1)
+    classes = to_numpy(classes).reshape(-1)
     if len(classes) != len(unit):
         raise ValueError(f"classes has {len(classes)} entries, vectors {len(unit)} rows")
     present, codes = np.unique(classes, return_inverse=True)
@@ -367,7 +336,7 @@ def cosine_distributions(vectors, classes, *, num_pairs=5000, seed=0):
     ([1.0, 1.0, 1.0, 1.0], [0.6, 0.6, 0.6, 0.6])
     """
     unit = _unit(vectors)
-    classes = _numpy(classes).reshape(-1)
+    classes = to_numpy(classes).reshape(-1)
     if len(classes) != len(unit):
         raise ValueError(f"classes has {len(classes)} entries, vectors {len(unit)} rows")
     order = np.argsort(classes, kind="stable")
@@ -446,8 +415,8 @@ def probe_position_and_class(embeddings, labels, *, num_samples=4000, seed=0):
 
     Parameters
     ----------
-    embeddings : (B, D, h, w) float ndarray or tensor
-        Pixel embeddings, channels first; B >= 2.
+    embeddings : (B, h, w, D) float ndarray or tensor
+        Pixel embeddings, channels last; B >= 2.
     labels : (B, H, W) int ndarray or tensor
         True class per pixel (brought to (h, w) by nearest sampling); 255 = unknown.
     num_samples : int, optional
@@ -466,7 +435,7 @@ def probe_position_and_class(embeddings, labels, *, num_samples=4000, seed=0):
     An "embedding" that is the pixel's position, in an image of two halves of one class each:
 
     >>> yy, xx = np.meshgrid(np.linspace(-0.5, 0.5, 8), np.linspace(-0.5, 0.5, 8), indexing="ij")
-    >>> emb = np.broadcast_to(np.stack([yy, xx, np.ones_like(yy)]), (4, 3, 8, 8))
+    >>> emb = np.broadcast_to(np.stack([yy, xx, np.ones_like(yy)], -1), (4, 8, 8, 3))
     >>> labels = np.broadcast_to((xx > 0).astype(int), (4, 8, 8))
     >>> scores = probe_position_and_class(emb, labels, num_samples=200)
     >>> round(scores["position_r2"], 3), round(scores["class_balanced_accuracy"], 2)
@@ -475,15 +444,14 @@ def probe_position_and_class(embeddings, labels, *, num_samples=4000, seed=0):
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.metrics import balanced_accuracy_score, r2_score
 
-    emb = _numpy(embeddings, np.float64)
-    if emb.ndim != 4 or emb.shape[0] < 2:
-        raise ValueError(f"embeddings must be (B, D, h, w) with B >= 2, got {emb.shape}")
-    num_images, _, height, width = emb.shape
-    classes = _nearest(_numpy(labels), (height, width), "labels")  # (B, h, w)
+    rows = embedding_array(embeddings)  # (B, h, w, D)
+    if rows.shape[0] < 2:
+        raise ValueError(f"embeddings must hold B >= 2 images, got shape {rows.shape}")
+    num_images, height, width, _ = rows.shape
+    classes = nearest_resize(labels, (height, width), ndim=3, name="labels")  # (B, h, w)
     yy, xx = np.meshgrid(
         np.linspace(-0.5, 0.5, height), np.linspace(-0.5, 0.5, width), indexing="ij"
     )
-    rows = np.moveaxis(emb, 1, -1)  # (B, h, w, D)
     rng = np.random.default_rng(seed)
     halves = []
     for part in (slice(0, num_images // 2), slice(num_images // 2, num_images)):

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from spml_lab.pictures import viz
-from spml_lab.pictures.embedding_stats import _channels_last, _numpy
+from spml_lab.pictures.arrays import embedding_array, to_numpy
 
 __all__ = [
     "umap_project",
@@ -65,7 +65,7 @@ def umap_project(vectors, *, random_state=0, n_neighbors=15, min_dist=0.1, metri
     >>> points.shape
     (30, 2)
     """
-    vectors = _numpy(vectors, np.float32)
+    vectors = to_numpy(vectors, np.float32)
     if vectors.ndim != 2 or len(vectors) < 3:
         raise ValueError(f"vectors must be (N, D) with N >= 3, got shape {vectors.shape}")
     with warnings.catch_warnings():
@@ -146,7 +146,7 @@ def umap_scatter(
     """
     import seaborn as sns
 
-    points = _numpy(points, np.float64)
+    points = to_numpy(points, np.float64)
     names = {"classes": "true class", "labelled": "annotation", "images": "image"}
     unknown = [b for b in by if b not in names]
     if unknown:
@@ -195,16 +195,15 @@ def umap_scatter(
     return fig
 
 
-def similarity_maps(embeddings, query, *, channels_last=False):
+def similarity_maps(embeddings, query):
     """Cosine of one query pixel's embedding with every pixel of every image.
 
     Parameters
     ----------
-    embeddings : (B, D, h, w) float ndarray or tensor
-        Channels first as the networks give them; ``channels_last=True`` for (B, h, w, D).
+    embeddings : (B, h, w, D) float ndarray or tensor
+        Channels last, as `embedding_nets.embed` gives them.
     query : (int, int, int)
         ``(image, y, x)`` of the query pixel at embedding resolution.
-    channels_last : bool, optional
 
     Returns
     -------
@@ -218,11 +217,11 @@ def similarity_maps(embeddings, query, *, channels_last=False):
 
     Examples
     --------
-    >>> emb = np.array([[[[1.0, 0.0]], [[0.0, 2.0]]]])  # (1, 2, 1, 2): pixels (1, 0), (0, 2)
+    >>> emb = np.array([[[[1.0, 0.0], [0.0, 2.0]]]])  # (1, 1, 2, 2): pixels (1, 0), (0, 2)
     >>> similarity_maps(emb, (0, 0, 0)).tolist()
     [[[1.0, 0.0]]]
     """
-    emb = _channels_last(embeddings, channels_last)
+    emb = embedding_array(embeddings)
     b, y, x = (int(q) for q in query)
     if not (0 <= b < emb.shape[0] and 0 <= y < emb.shape[1] and 0 <= x < emb.shape[2]):
         raise ValueError(f"query (image, y, x) must lie inside {emb.shape[:3]}, got {query}")
@@ -292,7 +291,7 @@ def show_similarity(
     5
     >>> plt.close(fig)
     """
-    images, maps = np.asarray(images), _numpy(maps, np.float64)
+    images, maps = np.asarray(images), to_numpy(maps, np.float64)
     if images.shape[0] != maps.shape[0]:
         raise ValueError(f"images hold {images.shape[0]} pictures, maps {maps.shape[0]}")
     b, y, x = (int(q) for q in query)
@@ -360,7 +359,7 @@ def plot_cosine_distributions(distributions, *, title=None, colours=None, size=(
         fig, ax = plt.subplots(figsize=size)
     for colour, (name, (intra, inter)) in zip(colours, distributions.items(), strict=False):
         for values, style, kind in ((intra, "-", "same class"), (inter, "--", "different classes")):
-            values = _numpy(values, np.float64)
+            values = to_numpy(values, np.float64)
             sns.kdeplot(x=values, ax=ax, color=colour, linestyle=style, clip=(-1.0, 1.0),
                         label=f"{name}: {kind}", warn_singular=False)  # fmt: skip
     ax.set_xlim(-1.05, 1.05)

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.method import relations
 from spml_lab.pictures import viz
-from spml_lab.pictures.embedding_stats import _channels_last, _nearest, _numpy
+from spml_lab.pictures.arrays import embedding_array, nearest_resize, to_numpy
 from spml_lab.pictures.embedding_viz import heat_rgb, similarity_maps
 
 __all__ = ["ExplorerState", "Explorer", "NO_RELATION"]
@@ -59,9 +59,9 @@ class Explorer:
     Parameters
     ----------
     images : (B, H, W, 3) uint8 ndarray
-    embeddings : (B, D, h, w) float ndarray or tensor
-        Channels first, as the networks give them; ``channels_last=True`` for (B, h, w, D)
-        (``demo.DemoBatch.embeddings``; or use `Explorer.from_batch`).
+    embeddings : (B, h, w, D) float ndarray or tensor
+        Channels last, as `embedding_nets.embed` gives them (``demo.DemoBatch.embeddings``; or
+        use `Explorer.from_batch`).
     segments : clustering.Segments, optional
         The batch's segments (``segment_ids`` (B, h, w)); needed for relations and the list of
         nearest segments.
@@ -74,7 +74,6 @@ class Explorer:
         Passed to `relations.positives_negatives`; its segments are counted, not drawn.
     class_names : list of str, optional
         Names of the weak labels in the nearest-segment list.
-    channels_last : bool, optional
     top_k : int, optional
         Nearest segments listed.
     zoom : int, optional
@@ -95,7 +94,7 @@ class Explorer:
 
     Examples
     --------
-    >>> emb = np.random.default_rng(0).normal(size=(2, 4, 2, 2))  # (B, D, h, w)
+    >>> emb = np.random.default_rng(0).normal(size=(2, 2, 2, 4))  # (B, h, w, D)
     >>> ex = Explorer(np.zeros((2, 8, 8, 3), np.uint8), emb)
     >>> png = ex.render(ExplorerState(image=1, y=1, x=0))
     >>> png[:4], ex.relations
@@ -112,7 +111,6 @@ class Explorer:
         tags=None,
         memory=None,
         class_names=None,
-        channels_last=False,
         top_k=8,
         zoom=None,
         value_range=(-1.0, 1.0),
@@ -120,7 +118,7 @@ class Explorer:
         self.images = np.asarray(images)
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
             raise ValueError(f"images must be (B, H, W, 3) uint8, got {self.images.shape}")
-        emb = _channels_last(embeddings, channels_last)  # (B, h, w, D)
+        emb = embedding_array(embeddings)  # (B, h, w, D)
         if emb.shape[0] != self.images.shape[0]:
             raise ValueError(f"embeddings hold {emb.shape[0]} images, images {len(self.images)}")
         self.embeddings = emb
@@ -129,7 +127,9 @@ class Explorer:
         self.tags = None if tags is None else torch.as_tensor(tags)  # relations take tensors
         self.labels = None
         if labels is not None:
-            self.labels = torch.from_numpy(_nearest(labels, self.grid, "labels").astype(np.int64))
+            self.labels = torch.from_numpy(
+                nearest_resize(labels, self.grid, ndim=3, name="labels").astype(np.int64)
+            )
             if len(self.labels) != len(emb):
                 raise ValueError(f"labels hold {len(self.labels)} images, embeddings {len(emb)}")
         if segments is not None and tuple(segments.segment_ids.shape) != emb.shape[:3]:
@@ -167,7 +167,7 @@ class Explorer:
         """
         return cls(
             batch.images, batch.embeddings, segments=batch.segments, labels=batch.labels,
-            tags=batch.tags, memory=memory, class_names=batch.class_names, channels_last=True,
+            tags=batch.tags, memory=memory, class_names=batch.class_names,
             **options,
         )  # fmt: skip
 
@@ -230,15 +230,15 @@ class Explorer:
         if roles is None:
             top = list(self.images)
         else:
-            ids = _numpy(self.segments.segment_ids)
+            ids = to_numpy(self.segments.segment_ids)
             own = int(ids[b, state.y, state.x])
             top = [
                 viz.relation_picture(self.images[i], ids[i], *roles, own if i == b else None)
                 for i in range(count)
             ]
-        maps = similarity_maps(self.embeddings, (b, state.y, state.x), channels_last=True)
+        maps = similarity_maps(self.embeddings, (b, state.y, state.x))
         low, high = self.value_range
-        bottom = heat_rgb(_nearest(maps, (height, width), "maps"), vmin=low, vmax=high)
+        bottom = heat_rgb(nearest_resize(maps, (height, width)), vmin=low, vmax=high)
         z = self.zoom
         panel_h, panel_w = height * z, width * z
         canvas = np.full(
@@ -325,11 +325,11 @@ class Explorer:
             return []
         vector = self.embeddings[state.image, state.y, state.x]
         vector = vector / max(np.linalg.norm(vector), 1e-12)
-        protos = _numpy(self.segments.prototypes, np.float64)  # (S, D) unit rows
+        protos = to_numpy(self.segments.prototypes, np.float64)  # (S, D) unit rows
         cosine = protos @ vector  # (S,)
         order = np.argsort(-cosine, kind="stable")[: k or self.top_k]
-        own = int(_numpy(self.segments.segment_ids)[state.image, state.y, state.x])
-        labels = _numpy(self.segments.labels)
+        own = int(to_numpy(self.segments.segment_ids)[state.image, state.y, state.x])
+        labels = to_numpy(self.segments.labels)
         names = self.class_names
         return [
             {
@@ -350,7 +350,7 @@ class Explorer:
         roles = self.roles(state)
         if roles is None:
             return "no relation drawn"
-        positives, negatives = (_numpy(r, bool) for r in roles)
+        positives, negatives = (to_numpy(r, bool) for r in roles)
         if not (positives.any() or negatives.any()):
             return f"{state.relation}: the query pixel takes no part"
         count = self.segments.num_segments

@@ -12,6 +12,7 @@ from matplotlib.patches import Patch
 
 from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data.labelio import voc_palette
+from spml_lab.pictures.arrays import nearest_resize, to_numpy
 
 __all__ = [
     "palette",
@@ -253,13 +254,6 @@ def pca_rgb(embeddings, *, max_fit=20_000, seed=0):
     return np.round(rgb * 255).astype(np.uint8).reshape(*shape, 3)
 
 
-def _resize_nearest(ids, shape):
-    """(h, w) ids to `shape` (H, W) by nearest sampling."""
-    rows = (np.arange(shape[0]) * ids.shape[0]) // shape[0]
-    cols = (np.arange(shape[1]) * ids.shape[1]) // shape[1]
-    return ids[np.ix_(rows, cols)]
-
-
 def _borders(ids):
     """(H, W) bool: pixels whose right or lower neighbour lies in another region (1 px lines)."""
     edge = np.zeros(ids.shape, bool)
@@ -291,7 +285,7 @@ def outline(image, regions, colour=(255, 255, 0)):
     [0, 255, 0, 0]
     """
     picture = np.array(image, np.uint8)
-    ids = _resize_nearest(_numpy(regions), picture.shape[:2])
+    ids = nearest_resize(to_numpy(regions), picture.shape[:2])
     picture[_borders(ids)] = colour
     return picture
 
@@ -319,8 +313,8 @@ def segment_heatmap(segment_ids, values, *, cmap="magma", vmax=None):
     >>> segment_heatmap(np.array([[0, 1, -1]]), np.array([0.0, 2.0]), cmap="gray").tolist()
     [[[0, 0, 0], [255, 255, 255], [0, 0, 0]]]
     """
-    ids = _numpy(segment_ids)
-    values = _numpy(values, np.float64)
+    ids = to_numpy(segment_ids)
+    values = to_numpy(values, np.float64)
     top = float(values.max()) if vmax is None and values.size else float(vmax or 1.0)
     per_pixel = np.where(ids >= 0, values[np.clip(ids, 0, None)], 0.0) / max(top, 1e-300)
     rgba = plt.get_cmap(cmap)(np.clip(per_pixel, 0, 1))
@@ -366,7 +360,7 @@ def relation_picture(
     from skimage.segmentation import find_boundaries
 
     image = np.asarray(image, np.float64)
-    ids = _resize_nearest(np.asarray(segment_ids), image.shape[:2])
+    ids = nearest_resize(np.asarray(segment_ids), image.shape[:2])
     positives, negatives = (np.asarray(m, bool) for m in (positives, negatives))
     role = np.zeros(ids.shape, np.int8)  # 0 neither, 1 positive, 2 negative
     inside = ids >= 0
@@ -379,7 +373,7 @@ def relation_picture(
     # outline where the role changes only: segments of one role read as one region
     out[find_boundaries(role, mode="inner") & (role > 0)] *= 0.5
     if outlines is not None:
-        regions = _resize_nearest(np.asarray(outlines), image.shape[:2])
+        regions = nearest_resize(np.asarray(outlines), image.shape[:2])
         edge = _borders(regions)
         out[edge] = 0.4 * out[edge] + 0.6 * 255  # light lines: the segments stay readable
     if own is not None:
@@ -389,13 +383,6 @@ def relation_picture(
         ring = ndimage.binary_dilation(mask) & ~mask
         out[ring] = OWN_COLOUR
     return np.round(out).astype(np.uint8)
-
-
-def _numpy(values, dtype=None):
-    """Return a tensor or an array as an ndarray (on the host)."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype)
 
 
 def show_relation(
@@ -438,13 +425,13 @@ def show_relation(
     -------
     fig : matplotlib.figure.Figure
     """
-    ids = _numpy(segment_ids)
-    positives, negatives = _numpy(positives, bool), _numpy(negatives, bool)
+    ids = to_numpy(segment_ids)
+    positives, negatives = to_numpy(positives, bool), to_numpy(negatives, bool)
     b, y, x = (int(v) for v in pixel)
     # outlines only on the pixel's image: elsewhere they would be clutter
     lines = [None] * len(ids)
     if outlines is not None:
-        lines[b] = _numpy(outlines)[b]
+        lines[b] = to_numpy(outlines)[b]
     own = int(ids[b, y, x])
     pictures = [
         relation_picture(image, seg, positives, negatives, own, outlines=line)
@@ -489,27 +476,3 @@ def show_relation(
         fig.suptitle(title + extra, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
-
-
-# ------------------------------------------------------------------ embedding pictures
-# The UMAP, similarity-map and cosine-distribution pictures live in `embedding_viz` and are
-# reachable from here too (``viz.umap_scatter``). They load on first use: `embedding_viz`
-# imports this module (a plain import here would be a cycle), and seaborn / umap are slow.
-_EMBEDDING_PICTURES = (
-    "umap_project",
-    "umap_scatter",
-    "similarity_maps",
-    "heat_rgb",
-    "show_similarity",
-    "plot_cosine_distributions",
-)
-__all__ += list(_EMBEDDING_PICTURES)
-
-
-def __getattr__(name):
-    """Hand out the embedding pictures of `embedding_viz` as if defined here (PEP 562)."""
-    if name in _EMBEDDING_PICTURES:
-        from spml_lab.pictures import embedding_viz
-
-        return getattr(embedding_viz, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

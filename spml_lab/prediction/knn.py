@@ -3,7 +3,8 @@
 Training images are segmented by spherical k-means and their labelled segments' prototypes
 form a bank. A test image is segmented the same way and each segment takes the majority label
 of its k nearest bank prototypes (cosine similarity). Works on a batch of images at once,
-channels first: embeddings ``(B, D, h, w)``, votes ``(B, C, h, w)``.
+embeddings channels last ``(B, h, w, D)`` as everywhere after the network, votes channels first
+``(B, C, h, w)`` as every class map.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ class PrototypeBank:
         )
 
 
-def _channels_last(embeddings):
+def _features(embeddings):
     probabilities.check_maps("embeddings", embeddings)
-    return embeddings.detach().permute(0, 2, 3, 1)
+    return embeddings.detach()
 
 
 def build_prototype_bank(
@@ -89,7 +90,7 @@ def build_prototype_bank(
 
     Parameters
     ----------
-    embeddings : (B, D, h, w) float tensor
+    embeddings : (B, h, w, D) float tensor
         Unit-length pixel embeddings.
     labels : (B, h, w) int tensor
         Weak labels at embedding resolution, `ignore_index` = unlabelled.
@@ -115,16 +116,16 @@ def build_prototype_bank(
 
     Examples
     --------
-    >>> emb = torch.zeros(1, 2, 2, 4)
-    >>> emb[:, 0, :, :2] = 1.0  # left half points along x
-    >>> emb[:, 1, :, 2:] = 1.0  # right half along y
+    >>> emb = torch.zeros(1, 2, 4, 2)  # (B, h, w, D)
+    >>> emb[:, :, :2, 0] = 1.0  # left half points along x
+    >>> emb[:, :, 2:, 1] = 1.0  # right half along y
     >>> labels = torch.tensor([[[1, 255, 255, 2], [1, 255, 255, 255]]])
     >>> bank = build_prototype_bank(emb, labels, grid=(1, 2))
     >>> bank.labels, bank.prototypes
     (tensor([1, 2]), tensor([[1., 0.],
             [0., 1.]]))
     """
-    features = _channels_last(embeddings)
+    features = _features(embeddings)
     if labels.shape != features.shape[:3]:
         raise ValueError(
             f"labels must have shape (B, h, w) = {tuple(features.shape[:3])}, "
@@ -152,7 +153,7 @@ def knn_predict(
 
     Parameters
     ----------
-    embeddings : (B, D, h, w) float tensor
+    embeddings : (B, h, w, D) float tensor
         Unit-length pixel embeddings of the test images.
     bank : PrototypeBank
         Labelled training prototypes (`build_prototype_bank`), labels in ``[0, num_classes)``.
@@ -190,16 +191,16 @@ def knn_predict(
 
     Examples
     --------
-    >>> emb = torch.zeros(1, 2, 1, 4)
-    >>> emb[:, 0, :, :2] = 1.0  # left half along x, right half along y
-    >>> emb[:, 1, :, 2:] = 1.0
+    >>> emb = torch.zeros(1, 1, 4, 2)  # (B, h, w, D)
+    >>> emb[:, :, :2, 0] = 1.0  # left half along x, right half along y
+    >>> emb[:, :, 2:, 1] = 1.0
     >>> bank = PrototypeBank(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]),
     ...                      torch.tensor([1, 1, 2]))
     >>> labels, votes = knn_predict(emb, bank, num_classes=3, k=2, grid=(1, 2))
     >>> labels
     tensor([[[1, 1, 2, 2]]])
     """
-    features = _channels_last(embeddings)
+    features = _features(embeddings)
     if len(bank) == 0:
         raise ValueError("bank is empty: build it from images with labelled pixels")
     if bank.prototypes.shape[1] != features.shape[3]:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from spml_lab.data import datasets
-from spml_lab.nets import heads
+from spml_lab.nets import embedding_nets, heads
 from spml_lab.prediction import knn, probabilities
 from spml_lab.prediction.crf import dense_crf_batch
 from spml_lab.training import train
@@ -33,7 +33,6 @@ __all__ = [
     "load_run",
     "dataset_for",
     "image_batches",
-    "embed",
     "to_uint8",
     "check_images",
     "predict_softmax",
@@ -306,12 +305,6 @@ def check_images(images):
         raise ValueError(f"images must be a (B, 3, H, W) float tensor, got {shape}")
 
 
-def embed(net, images):
-    """Embed images on the network's device: (B, D, h, w) float32, unit length."""
-    device = next(net.parameters()).device
-    return F.normalize(net(images.to(device).float()).float(), dim=1)
-
-
 # ---------------------------------------------------------------------- prediction
 
 
@@ -343,11 +336,11 @@ def predict_softmax(net, head, images, *, flip=True):
     check_images(images)
     size = tuple(images.shape[-2:])
 
-    def probabilities(x):
-        return torch.softmax(head(embed(net, x), size=size).float(), dim=1)
+    def softmax(x):
+        return torch.softmax(head(embedding_nets.embed(net, x), size=size).float(), dim=1)
 
     with torch.no_grad():
-        return probabilities.flip_average(probabilities, images) if flip else probabilities(images)
+        return probabilities.flip_average(softmax, images) if flip else softmax(images)
 
 
 def predict(
@@ -422,7 +415,7 @@ def predict(
         if bank is None:
             raise ValueError("method 'knn' needs bank= (a PrototypeBank, see build_bank)")
         with torch.no_grad():
-            emb = embed(net, images)
+            emb = embedding_nets.embed(net, images)
             # segment test images as the bank's were, unless knn_options says otherwise
             options = {**bank.settings, **(knn_options or {})}
             labels, votes = knn.knn_predict(
@@ -474,8 +467,8 @@ def build_bank(run, *, batch_size=8, max_images=None, knn_options=None):
     banks = []
     with torch.no_grad():
         for batch in image_batches(dataset, batch_size, max_images):
-            emb = embed(run.net, batch["image"])
-            labels = train.downsample_nearest(batch["label"].to(emb.device), emb.shape[-2:])
+            emb = embedding_nets.embed(run.net, batch["image"])
+            labels = train.downsample_nearest(batch["label"].to(emb.device), emb.shape[1:3])
             banks.append(
                 knn.build_prototype_bank(
                     emb, labels, grid=settings["grid"], iterations=settings["iterations"]

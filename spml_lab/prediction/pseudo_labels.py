@@ -20,10 +20,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from spml_lab.nets import embedding_nets, heads  # noqa: F401  (the docstring examples use them)
+from spml_lab.nets import embedding_nets, heads  # noqa: F401  (heads: the docstring examples)
 from spml_lab.prediction import probabilities
 from spml_lab.prediction.crf import dense_crf_batch
-from spml_lab.prediction.predict import check_images, embed, to_uint8
+from spml_lab.prediction.predict import check_images, to_uint8
 
 __all__ = ["PseudoLabels", "random_walk", "walk_size", "from_head"]
 
@@ -68,8 +68,9 @@ def random_walk(
     ----------
     probs : (B, C, h, w) float tensor
         Per-pixel class scores, e.g. from `restrict_to_tags`.
-    embeddings : (B, D, h, w) float tensor
-        Pixel embeddings at the same resolution (re-normalised to unit length here).
+    embeddings : (B, h, w, D) float tensor
+        Pixel embeddings at the same resolution, channels last (re-normalised to unit length
+        here).
     steps : int, optional
         Walk steps. The paper squares its transition matrix 6 times: 2**6 = 64 steps.
     scale, power : float, optional
@@ -109,7 +110,7 @@ def random_walk(
 
     Examples
     --------
-    >>> emb = torch.tensor([[[[1.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]]]])  # pixels 0, 1 alike
+    >>> emb = torch.tensor([[[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]]])  # (1, 1, 3, 2): 0, 1 alike
     >>> probs = torch.tensor([[[[0.8, 0.2, 0.1]], [[0.2, 0.8, 0.9]]]])
     >>> random_walk(probs, emb, steps=1, threshold=0.5)[0, :, 0]
     tensor([[0.5000, 0.5000, 0.1000],
@@ -117,7 +118,7 @@ def random_walk(
     """
     probabilities.check_maps("probs", probs)
     probabilities.check_maps("embeddings", embeddings)
-    if embeddings.shape[0] != probs.shape[0] or embeddings.shape[2:] != probs.shape[2:]:
+    if embeddings.shape[0] != probs.shape[0] or embeddings.shape[1:3] != probs.shape[2:]:
         raise ValueError(
             f"embeddings {tuple(embeddings.shape)} and probs {tuple(probs.shape)} need the "
             "same batch size and spatial size"
@@ -129,9 +130,8 @@ def random_walk(
     if chunk_size is None:
         chunk_size = max(1, 2**26 // max(num_images * num_pixels, 1))
     with torch.no_grad():
-        features = F.normalize(
-            embeddings.detach().float().reshape(num_images, -1, num_pixels), dim=1
-        )
+        channels_first = embeddings.detach().float().permute(0, 3, 1, 2)
+        features = F.normalize(channels_first.reshape(num_images, -1, num_pixels), dim=1)
         walked = probs.detach().float().reshape(num_images, num_classes, num_pixels)
         chunks = [slice(start, start + chunk_size) for start in range(0, num_pixels, chunk_size)]
         sharpness = float(scale) * float(power)
@@ -261,15 +261,15 @@ def from_head(
     size = tuple(images.shape[-2:])
 
     def maps(x):  # probabilities and embeddings together, so one flip average covers both
-        emb = embed(net, x)  # (2B, D, h, w)
-        return torch.cat([torch.softmax(head(emb).float(), dim=1), emb], dim=1)
+        emb = embedding_nets.embed(net, x)  # (2B, h, w, D)
+        return torch.cat([torch.softmax(head(emb).float(), dim=1), emb.permute(0, 3, 1, 2)], 1)
 
     with torch.no_grad():
         joint = probabilities.flip_average(maps, images) if flip else maps(images)
         small = walk_size(joint.shape[-2:], max_walk_pixels)
         if small != tuple(joint.shape[-2:]):
             joint = F.interpolate(joint, size=small, mode="bilinear", align_corners=False)
-        probs, emb = joint[:, :num_classes], joint[:, num_classes:]
+        probs, emb = joint[:, :num_classes], joint[:, num_classes:].permute(0, 2, 3, 1)
         tags = tags.to(probs.device).bool()
         # log-probabilities as logits: the restricted softmax renormalises over the tags
         logits = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()

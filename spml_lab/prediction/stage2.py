@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from spml_lab.constants import IGNORE_INDEX
-from spml_lab.nets import heads
+from spml_lab.nets import embedding_nets, heads
 from spml_lab.prediction import metrics, pseudo_labels
-from spml_lab.prediction.predict import STAGE2, dataset_for, embed, image_batches, load_run
+from spml_lab.prediction.predict import STAGE2, dataset_for, image_batches, load_run
 from spml_lab.training import train
 from spml_lab.training.checkpoints import save_checkpoint
 
@@ -155,7 +155,7 @@ def fit_head(
             views = [(images, pseudo)] + ([(images.flip(-1), pseudo.flip(-1))] if flip else [])
             for view, labels in views:
                 group = groups.setdefault(tuple(images.shape[-2:]), ([], []))
-                group[0].append(embed(run.net, view).half().cpu())
+                group[0].append(embedding_nets.embed(run.net, view).half().cpu())  # (b, h, w, D)
                 group[1].append(labels)
         bar.update(len(images))
     bar.close()

@@ -42,6 +42,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -77,9 +78,9 @@ __all__ = [
     "resolve_device",
     "epoch_order",
     "downsample_nearest",
+    "StepMaps",
+    "step_maps",
     "softmax_cross_entropy",
-    "save_checkpoint",
-    "load_checkpoint",
     "load_final",
 ]
 
@@ -284,6 +285,58 @@ def downsample_nearest(maps, size):
     return maps.index_select(-2, rows).index_select(-1, cols)
 
 
+class StepMaps(NamedTuple):
+    """A batch's label maps at the embedding resolution, as a training step uses them.
+
+    Attributes
+    ----------
+    labels : (B, h, w) int64 tensor
+        Weak labels, nearest-sampled (`downsample_nearest`); 255 = unlabelled.
+    superpixels : (B, h, w) int64 tensor or None
+        Superpixel ids, with the crop padding's -1 replaced by 0 (None without superpixels).
+    valid : (B, h, w) bool tensor or None
+        Pixels that have a superpixel (False on crop padding): they stay out of k-means and
+        the losses (None without superpixels).
+    """
+
+    labels: torch.Tensor
+    superpixels: torch.Tensor | None
+    valid: torch.Tensor | None
+
+
+def step_maps(batch, size, *, device="cpu", superpixels=True):
+    """Bring a batch's labels and superpixels to the embedding resolution, as a step does.
+
+    Parameters
+    ----------
+    batch : dict
+        Collated items with ``label`` (B, H, W) and, when `superpixels`, ``superpixel``.
+    size : (int, int)
+        The embedding resolution (h, w).
+    device : str or torch.device, optional
+    superpixels : bool, optional
+        Whether the batch's superpixel maps are real (False: the list had none).
+
+    Returns
+    -------
+    maps : StepMaps
+
+    Examples
+    --------
+    >>> batch = {"label": torch.zeros(1, 4, 4, dtype=torch.long),
+    ...          "superpixel": torch.tensor([[[0, 0, 1, -1]] * 4])}
+    >>> maps = step_maps(batch, (2, 2))
+    >>> maps.superpixels.tolist(), maps.valid.tolist()
+    ([[[0, 1], [0, 1]]], [[[True, True], [True, True]]])
+    """
+    labels = downsample_nearest(batch["label"].to(device, non_blocking=True), size)
+    if not superpixels:
+        return StepMaps(labels, None, None)
+    small = downsample_nearest(batch["superpixel"].to(device, non_blocking=True), size)
+    valid = small >= 0  # crop padding has no superpixel: out of k-means and losses
+    return StepMaps(labels, small.clamp(min=0), valid)
+
+
 def softmax_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
     """Mean cross-entropy over labelled pixels; 0 (not NaN) when none is labelled.
 
@@ -434,13 +487,9 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
         emb = net(images)  # (B, D, h, w)
     # k-means means, prototypes and loss logits in float32: the network is the heavy part
     emb = emb.float()
-    size = tuple(emb.shape[-2:])
-    small_labels = downsample_nearest(labels, size)  # (B, h, w)
-    small_sp, valid = None, None
-    if superpixels:
-        small_sp = downsample_nearest(batch["superpixel"].to(device, non_blocking=True), size)
-        valid = small_sp >= 0  # crop padding has no superpixel: out of k-means and losses
-        small_sp = small_sp.clamp(min=0)
+    small_labels, small_sp, valid = step_maps(
+        {**batch, "label": labels}, tuple(emb.shape[-2:]), device=device, superpixels=superpixels
+    )  # (B, h, w) each
     rows = emb.permute(0, 2, 3, 1)  # (B, h, w, D)
     settings = cfg.relation_settings()
     segments = None  # the baselines train no relation: no segments to build
@@ -465,7 +514,8 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
     with amp or contextlib.nullcontext():
         # SPML: the head reads a detached embedding; the baseline trains the net through it
         head_input = emb if cfg.head_trains_embedding else emb.detach()
-        logits = head(F.normalize(head_input, dim=1), size=tuple(images.shape[-2:]))
+        unit = F.normalize(head_input, dim=1).permute(0, 2, 3, 1)  # (B, h, w, D), as heads take
+        logits = head(unit, size=tuple(images.shape[-2:]))
     losses["softmax_ce"] = softmax_cross_entropy(logits.float(), labels)
     return losses, segments
 

@@ -54,12 +54,6 @@ def test_make_batch_refuses_bad_indices(indices):
         demo.make_batch(indices=indices, net=small_net())
 
 
-def test_embed_restores_training_mode():
-    net = small_net().train()
-    out = demo.embed(net, torch.rand(1, 3, 16, 16))
-    assert net.training and tuple(out.shape) == (1, 4, 4, 8) and not out.requires_grad
-
-
 def test_pixel_index_and_position_round_trip():
     batch = demo.make_batch(indices=(0, 1), net=small_net())
     for b, y, x in [(0, 0, 0), (1, 31, 31), (1, 5, 17)]:

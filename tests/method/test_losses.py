@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spml_lab.method import losses
 from spml_lab.method.losses import default_chunk_size, pixel_segment_loss
 
 
@@ -555,12 +556,10 @@ def test_trainable_prototypes_out_of_range_raises():
 
 @pytest.mark.parametrize("num_columns", [1, 7, 62, 70])
 def test_unique_label_sets_match_torch_unique(num_columns):
-    from spml_lab.method.losses import _unique_rows
-
     g = torch.Generator().manual_seed(num_columns)
     rows = (torch.rand(300, num_columns, generator=g) < 0.3).float()
     expected_sets, expected_inverse = torch.unique(rows, dim=0, return_inverse=True)
-    sets, inverse = _unique_rows(rows)
+    sets, inverse = losses.unique_rows(rows)
     assert torch.equal(sets, expected_sets) and torch.equal(inverse, expected_inverse)
 
 

@@ -163,3 +163,14 @@ def test_channels_last_bf16_autocast_agrees_with_float32(net50):
     assert got.shape == want.shape and torch.isfinite(got).all()
     torch.testing.assert_close(got.norm(dim=1), torch.ones(2, 10, 13), atol=2e-2, rtol=0)
     assert (got * want).sum(dim=1).min() > 0.98  # cosine to the float32 embedding
+
+
+def test_embed_is_channels_last_unit_and_restores_training_mode():
+    net = embedding_nets.SmallEmbeddingNet(8, 8).train()
+    images = torch.rand(1, 3, 16, 16)
+    out = embedding_nets.embed(net, images)
+    assert net.training and tuple(out.shape) == (1, 4, 4, 8) and not out.requires_grad
+    net.eval()
+    with torch.no_grad():
+        want = F.normalize(net(images), dim=1).permute(0, 2, 3, 1)
+    torch.testing.assert_close(out, want)

@@ -8,13 +8,13 @@ from spml_lab.pictures import embedding_stats
 
 
 def position_map(num_images=2, height=3, width=4):
-    """(B, D, h, w) embeddings whose vector spells out (image, y, x, 1): easy to trace."""
+    """(B, h, w, D) embeddings whose vector spells out (image, y, x, 1): easy to trace."""
     b, y, x = np.meshgrid(np.arange(num_images), np.arange(height), np.arange(width), indexing="ij")
-    return np.stack([b, y, x, np.ones_like(b)], axis=1).astype(float)
+    return np.stack([b, y, x, np.ones_like(b)], axis=-1).astype(float)
 
 
 def test_sample_pixels_layout_and_nearest_downsampling():
-    emb = position_map()  # (2, 4, 3, 4)
+    emb = position_map()  # (2, 3, 4, 4)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, size=(2, 12, 16))  # 4x the embedding size
     labels[0, ::4, ::4][0, 0] = 255  # one unknown pixel at a kept position
@@ -31,14 +31,13 @@ def test_sample_pixels_layout_and_nearest_downsampling():
     assert not sample["segment"].any()
 
 
-def test_sample_pixels_is_seeded_and_takes_tensors_and_channels_last():
+def test_sample_pixels_is_seeded_and_takes_tensors():
     emb = position_map(3, 8, 8)
     labels = np.zeros((3, 8, 8), int)
     a = embedding_stats.sample_pixels(emb, labels, num_samples=50, seed=1)
     b = embedding_stats.sample_pixels(
-        torch.from_numpy(emb.transpose(0, 2, 3, 1)), torch.from_numpy(labels), num_samples=50,
-        seed=1, channels_last=True,
-    )  # fmt: skip
+        torch.from_numpy(emb), torch.from_numpy(labels), num_samples=50, seed=1
+    )
     c = embedding_stats.sample_pixels(emb, labels, num_samples=50, seed=2)
     assert len(a["vectors"]) == 50
     assert all((a[k] == b[k]).all() for k in a)
@@ -50,7 +49,7 @@ def test_sample_pixels_is_seeded_and_takes_tensors_and_channels_last():
 def test_sample_pixels_balance_evens_out_classes():
     labels = np.zeros((1, 20, 20), int)
     labels[0, :2, :5] = 1  # 10 pixels of class 1 among 400
-    emb = np.ones((1, 2, 20, 20))
+    emb = np.ones((1, 20, 20, 2))
     plain = embedding_stats.sample_pixels(emb, labels, num_samples=20, seed=0)
     balanced = embedding_stats.sample_pixels(emb, labels, num_samples=20, seed=0, balance=True)
     assert (plain["classes"] == 1).sum() <= 3
@@ -58,7 +57,7 @@ def test_sample_pixels_balance_evens_out_classes():
 
 
 def test_sample_pixels_refuses_bad_input():
-    emb = np.ones((1, 2, 4, 4))
+    emb = np.ones((1, 4, 4, 2))
     with pytest.raises(ValueError, match="embeddings"):
         embedding_stats.sample_pixels(np.ones((4, 4, 2)), np.zeros((1, 4, 4)))
     with pytest.raises(ValueError, match="labels hold 2 images"):
@@ -189,10 +188,10 @@ def test_compare_embeddings_rows_agree_with_the_parts():
 def test_probes_tell_position_from_class():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, (6, 8, 8))  # classes scattered, independent of position
-    onehot = np.moveaxis(np.eye(3)[labels], -1, 1) + 0.01 * rng.normal(size=(6, 3, 8, 8))
+    onehot = np.eye(3)[labels] + 0.01 * rng.normal(size=(6, 8, 8, 3))  # (B, h, w, D)
     what = embedding_stats.probe_position_and_class(onehot, labels, num_samples=300)
     assert what["class_balanced_accuracy"] == 1.0 and what["position_r2"] < 0.05
     yy, xx = np.meshgrid(np.linspace(-0.5, 0.5, 8), np.linspace(-0.5, 0.5, 8), indexing="ij")
-    where = np.broadcast_to(np.stack([yy, xx]), (6, 2, 8, 8))
+    where = np.broadcast_to(np.stack([yy, xx], -1), (6, 8, 8, 2))
     got = embedding_stats.probe_position_and_class(where, labels, num_samples=300)
     assert got["position_r2"] > 0.99 and got["class_balanced_accuracy"] < 0.5  # chance: 1/3

@@ -77,21 +77,19 @@ def test_umap_scatter_draws_one_titled_panel_per_colouring(two_clusters):
 
 def test_similarity_maps_match_brute_force_cosines():
     rng = np.random.default_rng(0)
-    emb = rng.normal(size=(3, 5, 4, 6))  # (B, D, h, w)
-    emb[2, :, 1, 1] = 0.0  # an all-zero embedding: cosine 0
+    emb = rng.normal(size=(3, 5, 4, 6)).transpose(0, 2, 3, 1)  # (B, h, w, D)
+    emb[2, 1, 1] = 0.0  # an all-zero embedding: cosine 0
     maps = embedding_viz.similarity_maps(emb, (1, 2, 3))
     assert maps.shape == (3, 4, 6)
     assert maps.min() >= -1.0 and maps.max() <= 1.0
     assert maps[1, 2, 3] == pytest.approx(1.0, abs=1e-12)
     assert maps[2, 1, 1] == 0.0
-    q = emb[1, :, 2, 3]
+    q = emb[1, 2, 3]
     for b, y, x in [(0, 0, 0), (2, 3, 5), (1, 1, 4)]:
-        v = emb[b, :, y, x]
+        v = emb[b, y, x]
         assert maps[b, y, x] == pytest.approx(v @ q / np.linalg.norm(v) / np.linalg.norm(q))
-    last = embedding_viz.similarity_maps(
-        torch.from_numpy(emb.transpose(0, 2, 3, 1)), (1, 2, 3), channels_last=True
-    )
-    assert np.allclose(last, maps)
+    tensor = embedding_viz.similarity_maps(torch.from_numpy(emb), (1, 2, 3))
+    assert np.allclose(tensor, maps)
     with pytest.raises(ValueError, match="query"):
         embedding_viz.similarity_maps(emb, (0, 4, 0))
 
@@ -157,11 +155,3 @@ def test_plot_cosine_distributions_labels_both_kinds_per_model():
     assert peak[0] > 0.9 and abs(peak[1]) < 0.3
     assert min(line.get_xdata().min() for line in ax.lines) >= -1.0
     plt.close(fig)
-
-
-def test_viz_re_exports_the_embedding_pictures():
-    assert viz.umap_scatter is embedding_viz.umap_scatter
-    assert viz.show_similarity is embedding_viz.show_similarity
-    assert "similarity_maps" in viz.__all__
-    with pytest.raises(AttributeError, match="no attribute"):
-        _ = viz.no_such_picture

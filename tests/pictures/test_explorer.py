@@ -116,15 +116,15 @@ def test_static_figure_shows_the_picture(ex):
     plt.close(fig)
 
 
-def test_channels_first_input_and_no_segments():
+def test_tensor_input_and_no_segments():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(3, 12, 12, 3), dtype=np.uint8)
-    emb = rng.normal(size=(3, 4, 6, 6))  # (B, D, h, w)
+    emb = rng.normal(size=(3, 4, 6, 6)).transpose(0, 2, 3, 1)  # (B, h, w, D)
     ex = explorer.Explorer(images, torch.from_numpy(emb), zoom=1)
     assert ex.relations == () and ex.nearest_segments(ExplorerState()) == []
-    last = explorer.Explorer(images, emb.transpose(0, 2, 3, 1), channels_last=True, zoom=1)
+    array = explorer.Explorer(images, emb, zoom=1)
     state = ExplorerState(2, 5, 1)
-    assert ex.render(state) == last.render(state)
+    assert ex.render(state) == array.render(state)
     fig = ex.static_figure(state)
     plt.close(fig)
 

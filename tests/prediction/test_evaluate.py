@@ -100,8 +100,9 @@ def test_predict_softmax_is_the_flip_average_of_the_heads_softmax(run_dir):
     run = predict.load_run(run_dir)
     images = val_batch(2)["image"]
     with torch.no_grad():
-        one = torch.softmax(run.head(run.net(images), size=(128, 128)), dim=1)
-        mirror = torch.softmax(run.head(run.net(images.flip(-1)), size=(128, 128)), dim=1)
+        emb, flipped = (run.net(x).permute(0, 2, 3, 1) for x in (images, images.flip(-1)))
+        one = torch.softmax(run.head(emb, size=(128, 128)), dim=1)
+        mirror = torch.softmax(run.head(flipped, size=(128, 128)), dim=1)
     got = predict.predict_softmax(run.net, run.head, images)
     torch.testing.assert_close(got, (one + mirror.flip(-1)) / 2)
     torch.testing.assert_close(predict.predict_softmax(run.net, run.head, images, flip=False), one)
@@ -124,8 +125,8 @@ def test_bank_comes_from_the_training_images_weak_labels(run_dir):
     weak = torch.stack([train_set[i]["label"] for i in range(6)])
     # the same bank, built by hand from the same images at embedding resolution
     with torch.no_grad():
-        emb = run.net(torch.stack([train_set[i]["image"] for i in range(6)]))
-    small = train.downsample_nearest(weak, emb.shape[-2:])
+        emb = run.net(torch.stack([train_set[i]["image"] for i in range(6)])).permute(0, 2, 3, 1)
+    small = train.downsample_nearest(weak, emb.shape[1:3])
     want = knn.build_prototype_bank(emb, small, grid=KNN["grid"])
     assert torch.equal(bank.labels, want.labels)
     torch.testing.assert_close(bank.prototypes, want.prototypes)
@@ -280,11 +281,9 @@ def test_a_run_pins_its_data_and_refuses_another_dataset_at_that_path(tmp_path, 
     data = tmp_path / "work" / "data"
     make_data.write_dataset(data, num_train=4, num_val=2, size=64, progress=False)
     monkeypatch.chdir(tmp_path / "work")
-    cfg = train.TrainConfig(
-        **TINY, data="data", max_steps=1, out_dir=str(tmp_path / "runs" / "ref")
-    )
+    cfg = TrainConfig(**TINY, data="data", max_steps=1, out_dir=str(tmp_path / "runs" / "ref"))
     run = train.fit(cfg)
-    assert train.TrainConfig.from_yaml(run / "config.yaml").data == str(data)  # absolute
+    assert TrainConfig.from_yaml(run / "config.yaml").data == str(data)  # absolute
     # elsewhere, a folder with a data/ of its own: the run still scores the data it trained on
     other = tmp_path / "elsewhere"
     make_data.write_dataset(other / "data", num_train=4, num_val=2, size=64, seed=5,

@@ -12,14 +12,11 @@ def angles_to_vectors(degrees):
 
 
 def halves(left_degrees, right_degrees, height=4, width=6):
-    """(1, 2, H, W) unit embeddings: left half at one angle, right half at another."""
+    """(1, H, W, 2) unit embeddings: left half at one angle, right half at another."""
     emb = torch.empty(1, height, width, 2)
     emb[:, :, : width // 2] = angles_to_vectors(left_degrees)
     emb[:, :, width // 2 :] = angles_to_vectors(right_degrees)
-    return emb.permute(0, 3, 1, 2)
-
-
-# ---------------------------------------------------------------- restrict_to_tags
+    return emb
 
 
 def hand_bank():
@@ -68,9 +65,9 @@ def brute_force_knn(segment_prototypes, bank, k, num_classes):
     return torch.tensor(out)
 
 
-def random_embeddings(seed, shape=(3, 6, 10, 12)):
+def random_embeddings(seed, shape=(3, 10, 12, 6)):
     g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(*shape, generator=g), dim=1)
+    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
 
 
 def random_bank(seed, size=40, dim=6, num_classes=5):
@@ -82,7 +79,7 @@ def random_bank(seed, size=40, dim=6, num_classes=5):
 def test_knn_matches_brute_force_on_random_segments():
     emb, bank = random_embeddings(3), random_bank(4)
     labels, votes = knn.knn_predict(emb, bank, num_classes=5, k=5, grid=(3, 3), chunk_size=4)
-    segments = clustering.segment_batch(emb.permute(0, 2, 3, 1), grid=(3, 3))
+    segments = clustering.segment_batch(emb, grid=(3, 3))
     want = brute_force_knn(segments.prototypes, bank, 5, 5)[segments.segment_ids]
     assert torch.equal(labels, want)
     torch.testing.assert_close(votes.sum(dim=1), torch.ones(3, 10, 12))
@@ -128,7 +125,7 @@ def test_build_prototype_bank_splits_a_cluster_by_label():
     g = torch.Generator().manual_seed(7)
     emb = F.normalize(torch.tensor([1.0, 0.0]) + 0.1 * torch.randn(1, 3, 4, 2, generator=g), dim=-1)
     labels = torch.tensor([[[0, 0, 255, 255], [255, 255, 255, 255], [255, 255, 3, 3]]])
-    bank = knn.build_prototype_bank(emb.permute(0, 3, 1, 2), labels, grid=(1, 1))
+    bank = knn.build_prototype_bank(emb, labels, grid=(1, 1))
     assert bank.labels.tolist() == [0, 3]
     want = torch.stack([emb[0, 0, :2].mean(0), emb[0, 2, 2:].mean(0)])
     torch.testing.assert_close(bank.prototypes, F.normalize(want, dim=1))

@@ -11,7 +11,7 @@ def two_groups(seed):
     g = torch.Generator().manual_seed(seed)
     group = torch.randint(0, 2, (2, 3, 5), generator=g)  # (B, h, w)
     group[:, 0, 0], group[:, 0, 1] = 0, 1  # both groups present in each image
-    emb = torch.eye(4)[group + 2 * torch.arange(2)[:, None, None]].permute(0, 3, 1, 2)
+    emb = torch.eye(4)[group + 2 * torch.arange(2)[:, None, None]]  # (B, h, w, D)
     probs = torch.distributions.Dirichlet(torch.ones(3)).sample((2, 3, 5)).permute(0, 3, 1, 2)
     return group, emb, probs
 
@@ -34,7 +34,7 @@ def brute_force_walk(probs, emb, steps, sharpness, threshold):
     """Dense float64 reference: T = A / column sums, walked = P T^steps, image by image."""
     out = []
     for p, e in zip(probs.double(), emb.double(), strict=True):
-        e = F.normalize(e.reshape(e.shape[0], -1), dim=0).numpy()
+        e = F.normalize(e.reshape(-1, e.shape[-1]), dim=1).numpy().T  # (D, h w)
         cosine = e.T @ e
         affinity = np.exp(sharpness * (cosine - 1))
         if threshold is not None:
@@ -49,7 +49,7 @@ def brute_force_walk(probs, emb, steps, sharpness, threshold):
 @pytest.mark.parametrize("threshold", [None, 0.3])
 def test_random_walk_matches_dense_matrix_power(chunk_size, threshold):
     g = torch.Generator().manual_seed(1)
-    emb = torch.randn(2, 3, 4, 5, generator=g)  # not unit: random_walk normalises
+    emb = torch.randn(2, 4, 5, 3, generator=g)  # (B, h, w, D), not unit: the walk normalises
     probs = torch.rand(2, 4, 4, 5, generator=g)
     got = pseudo_labels.random_walk(
         probs, emb, steps=5, scale=0.5, power=4, threshold=threshold, chunk_size=chunk_size
@@ -60,7 +60,7 @@ def test_random_walk_matches_dense_matrix_power(chunk_size, threshold):
 
 def test_random_walk_zero_steps_is_identity_and_rows_stay_distributions():
     g = torch.Generator().manual_seed(2)
-    emb = torch.randn(1, 6, 5, 5, generator=g)
+    emb = torch.randn(1, 5, 5, 6, generator=g)
     probs = torch.softmax(torch.randn(1, 3, 5, 5, generator=g), dim=1)
     torch.testing.assert_close(pseudo_labels.random_walk(probs, emb, steps=0), probs)
     walked = pseudo_labels.random_walk(probs, emb, steps=64, scale=0.1, power=1)
@@ -70,9 +70,7 @@ def test_random_walk_zero_steps_is_identity_and_rows_stay_distributions():
 
 def test_random_walk_rejects_mismatched_sizes():
     with pytest.raises(ValueError, match="same batch size and spatial size"):
-        pseudo_labels.random_walk(torch.rand(1, 2, 4, 4), torch.rand(1, 3, 4, 5))
+        pseudo_labels.random_walk(torch.rand(1, 2, 4, 4), torch.rand(1, 4, 5, 3))
     with pytest.raises(ValueError, match="probs"):
-        pseudo_labels.random_walk(torch.rand(2, 4, 4), torch.rand(1, 3, 4, 4))
+        pseudo_labels.random_walk(torch.rand(2, 4, 4), torch.rand(1, 4, 4, 3))
 
-
-# ---------------------------------------------------------------- prototype bank + kNN

@@ -68,10 +68,11 @@ def test_pseudo_label_maps_are_the_pipeline_stages(run_dir):
     pseudo = pseudo_labels.from_head(run.net, run.head, images, tags, walk_steps=3)
     # stage 1: tag softmax at embedding resolution, flip-averaged, scaled to peak 1
     with torch.no_grad():
-        emb = run.net(images)
+        emb = run.net(images).permute(0, 2, 3, 1)  # (B, h, w, D), as heads and the walk take
+        flipped = run.net(images.flip(-1)).permute(0, 2, 3, 1)
         probs = torch.softmax(run.head(emb), dim=1)
-        mirror = torch.softmax(run.head(run.net(images.flip(-1))), dim=1).flip(-1)
-        mean_emb = (emb + run.net(images.flip(-1)).flip(-1)) / 2
+        mirror = torch.softmax(run.head(flipped), dim=1).flip(-1)
+        mean_emb = (emb + flipped.flip(2)) / 2
     allowed = tags.clone()
     allowed[:, 0] = True
     scaled = ((probs + mirror) / 2) * allowed[:, :, None, None]

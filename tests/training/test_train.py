@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from spml_lab.nets import embedding_nets, heads
-from spml_lab.training import train
+from spml_lab.training import checkpoints, train
 from spml_lab.training.config import TrainConfig
 
 # Tiny runs: 64 px crops give 16 x 16 embeddings; a step takes tens of milliseconds.
@@ -83,7 +83,7 @@ def test_epoch_order_is_a_seeded_permutation():
 
 def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    train.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    checkpoints.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
     written = []
 
     def crash_midway(state, handle):  # a kill while writing: half a file, then nothing
@@ -93,16 +93,16 @@ def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+        checkpoints.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     assert os.path.basename(written[0]) != path.name  # the partial file never had the name
     assert os.path.dirname(written[0]) == str(tmp_path)  # same folder: os.replace is atomic
-    assert train.load_checkpoint(path)["step"] == 1  # the old checkpoint survives whole
+    assert checkpoints.load_checkpoint(path)["step"] == 1  # the old checkpoint survives whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
 def test_load_checkpoint_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        train.load_checkpoint(tmp_path / "missing.pt")
+        checkpoints.load_checkpoint(tmp_path / "missing.pt")
 
 
 # ---------------------------------------------------------------------- fit
@@ -145,10 +145,13 @@ def test_same_seed_same_run_and_run_folder_contents(tmp_path):
         "metrics.csv",
     ]
     assert TrainConfig.from_yaml(a / "config.yaml") == cfg
-    wa, wb = train.load_checkpoint(a / "final.pt"), train.load_checkpoint(b / "final.pt")
+    wa, wb = (
+        checkpoints.load_checkpoint(a / "final.pt"),
+        checkpoints.load_checkpoint(b / "final.pt"),
+    )
     assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
     assert wa["config"] == cfg.to_dict() and wa["num_classes"] == len(wa["class_names"])
-    state = train.load_checkpoint(a / "checkpoint.pt")
+    state = checkpoints.load_checkpoint(a / "checkpoint.pt")
     assert state["step"] == 4 and state["data"] == {"epoch": 0, "batch": 4}
     assert len(state["memory"]["batches"]) == cfg.memory_size
 
@@ -198,14 +201,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
         time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
-    killed_at = train.load_checkpoint(run / "checkpoint.pt")["step"]  # loads: never partial
+    killed_at = checkpoints.load_checkpoint(run / "checkpoint.pt")["step"]  # loads: never partial
     assert 5 <= killed_at < steps and not (run / "final.pt").exists()
     (run / ".checkpoint.pt.99999.tmp").write_bytes(b"half")  # as if killed while saving
 
     subprocess.run([*command, "--resume"], env=env, check=True, stdout=subprocess.DEVNULL)
     assert not (run / ".checkpoint.pt.99999.tmp").exists()
-    ours, theirs = train.load_checkpoint(run / "final.pt"), train.load_final(reference)
-    expected = train.load_checkpoint(reference / "final.pt")
+    ours, theirs = checkpoints.load_checkpoint(run / "final.pt"), train.load_final(reference)
+    expected = checkpoints.load_checkpoint(reference / "final.pt")
     for part in ("model", "head"):
         for key, value in expected[part].items():
             assert torch.equal(ours[part][key], value), (part, key)
@@ -214,8 +217,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     strip = [{k: v for k, v in r.items() if k != "images_per_s"} for r in _rows(reference)]
     assert [{k: v for k, v in r.items() if k != "images_per_s"} for r in _rows(run)] == strip
     a, b = (
-        train.load_checkpoint(run / "checkpoint.pt"),
-        train.load_checkpoint(reference / "checkpoint.pt"),
+        checkpoints.load_checkpoint(run / "checkpoint.pt"),
+        checkpoints.load_checkpoint(reference / "checkpoint.pt"),
     )
     assert a["data"] == b["data"] and a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
         b["optimizer"]["param_groups"][0]["lr"]
@@ -321,7 +324,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
         train.fit(cfg)
     assert not (tmp_path / "run" / "final.pt").exists()
     if "no checkpoint was written" not in str(error.value):
-        state = train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+        state = checkpoints.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
         assert all(
             torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
         )
