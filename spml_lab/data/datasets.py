@@ -175,7 +175,7 @@ class SegmentationList(Dataset):
     Examples
     --------
     >>> import tempfile, numpy as np
-    >>> from spml_lab import labelio
+    >>> from spml_lab.data import labelio
     >>> root = Path(tempfile.mkdtemp())
     >>> labelio.write_label_png(root / "a.png", np.zeros((4, 6), np.uint8))
     >>> labelio.write_label_png(root / "b.png", np.ones((4, 6), np.uint8))

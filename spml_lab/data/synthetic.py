@@ -28,7 +28,7 @@ Objects classes (id, name, shape, colour, texture)::
     7  brick_ring    ring       green   brick     } differ by shape only
     8  brick_cross   cross      green   brick     }
 
->>> from spml_lab import synthetic
+>>> from spml_lab.data import synthetic
 >>> scenes = synthetic.generate(2, kind="objects", size=96, seed=0)
 >>> scenes.images.shape, scenes.semantic.dtype, scenes.instance.dtype, len(scenes)
 ((2, 96, 96, 3), dtype('uint8'), dtype('int32'), 2)

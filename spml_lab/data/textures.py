@@ -23,7 +23,7 @@ gravel     crops of ``skimage.data.gravel()``, scaled by 0.35-0.5
 The three photographic textures ship with scikit-image (no download). The functions after the
 bank draw everything from a caller's ``np.random.Generator``, so scenes stay reproducible.
 
->>> from spml_lab import textures
+>>> from spml_lab.data import textures
 >>> patch = textures.crop("stripes", variant=0, top=3, left=5, height=20, width=30)
 >>> patch.shape, patch.dtype, bool(0.0 <= patch.min() <= patch.max() <= 1.0)
 ((20, 30), dtype('float32'), True)

@@ -526,7 +526,7 @@ def write_pseudo_labels(net, root, split="train", kind="tags", *, out_root=None,
     Examples
     --------
     >>> import tempfile
-    >>> from spml_lab import datasets
+    >>> from spml_lab.data import datasets
     >>> out = Path(tempfile.mkdtemp())
     >>> net = TagClassifier(9, width=8).eval()
     >>> path = write_pseudo_labels(net, datasets.DATA_SAMPLES / "objects", "val", out_root=out)

@@ -26,7 +26,7 @@ def _notebook(path):
         ),
         nbformat.v4.new_code_cell(
             "import pathlib\n"
-            "from spml_lab import runner\n"
+            "from spml_lab.batch import runner\n"
             'if B == "x":  # summary.json\n'
             "    runner.write_summary(OUT_DIR, score=A * 10, seen_b=B, out_dir=OUT_DIR)\n"
             "else:  # the trainer's metrics file: the last row counts\n"
