@@ -33,7 +33,15 @@ from pathlib import Path
 
 from spml_lab.batch import runner
 
-__all__ = ["Run", "expand_grid", "run_name", "plan", "collect_metrics", "run_sweep", "format_table"]
+__all__ = [
+    "Trial",
+    "expand_grid",
+    "run_name",
+    "plan",
+    "collect_metrics",
+    "run_sweep",
+    "format_table",
+]
 
 TABLE, MARKER, METRICS = "summary.csv", "sweep_run.json", "metrics.csv"
 FIXED = ("run", "status", "seconds", "error")  # columns every row has besides its parameters
@@ -41,8 +49,8 @@ MAX_NAME = 120  # characters; keeps DIR/<run>/<notebook> well under path-length 
 
 
 @dataclass
-class Run:
-    """One run of a sweep: its values, its folder and, once known, its result.
+class Trial:
+    """One trial of a sweep (a point of the grid, run as a notebook): values, folder, result.
 
     Attributes
     ----------
@@ -166,7 +174,7 @@ def plan(notebook, grid, out_dir, *, force=False):
 
     Returns
     -------
-    runs : list of Run
+    runs : list of Trial
         In grid order; ``done`` runs keep the status and metrics of their earlier row.
 
     Raises
@@ -196,7 +204,7 @@ def plan(notebook, grid, out_dir, *, force=False):
     previous = {} if force else {row["run"]: row for row in _read_table(out_dir / TABLE)}
     runs = []
     for values in combinations:
-        run = Run(run_name(values), values, out_dir / run_name(values))
+        run = Trial(run_name(values), values, out_dir / run_name(values))
         row = previous.get(run.name)
         if row and row["status"] == "ok" and _finished(run.folder / notebook.name):
             run.done, run.status, run.error = True, "ok", ""
@@ -284,7 +292,7 @@ def run_sweep(notebook, grid, out_dir, *, force=False, kernel_name=None, echo=pr
 
     Returns
     -------
-    runs : list of Run
+    runs : list of Trial
         Every run with its status, time, error and metrics.
 
     Raises
@@ -342,7 +350,7 @@ def format_table(runs, *, done_label="skipped (done)"):
 
     Parameters
     ----------
-    runs : list of Run
+    runs : list of Trial
         As returned by `run_sweep` or `plan`.
     done_label : str, optional
         Status shown for runs skipped because an earlier sweep finished them.
@@ -355,7 +363,7 @@ def format_table(runs, *, done_label="skipped (done)"):
     Examples
     --------
     >>> from pathlib import Path
-    >>> print(format_table([Run("A=1", {"A": 1}, Path("A=1"), status="ok", seconds=2.0,
+    >>> print(format_table([Trial("A=1", {"A": 1}, Path("A=1"), status="ok", seconds=2.0,
     ...                         metrics={"miou": 0.123456})]))
     run  status  seconds  miou
     A=1  ok      2.0      0.1235

@@ -140,7 +140,7 @@ def weak_labels(semantic, instance, kind, *, seed=0, **options):
     >>> sorted(points[points != 255].tolist())  # one pixel per region: background and object
     [0, 3]
     """
-    semantic, instance = _check_maps(semantic, instance)
+    semantic, instance = _check_scene_maps(semantic, instance)
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
     unknown = sorted(set(options) - _OPTIONS[kind])
@@ -233,7 +233,7 @@ def instance_boxes(semantic, instance=None, *, min_area=10, ignore_index=255):
     >>> instance_boxes(semantic).tolist()
     [[5, 1, 2, 3, 7]]
     """
-    semantic, instance = _check_maps(semantic, instance)
+    semantic, instance = _check_scene_maps(semantic, instance)
     regions = _regions(semantic, instance, min_area, ignore_index)
     rows = [
         (r.label, r.box[0].start, r.box[1].start, r.box[0].stop, r.box[1].stop)
@@ -273,7 +273,7 @@ def coverage(label_map, ignore_index=255):
 # --------------------------------------------------------------------------- implementation
 
 
-def _check_maps(semantic, instance):
+def _check_scene_maps(semantic, instance):
     semantic = np.asarray(semantic)
     if semantic.ndim != 2:
         raise ValueError(f"semantic must be a 2-D (H, W) map, got shape {semantic.shape}")

@@ -599,14 +599,39 @@ def fit(cfg):
     run = Path(cfg.out_dir)
     owns_group = not (dist.is_available() and dist.is_initialized())
     device = distributed.setup(cfg.device) or resolve_device(cfg.device)  # torchrun or not
-    world = distributed.world_size()
-    main = _is_main_process()
     run.mkdir(parents=True, exist_ok=True)
     state = checkpoints.open_run(run, cfg)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # noqa: NPY002  (the global RNG of any user code, see _rng_state)
     random.seed(cfg.seed)
+    dataset, fingerprint = _training_data(cfg, state, run)
+    # a resumed run's weights come from its checkpoint, not from the ImageNet file
+    loop = _TrainingLoop(cfg, run, dataset, fingerprint, device, load_pretrained=state is None)
+    if state is None:
+        if loop.main:
+            cfg.replace(resume=False).to_yaml(run / CONFIG)
+    else:
+        loop.restore(state)
+    loop.run()
+    if loop.main:
+        save_checkpoint(loop.final(), run / FINAL)
+    if loop.world > 1 and owns_group:  # the group this call joined (torchrun) ends with it
+        dist.barrier()
+        dist.destroy_process_group()
+    return run
+
+
+def _training_data(cfg, state, run):
+    """Open the run's training list and check it against the config and a resumed run.
+
+    Returns
+    -------
+    dataset : datasets.SegmentationList
+    fingerprint : str
+        `datasets.data_fingerprint` of the list, recorded in every checkpoint.
+    """
+    world = distributed.world_size()
     dataset = build_dataset(cfg)
     fingerprint = datasets.data_fingerprint(cfg.data, dataset.list_file)
     if state is not None and state.get("data_fingerprint") not in (None, fingerprint):
@@ -627,120 +652,154 @@ def fit(cfg):
             f"TrainConfig.low_level needs superpixels, but {dataset.list_file} has no "
             "superpixel column; disable it (--no-low-level) or add superpixels"
         )
-    net, head = build_model(cfg, dataset.num_classes, load_pretrained=state is None)
-    if world > 1:  # batch norm over the global batch (before the optimizer sees parameters)
-        net = distributed.convert_batchnorm(net, device)
-        head = distributed.convert_batchnorm(head, device)
-    net, head = net.to(device).train(), head.to(device).train()
-    if device.type == "cuda":  # NHWC convolutions: what bf16 tensor cores run fastest
-        net = net.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups(net, head, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0
-    )
-    if world > 1:  # gradients averaged across processes
-        ids = [device.index] if device.type == "cuda" else None
-        net_ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        head_ddp = torch.nn.parallel.DistributedDataParallel(head, device_ids=ids)
-    else:
-        net_ddp, head_ddp = net, head
-    memory = PrototypeMemory(cfg.memory_batches(world), affinity_threshold=cfg.affinity_threshold)
-    settings = cfg.relation_settings()
-    columns = ["step", "lr", *settings, "total", "softmax_ce", "images_per_s"]
-    sums = torch.zeros(len(settings) + 2, device=device)  # loss sums since the last row
-    step, epoch, index, window_steps, window_images = 0, 0, 0, 0, 0
-    if state is None:
-        if main:
-            cfg.replace(resume=False).to_yaml(run / CONFIG)
-    else:
-        net.load_state_dict(state["model"])
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        memory.load_state_dict(checkpoints.to_device(state["memory"], device))
+    return dataset, fingerprint
+
+
+class _TrainingLoop:
+    """The state of a stage-1 run between steps, and the steps that advance it.
+
+    Holds the network and head (and their DDP wrappers), the optimizer, the prototype memory,
+    the position in the data and the loss sums since the last metrics row: exactly what a
+    checkpoint saves (`snapshot`) and a resume restores (`restore`).
+    """
+
+    def __init__(self, cfg, run, dataset, fingerprint, device, *, load_pretrained=True):
+        self.cfg, self.folder, self.dataset, self.fingerprint = cfg, run, dataset, fingerprint
+        self.device, self.world, self.main = device, distributed.world_size(), _is_main_process()
+        net, head = build_model(cfg, dataset.num_classes, load_pretrained=load_pretrained)
+        if self.world > 1:  # batch norm over the global batch (before the optimizer sees it)
+            net = distributed.convert_batchnorm(net, device)
+            head = distributed.convert_batchnorm(head, device)
+        self.net, self.head = net.to(device).train(), head.to(device).train()
+        if device.type == "cuda":  # NHWC convolutions: what bf16 tensor cores run fastest
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(
+            param_groups(self.net, self.head, cfg), lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=0.0,
+        )  # fmt: skip
+        self.net_ddp, self.head_ddp = self.net, self.head
+        if self.world > 1:  # gradients averaged across processes
+            ids = [device.index] if device.type == "cuda" else None
+            self.net_ddp = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+            self.head_ddp = torch.nn.parallel.DistributedDataParallel(self.head, device_ids=ids)
+        self.memory = PrototypeMemory(
+            cfg.memory_batches(self.world), affinity_threshold=cfg.affinity_threshold
+        )
+        settings = cfg.relation_settings()
+        self.columns = ["step", "lr", *settings, "total", "softmax_ce", "images_per_s"]
+        self.sums = torch.zeros(len(settings) + 2, device=device)  # loss sums since last row
+        self.step, self.epoch, self.index = 0, 0, 0
+        self.window_steps, self.window_images = 0, 0
+        self.last_saved = None  # step of the last good checkpoint
+
+    def restore(self, state):
+        """Continue from a checkpoint written by `snapshot`."""
+        self.net.load_state_dict(state["model"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.memory.load_state_dict(checkpoints.to_device(state["memory"], self.device))
         checkpoints.set_rng_state(state["rng"])
-        step, epoch, index = state["step"], state["data"]["epoch"], state["data"]["batch"]
-        sums = state["window"]["sums"].to(device)
-        window_steps, window_images = state["window"]["steps"], state["window"]["images"]
-    metrics = checkpoints.MetricsFile(run / METRICS, columns, keep_until=step) if main else None
+        self.step, self.epoch, self.index = (
+            state["step"], state["data"]["epoch"], state["data"]["batch"]
+        )  # fmt: skip
+        self.sums = state["window"]["sums"].to(self.device)
+        self.window_steps, self.window_images = state["window"]["steps"], state["window"]["images"]
+        self.last_saved = self.step
 
-    def snapshot():
+    def snapshot(self):
+        """Everything a resume needs, as checkpoint.pt stores it."""
         return {
-            "step": step,
-            "model": net.state_dict(),
-            "head": head.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "memory": memory.state_dict(),
+            "step": self.step,
+            "model": self.net.state_dict(),
+            "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "memory": self.memory.state_dict(),
             "rng": checkpoints.rng_state(),
-            "data": {"epoch": epoch, "batch": index},
-            "window": {"sums": sums, "steps": window_steps, "images": window_images},
-            "config": cfg.to_dict(),
-            "data_fingerprint": fingerprint,
+            "data": {"epoch": self.epoch, "batch": self.index},
+            "window": {"sums": self.sums, "steps": self.window_steps, "images": self.window_images},
+            "config": self.cfg.to_dict(),
+            "data_fingerprint": self.fingerprint,
         }
 
-    bar = tqdm(
-        total=cfg.max_steps, initial=step, disable=not (cfg.progress and main), desc="spml train"
-    )
-    batches = _batches(dataset, cfg, epoch, index, device)
-    tic = time.perf_counter()
-    last_saved = step if state is not None else None  # step of the last good checkpoint
-    try:
-        while step < cfg.max_steps:
-            epoch, index, batch = next(batches)
-            lr = poly_lr(
-                step,
-                cfg.lr,
-                cfg.max_steps,
-                warmup_steps=cfg.warmup_steps,
-                power=cfg.lr_power,
-                policy=cfg.lr_policy,
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
-            sums += train_step(
-                batch, net_ddp, head_ddp, optimizer, memory, cfg, device, dataset.has_superpixels
-            )
-            step, index = step + 1, index + 1
-            window_steps += 1
-            window_images += len(batch["image"]) * world
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                if world > 1:  # each process holds its share of the global mean
-                    dist.all_reduce(sums)
-                    sums /= world
-                means = (sums / window_steps).tolist()  # the one read-back per row
-                elapsed = time.perf_counter() - tic
-                row = dict(zip(columns[2:-1], means, strict=True))
-                _stop_if_not_finite(row, step - window_steps, step, run, last_saved)
-                bar.set_postfix({SHORT[k]: f"{v:.3f}" for k, v in row.items()}, refresh=False)
-                row.update(step=step, lr=lr, images_per_s=f"{window_images / elapsed:.2f}")
-                if main:
-                    metrics.append(row)
-                sums.zero_()
-                window_steps, window_images, tic = 0, 0, time.perf_counter()
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                if world > 1:  # every process resumes from the same (averaged) window
-                    dist.all_reduce(sums)
-                    sums /= world
-                weights = [*net.parameters(), *head.parameters()]
-                if not bool(torch.stack([w.isfinite().all() for w in weights]).all()):
-                    _stop_if_not_finite({"weights": math.nan}, last_saved, step, run, last_saved)
-                if main:
-                    save_checkpoint(snapshot(), run / CHECKPOINT)
-                last_saved = step
-            bar.update(1)
-    finally:
-        batches.close()
-        bar.close()
-    if main:
-        final = {
-            "model": net.state_dict(),
-            "head": head.state_dict(),
-            "config": cfg.replace(resume=False).to_dict(),
-            "num_classes": dataset.num_classes,
-            "class_names": dataset.class_names,
-            "step": step,
-            "data_fingerprint": fingerprint,
+    def final(self):
+        """Return what final.pt stores: the weights and what a prediction needs to read them."""
+        return {
+            "model": self.net.state_dict(),
+            "head": self.head.state_dict(),
+            "config": self.cfg.replace(resume=False).to_dict(),
+            "num_classes": self.dataset.num_classes,
+            "class_names": self.dataset.class_names,
+            "step": self.step,
+            "data_fingerprint": self.fingerprint,
         }
-        save_checkpoint(final, run / FINAL)
-    if world > 1 and owns_group:  # the group this call joined (torchrun) ends with it
-        dist.barrier()
-        dist.destroy_process_group()
-    return run
+
+    def run(self):
+        """Train until ``cfg.max_steps``, logging and checkpointing on the way."""
+        cfg = self.cfg
+        metrics = None  # only the main process writes metrics.csv
+        if self.main:
+            metrics = checkpoints.MetricsFile(
+                self.folder / METRICS, self.columns, keep_until=self.step
+            )
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.main),
+            desc="spml train",
+        )  # fmt: skip
+        batches = _batches(self.dataset, cfg, self.epoch, self.index, self.device)
+        self.tic = time.perf_counter()
+        try:
+            while self.step < cfg.max_steps:
+                self.epoch, self.index, batch = next(batches)
+                lr = poly_lr(
+                    self.step, cfg.lr, cfg.max_steps, warmup_steps=cfg.warmup_steps,
+                    power=cfg.lr_power, policy=cfg.lr_policy,
+                )  # fmt: skip
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group["lr_mult"]
+                self.sums += train_step(
+                    batch, self.net_ddp, self.head_ddp, self.optimizer, self.memory, cfg,
+                    self.device, self.dataset.has_superpixels,
+                )  # fmt: skip
+                self.step, self.index = self.step + 1, self.index + 1
+                self.window_steps += 1
+                self.window_images += len(batch["image"]) * self.world
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    self._log_row(lr, bar, metrics)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                    self._checkpoint()
+                bar.update(1)
+        finally:
+            batches.close()
+            bar.close()
+
+    def _average_window(self):
+        if self.world > 1:  # each process holds its share of the global mean
+            dist.all_reduce(self.sums)
+            self.sums /= self.world
+
+    def _log_row(self, lr, bar, metrics):
+        """One metrics.csv row: the mean losses since the last row (the one read-back)."""
+        self._average_window()
+        means = (self.sums / self.window_steps).tolist()
+        elapsed = time.perf_counter() - self.tic
+        row = dict(zip(self.columns[2:-1], means, strict=True))
+        first = self.step - self.window_steps
+        _stop_if_not_finite(row, first, self.step, self.folder, self.last_saved)
+        bar.set_postfix({SHORT[k]: f"{v:.3f}" for k, v in row.items()}, refresh=False)
+        row.update(step=self.step, lr=lr, images_per_s=f"{self.window_images / elapsed:.2f}")
+        if metrics is not None:
+            metrics.append(row)
+        self.sums.zero_()
+        self.window_steps, self.window_images, self.tic = 0, 0, time.perf_counter()
+
+    def _checkpoint(self):
+        """Write checkpoint.pt, unless the weights turned non-finite (then stop)."""
+        self._average_window()  # every process resumes from the same (averaged) window
+        weights = [*self.net.parameters(), *self.head.parameters()]
+        if not bool(torch.stack([w.isfinite().all() for w in weights]).all()):
+            _stop_if_not_finite(
+                {"weights": math.nan}, self.last_saved, self.step, self.folder, self.last_saved
+            )
+        if self.main:
+            save_checkpoint(self.snapshot(), self.folder / CHECKPOINT)
+        self.last_saved = self.step
