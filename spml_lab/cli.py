@@ -39,7 +39,13 @@ def build_parser():
         description="Weakly supervised segmentation by pixel-to-segment contrastive learning.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_make_data, _add_run_notebook, _add_train, _add_sweep, _add_evaluate,
+                _add_predict, _add_stage2, _add_cam_labels):  # fmt: skip
+        add(commands)
+    return parser
 
+
+def _add_make_data(commands):
     data = commands.add_parser(
         "make-data",
         help="write a synthetic dataset (images, masks, superpixels, every weak-label kind)",
@@ -80,6 +86,8 @@ def build_parser():
     data.add_argument("--quiet", action="store_true", help="no progress bar")
     data.set_defaults(run=_make_data)
 
+
+def _add_run_notebook(commands):
     run = commands.add_parser(
         "run-notebook",
         help="execute a notebook headlessly with papermill and export its figures",
@@ -98,6 +106,8 @@ def build_parser():
     )
     run.set_defaults(run=_run_notebook)
 
+
+def _add_train(commands):
     from spml_lab.training import config
 
     train = commands.add_parser(
@@ -109,6 +119,8 @@ def build_parser():
     config.add_arguments(train)
     train.set_defaults(run=_train)
 
+
+def _add_sweep(commands):
     sweep = commands.add_parser(
         "sweep",
         help="run a notebook once per combination of parameter values (papermill batch)",
@@ -135,12 +147,9 @@ def build_parser():
     sweep.add_argument("--force", action="store_true", help="rerun runs that already finished")
     sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     sweep.set_defaults(run=_sweep)
-    _add_evaluation_commands(commands)
-    return parser
 
 
-def _add_evaluation_commands(commands):
-    """Sub-parsers of the commands that use a trained run: evaluate, predict, stage2."""
+def _add_evaluate(commands):
     from spml_lab.prediction.evaluate import METHODS
 
     evaluate = commands.add_parser(
@@ -166,6 +175,8 @@ def _add_evaluation_commands(commands):
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=_evaluate)
 
+
+def _add_predict(commands):
     predict = commands.add_parser(
         "predict",
         help="write coloured masks <image stem>_mask.png for images (softmax head + CRF)",
@@ -200,6 +211,8 @@ def _add_evaluation_commands(commands):
     predict.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
     predict.set_defaults(run=_predict)
 
+
+def _add_stage2(commands):
     stage2 = commands.add_parser(
         "stage2",
         help="pseudo labels for the training images, then a softmax head trained on them",
@@ -220,6 +233,8 @@ def _add_evaluation_commands(commands):
     stage2.add_argument("--no-progress", action="store_true", help="no progress bars")
     stage2.set_defaults(run=_stage2)
 
+
+def _add_cam_labels(commands):
     cam = commands.add_parser(
         "cam-labels",
         help="CAM pseudo labels of a data folder's tags or boxes (annotation cam_tags/cam_boxes)",
