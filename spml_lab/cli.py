@@ -25,6 +25,9 @@ import sys
 
 __all__ = ["main", "build_parser"]
 
+# what the commands change of the library's defaults: a person at a terminal sees progress bars
+AT_THE_COMMAND_LINE = {"progress": True}
+
 
 def build_parser():
     """Build the argument parser of the ``spml-lab`` command.
@@ -150,7 +153,8 @@ def _add_sweep(commands):
 
 
 def _add_evaluate(commands):
-    from spml_lab.prediction.evaluate import METHODS
+    from spml_lab.prediction.evaluate import EvaluateOptions
+    from spml_lab.training import config
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -160,19 +164,7 @@ def _add_evaluate(commands):
         "and RUN_DIR/eval/per_class.csv and prints mIoU and pixel accuracy per method.",
     )
     evaluate.add_argument("run_dir", help="a finished `spml-lab train` run folder")
-    evaluate.add_argument("--split", default="val", help="split to score (default: %(default)s)")
-    evaluate.add_argument(
-        "--methods",
-        nargs="+",
-        choices=METHODS,
-        default=None,
-        help="methods to score (default: knn softmax softmax_crf, + stage2_crf when "
-        "RUN_DIR/stage2.pt exists)",
-    )
-    evaluate.add_argument("--max-images", type=int, default=None, help="score only the first N")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
-    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    config.add_field_arguments(evaluate, EvaluateOptions, EvaluateOptions(**AT_THE_COMMAND_LINE))
     evaluate.set_defaults(run=_evaluate)
 
 
@@ -213,6 +205,9 @@ def _add_predict(commands):
 
 
 def _add_stage2(commands):
+    from spml_lab.prediction.stage2 import Stage2Options
+    from spml_lab.training import config
+
     stage2 = commands.add_parser(
         "stage2",
         help="pseudo labels for the training images, then a softmax head trained on them",
@@ -222,15 +217,7 @@ def _add_stage2(commands):
         "stage2_crf).",
     )
     stage2.add_argument("run_dir", help="a finished `spml-lab train` run folder")
-    stage2.add_argument("--steps", type=int, default=300, help="SGD steps (default: %(default)s)")
-    stage2.add_argument(
-        "--lr", type=float, default=0.1, help="learning rate (default: %(default)s)"
-    )
-    stage2.add_argument("--batch-size", type=int, default=8, help="images per step")
-    stage2.add_argument("--max-images", type=int, default=None, help="use the first N images")
-    stage2.add_argument("--seed", type=int, default=0, help="head init and batch order")
-    stage2.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
-    stage2.add_argument("--no-progress", action="store_true", help="no progress bars")
+    config.add_field_arguments(stage2, Stage2Options, Stage2Options(**AT_THE_COMMAND_LINE))
     stage2.set_defaults(run=_stage2)
 
 
@@ -378,16 +365,10 @@ def _evaluate(args):
     from pathlib import Path
 
     from spml_lab.prediction import evaluate
+    from spml_lab.training import config
 
-    results = evaluate.evaluate_run(
-        args.run_dir,
-        split=args.split,
-        methods=args.methods,
-        max_images=args.max_images,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    options = config.field_values(args, evaluate.EvaluateOptions)
+    results = evaluate.evaluate_run(args.run_dir, **{**AT_THE_COMMAND_LINE, **options})
     print(f"{results['split']}: {results['images']} images, {results['seconds']:.1f} s")
     print(f"{'method':<12} {'mIoU':>7} {'pixel acc':>10}")
     for method in results["methods"]:
@@ -440,17 +421,10 @@ def _predict(args):
 
 def _stage2(args):
     from spml_lab.prediction import stage2
+    from spml_lab.training import config
 
-    result = stage2.fit_head(
-        args.run_dir,
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        max_images=args.max_images,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    options = config.field_values(args, stage2.Stage2Options)
+    result = stage2.fit_head(args.run_dir, **{**AT_THE_COMMAND_LINE, **options})
     quality = "n/a (no dense ground truth)"
     if result.pseudo_miou is not None:
         quality = f"{result.pseudo_miou:.4f}"

@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -42,11 +43,31 @@ from spml_lab.prediction.predict import (
     predict_softmax,
     to_uint8,
 )
+from spml_lab.training.config import option
 
-__all__ = ["METHODS", "evaluate_run", "eval_dir"]
+__all__ = ["METHODS", "EvaluateOptions", "evaluate_run", "eval_dir"]
 
 METHODS = ("knn", "softmax", "softmax_crf", "stage2", "stage2_crf")
 EVAL_DIR = "eval"
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What `evaluate_run` scores: its defaults, and the flags of `spml-lab evaluate`."""
+
+    split: str = option("val", "split to score; its 'full' list is the ground truth")
+    methods: tuple | None = option(
+        None,
+        "methods to score (default: knn softmax softmax_crf, + stage2_crf when "
+        "RUN_DIR/stage2.pt exists)",
+        choices=METHODS,
+        kind=str,
+        nargs="+",
+    )
+    max_images: int | None = option(None, "score only the first N images", kind=int)
+    batch_size: int = option(8, "images per forward pass (also for the kNN bank)")
+    device: str = option("cpu", "cpu, cuda, auto")
+    progress: bool = option(False, "show a progress bar")
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -104,14 +125,14 @@ def _scores(confusion, class_names):
 def evaluate_run(
     run_dir,
     *,
-    split="val",
-    methods=None,
-    max_images=None,
-    batch_size=8,
-    device="cpu",
+    split=EvaluateOptions.split,
+    methods=EvaluateOptions.methods,
+    max_images=EvaluateOptions.max_images,
+    batch_size=EvaluateOptions.batch_size,
+    device=EvaluateOptions.device,
     knn_options=None,
     crf_options=None,
-    progress=False,
+    progress=EvaluateOptions.progress,
 ):
     """Score a run's predictions on a split's dense ground truth; write eval/ files.
 

@@ -9,6 +9,7 @@ cached, so each step is only the head. `fit_head` writes RUN_DIR/stage2.pt, whic
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,11 +23,28 @@ from spml_lab.prediction import metrics, pseudo_labels
 from spml_lab.prediction.predict import STAGE2, dataset_for, image_batches, load_run
 from spml_lab.training import train
 from spml_lab.training.checkpoints import save_checkpoint
+from spml_lab.training.config import option
 
-__all__ = ["Stage2Result", "fit_head", "STAGE2_DROPOUT"]
+__all__ = ["Stage2Options", "Stage2Result", "fit_head", "STAGE2_DROPOUT"]
 
 # the paper's stage-2 classifier drops 0.65 (its stage-1 head 0.75, `TrainConfig.head_dropout`)
 STAGE2_DROPOUT = 0.65
+
+
+@dataclass(frozen=True)
+class Stage2Options:
+    """How `fit_head` trains the stage-2 head: its defaults, and the flags of `spml-lab stage2`."""
+
+    steps: int = option(300, "SGD steps of the head")
+    lr: float = option(0.1, "base learning rate, poly decay (the stage-1 head's is 0.1 too)")
+    batch_size: int = option(8, "images per step (and per forward pass while caching)")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "L2 on the head's convolution weights")
+    seed: int = option(0, "seeds the head's initial weights and the batch order")
+    device: str = option("cpu", "cpu, cuda, auto")
+    max_images: int | None = option(None, "use only the first N training images", kind=int)
+    flip: bool = option(True, "also train on the mirror images")
+    progress: bool = option(False, "show progress bars")
 
 
 class Stage2Result(NamedTuple):
@@ -72,17 +90,17 @@ def _ground_truth(cfg, dataset):
 def fit_head(
     run_dir,
     *,
-    steps=300,
-    lr=0.1,
-    batch_size=8,
-    momentum=0.9,
-    weight_decay=5e-4,
-    seed=0,
-    device="cpu",
-    max_images=None,
-    flip=True,
+    steps=Stage2Options.steps,
+    lr=Stage2Options.lr,
+    batch_size=Stage2Options.batch_size,
+    momentum=Stage2Options.momentum,
+    weight_decay=Stage2Options.weight_decay,
+    seed=Stage2Options.seed,
+    device=Stage2Options.device,
+    max_images=Stage2Options.max_images,
+    flip=Stage2Options.flip,
     pseudo_options=None,
-    progress=False,
+    progress=Stage2Options.progress,
 ):
     """Train a fresh softmax head on pseudo labels with the embedding frozen (stage 2).
 

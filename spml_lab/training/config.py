@@ -30,7 +30,15 @@ import yaml
 from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS
 from spml_lab.method.relations import RELATIONS, RelationSetting, paper_settings
 
-__all__ = ["TrainConfig", "add_arguments", "from_arguments", "RESUMABLE_CHANGES"]
+__all__ = [
+    "TrainConfig",
+    "add_arguments",
+    "add_field_arguments",
+    "field_values",
+    "from_arguments",
+    "option",
+    "RESUMABLE_CHANGES",
+]
 
 MODELS = ("small", "resnet50", "resnet101")
 MIN_CROP = 16
@@ -43,13 +51,25 @@ RESUMABLE_CHANGES = (
 )  # fmt: skip
 
 
-def _f(default, why, choices=None, kind=None):
+def option(default, why, choices=None, kind=None, nargs=None):
     """Make a dataclass field whose why-text is also its CLI help (one source for both).
 
-    `kind` is the value type of a field whose default is None ("decided by another field").
+    Parameters
+    ----------
+    default : object
+        The field's default.
+    why : str
+        What the field does; the help of its flag (`add_field_arguments`).
+    choices : sequence, optional
+        The values the flag accepts.
+    kind : type, optional
+        The value type of a field whose default is None ("decided by another field").
+    nargs : str, optional
+        ``"+"`` for a field that takes one or more values (a tuple).
     """
     kind = kind or type(default)
-    return field(default=default, metadata={"help": why, "choices": choices, "kind": kind})
+    metadata = {"help": why, "choices": choices, "kind": kind, "nargs": nargs}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -73,138 +93,146 @@ class TrainConfig:
     """
 
     # ---- data
-    data: str = _f(
+    data: str = option(
         "embedded:objects",
         "'embedded:objects' / 'embedded:parts' (the committed samples) or a folder written "
         "by `spml-lab make-data`",
     )
-    annotation: str = _f(
+    annotation: str = option(
         "scribbles",
         "weak labels to train on; the paper reports all five; 'cam_tags' / 'cam_boxes' are the "
         "CAM pseudo labels SPML trains on for tags and boxes (`spml-lab cam-labels`)",
         ANNOTATIONS + PSEUDO_ANNOTATIONS,
     )
-    split: str = _f("train", "split of the dataset to train on (paper: VOC train+)")
-    crop_size: int = _f(128, "square training crop in pixels (paper: 512 on VOC)")
-    scale_range: tuple = _f(
+    split: str = option("train", "split of the dataset to train on (paper: VOC train+)")
+    crop_size: int = option(128, "square training crop in pixels (paper: 512 on VOC)")
+    scale_range: tuple = option(
         (0.5, 1.5), "random rescale range before cropping (paper: random_scale 0.5-1.5)"
     )
-    flip: bool = _f(True, "random horizontal flips (paper: random_mirror true)")
-    num_workers: int = _f(0, "DataLoader worker processes; 0 loads in the main process")
-    check_files_limit: int = _f(
+    flip: bool = option(True, "random horizontal flips (paper: random_mirror true)")
+    num_workers: int = option(0, "DataLoader worker processes; 0 loads in the main process")
+    check_files_limit: int = option(
         5000,
         "read and check every file of a training list of at most this many lines before step 0 "
         "(a bad file fails at once, not at the step that draws it); 0 = never (VOC-sized lists "
         "take minutes to check)",
     )
     # ---- model
-    model: str = _f(
+    model: str = option(
         "small",
         "embedding network: 'small' trains from scratch on a CPU; 'resnet50' / 'resnet101' are "
         "DeepLab-v2 (ASPP) nets at output stride 8 (paper: ResNet-101)",
         MODELS,
     )
-    embedding_dim: int = _f(32, "embedding dimension D (paper: 64)")
-    width: int = _f(64, "channels of the small net's trunk (speed vs capacity)")
-    head_dropout: float = _f(
+    embedding_dim: int = option(32, "embedding dimension D (paper: 64)")
+    width: int = option(64, "channels of the small net's trunk (speed vs capacity)")
+    head_dropout: float = option(
         0.75,
         "dropout of the stage-1 softmax head before its classifier (paper: 0.75; its stage-2 "
         "classifier uses 0.65)",
     )
-    pretrained: str = _f(
+    pretrained: str = option(
         "",
         "torchvision ImageNet checkpoint (.pth) for the resnet50/101 backbone; '' = random "
         "init; ignored by 'small' (paper: ImageNet-pretrained ResNet-101)",
     )
     # ---- the four relations: on/off, kappa (concentration), weight in the total loss
-    low_level: bool = _f(True, "low-level image similarity (superpixels); paper: on")
-    low_level_concentration: float = _f(16.0, "kappa of low-level similarity (paper: 16)")
-    low_level_weight: float = _f(0.1, "weight of low-level similarity (paper: 0.1)")
-    low_level_location_weight: float = _f(
+    low_level: bool = option(True, "low-level image similarity (superpixels); paper: on")
+    low_level_concentration: float = option(16.0, "kappa of low-level similarity (paper: 16)")
+    low_level_weight: float = option(0.1, "weight of low-level similarity (paper: 0.1)")
+    low_level_location_weight: float = option(
         1.0,
         "weight of the location features that low-level similarity compares with the embedding, "
         "[v, w * location] re-normalised as for k-means (paper: 1 in its VOC model; 0, the "
         "plain embedding, in its DensePose model)",
     )
-    semantic_annotation: bool = _f(True, "semantic annotation (weak labels); paper: on")
-    semantic_annotation_concentration: float = _f(6.0, "kappa of semantic annotation (paper: 6)")
-    semantic_annotation_weight: float | None = _f(
+    semantic_annotation: bool = option(True, "semantic annotation (weak labels); paper: on")
+    semantic_annotation_concentration: float = option(
+        6.0, "kappa of semantic annotation (paper: 6)"
+    )
+    semantic_annotation_weight: float | None = option(
         None,
         "weight of semantic annotation; unset: the paper's for the annotation kind (scribbles "
         "1.0, points 0.1, boxes and tags 0.3; relations.paper_settings)",
         kind=float,
     )
-    cooccurrence: bool = _f(True, "semantic co-occurrence (image tags); paper: on for VOC")
-    cooccurrence_concentration: float | None = _f(
+    cooccurrence: bool = option(True, "semantic co-occurrence (image tags); paper: on for VOC")
+    cooccurrence_concentration: float | None = option(
         None,
         "kappa of co-occurrence; unset: the paper's for the annotation kind (scribbles 12, "
         "points, boxes and tags 8)",
         kind=float,
     )
-    cooccurrence_weight: float | None = _f(
+    cooccurrence_weight: float | None = option(
         None,
         "weight of co-occurrence; unset: the paper's for the annotation kind (scribbles 0.5, "
         "points 0.1, boxes and tags 0.3)",
         kind=float,
     )
-    feature_affinity: bool = _f(
+    feature_affinity: bool = option(
         False, "feature affinity (nearest labelled segment); paper: on for DensePose only"
     )
-    feature_affinity_concentration: float = _f(12.0, "kappa of feature affinity (paper: 12)")
-    feature_affinity_weight: float = _f(0.5, "weight of feature affinity (paper: 0.5)")
-    affinity_threshold: float = _f(
+    feature_affinity_concentration: float = option(12.0, "kappa of feature affinity (paper: 12)")
+    feature_affinity_weight: float = option(0.5, "weight of feature affinity (paper: 0.5)")
+    affinity_threshold: float = option(
         0.95, "least prototype cosine to borrow a label in feature affinity (paper: 0.95)"
     )
-    memory_size: int = _f(2, "batches of prototypes kept as extra contrast (paper: 2; 0 = off)")
-    contrast_images: int = _f(
+    memory_size: int = option(2, "batches of prototypes kept as extra contrast (paper: 2; 0 = off)")
+    contrast_images: int = option(
         0,
         "images whose segments a pixel is contrasted with: the global batch plus the memory, "
         "which then keeps ceil(contrast_images / global batch) - 1 batches in place of "
         "memory_size; 0 = batch x (1 + memory_size) (paper: 16 + 2 x 16 = 48)",
     )
-    softmax_weight: float | None = _f(
+    softmax_weight: float | None = option(
         None,
         "weight of the softmax head's cross-entropy; unset: the semantic annotation weight, as "
         "the paper's (CE + L_ann) x w_ann, or 1 when head_trains_embedding (the baselines)",
         kind=float,
     )
-    head_trains_embedding: bool = _f(
+    head_trains_embedding: bool = option(
         False,
         "let the softmax head's cross-entropy train the network too (not detached); with every "
         "relation off this is the partial cross-entropy baseline (paper: off, SPML detaches)",
     )
     # ---- segments
-    kmeans_grid: tuple = _f(
+    kmeans_grid: tuple = option(
         (4, 4),
         "initial k-means grid (gy, gx) at embedding resolution (paper: 6 x 6 on 128 x 128 "
         "embeddings of 512 crops)",
     )
-    kmeans_iterations: int = _f(10, "spherical k-means rounds (paper: 10)")
+    kmeans_iterations: int = option(10, "spherical k-means rounds (paper: 10)")
     # ---- optimisation
-    lr: float = _f(
+    lr: float = option(
         0.01, "SGD base learning rate (paper: 3e-3 with an ImageNet ResNet; scratch nets like more)"
     )
-    lr_policy: str = _f("poly", "LR schedule: poly decay (paper) or constant", LR_POLICIES)
-    lr_power: float = _f(0.9, "power of the poly decay (paper: 0.9)")
-    warmup_steps: int = _f(20, "linear warm-up from lr/10 over these steps (paper: 100)")
-    momentum: float = _f(0.9, "SGD momentum (paper: 0.9)")
-    weight_decay: float = _f(5e-4, "L2 weight decay on weights, not biases (paper: 5e-4)")
-    backbone_lr_mult: float = _f(1.0, "LR multiplier of the trunk (paper: 1 for ResNet res3-5)")
-    head_lr_mult: float = _f(
+    lr_policy: str = option("poly", "LR schedule: poly decay (paper) or constant", LR_POLICIES)
+    lr_power: float = option(0.9, "power of the poly decay (paper: 0.9)")
+    warmup_steps: int = option(20, "linear warm-up from lr/10 over these steps (paper: 100)")
+    momentum: float = option(0.9, "SGD momentum (paper: 0.9)")
+    weight_decay: float = option(5e-4, "L2 weight decay on weights, not biases (paper: 5e-4)")
+    backbone_lr_mult: float = option(1.0, "LR multiplier of the trunk (paper: 1 for ResNet res3-5)")
+    head_lr_mult: float = option(
         10.0, "LR multiplier of the embedding head and softmax classifier (paper: 10)"
     )
-    bias_lr_mult: float = _f(2.0, "extra LR multiplier of biases, which get no decay (paper: 2)")
-    batch_size: int = _f(4, "images per step (paper: 4 per GPU on 4 GPUs)")
-    max_steps: int = _f(300, "optimisation steps (paper: 30,000)")
-    seed: int = _f(0, "seeds weights, data order and augmentation (paper: 235)")
+    bias_lr_mult: float = option(
+        2.0, "extra LR multiplier of biases, which get no decay (paper: 2)"
+    )
+    batch_size: int = option(4, "images per step (paper: 4 per GPU on 4 GPUs)")
+    max_steps: int = option(300, "optimisation steps (paper: 30,000)")
+    seed: int = option(0, "seeds weights, data order and augmentation (paper: 235)")
     # ---- hardware and bookkeeping
-    device: str = _f("auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    amp: bool = _f(True, "bf16 autocast of the network on CUDA (ignored on CPU)")
-    checkpoint_every: int = _f(100, "steps between checkpoints (paper: snapshot_step)")
-    log_every: int = _f(10, "steps between metrics.csv rows and progress updates (paper: 100)")
-    out_dir: str = _f("runs/spml", "run folder: config.yaml, metrics.csv, checkpoint.pt, final.pt")
-    progress: bool = _f(True, "show a tqdm progress bar")
-    resume: bool = _f(False, "continue the run in out_dir from its last checkpoint")
+    device: str = option(
+        "auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    amp: bool = option(True, "bf16 autocast of the network on CUDA (ignored on CPU)")
+    checkpoint_every: int = option(100, "steps between checkpoints (paper: snapshot_step)")
+    log_every: int = option(10, "steps between metrics.csv rows and progress updates (paper: 100)")
+    out_dir: str = option(
+        "runs/spml", "run folder: config.yaml, metrics.csv, checkpoint.pt, final.pt"
+    )
+    progress: bool = option(True, "show a tqdm progress bar")
+    resume: bool = option(False, "continue the run in out_dir from its last checkpoint")
 
     def __post_init__(self):
         for spec in dataclasses.fields(self):
@@ -480,9 +508,7 @@ def _scalar(name, kind, value):
 def add_arguments(parser):
     """Add one flag per `TrainConfig` field to an argparse parser, plus ``--config``.
 
-    Flags are the field names with ``-`` or ``_`` (``--kmeans-grid`` = ``--kmeans_grid``);
-    booleans get ``--flag`` / ``--no-flag`` (help lists ``--flag``); tuples take several
-    values. Flags default to "not given", so `from_arguments` can layer them over a YAML file.
+    Flags default to "not given", so `from_arguments` can layer them over a YAML file.
 
     Parameters
     ----------
@@ -491,24 +517,59 @@ def add_arguments(parser):
     parser.add_argument(
         "--config", default=None, help="YAML file of TrainConfig fields; flags override it"
     )
-    for spec in dataclasses.fields(TrainConfig):
+    add_field_arguments(parser, TrainConfig)
+
+
+def add_field_arguments(parser, cls, defaults=None):
+    """Add one flag per field of an `option`-built dataclass to an argparse parser.
+
+    Flags are the field names with ``-`` or ``_`` (``--kmeans-grid`` = ``--kmeans_grid``);
+    booleans get ``--flag`` / ``--no-flag`` (help lists ``--flag``); tuples take several
+    values. A flag not given leaves its name out of the parsed namespace (`field_values`).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    cls : type
+        A dataclass whose fields carry `option` metadata.
+    defaults : cls instance, optional
+        The defaults the help shows, when the caller starts from other values than the class's.
+    """
+    for spec in dataclasses.fields(cls):
         spellings = dict.fromkeys([spec.name.replace("_", "-"), spec.name])  # one if no "_"
         names = [f"--{name}" for name in spellings]
-        default, help_text = spec.default, spec.metadata["help"]
+        default = spec.default if defaults is None else getattr(defaults, spec.name)
+        help_text = spec.metadata["help"]
         options = {"dest": spec.name, "default": argparse.SUPPRESS}
-        if isinstance(default, bool):
+        if spec.metadata["kind"] is bool:
             negative = [f"--no-{name}" for name in spellings]
             why = f"{help_text} (default: {default}; {negative[0]} turns it off)"
             parser.add_argument(*names, action="store_true", help=why, **options)
             parser.add_argument(*negative, action="store_false", help=argparse.SUPPRESS, **options)
             continue
-        if isinstance(default, tuple):
+        if spec.metadata.get("nargs"):
+            options.update(nargs=spec.metadata["nargs"], type=spec.metadata["kind"])
+        elif isinstance(default, tuple):
             options.update(nargs=len(default), type=type(default[0]), metavar=spec.name.upper())
         else:
             options["type"] = spec.metadata["kind"]
-            if spec.metadata["choices"] is not None:
-                options["choices"] = spec.metadata["choices"]
+        if spec.metadata["choices"] is not None:
+            options["choices"] = spec.metadata["choices"]
         parser.add_argument(*names, help=f"{help_text} (default: {default!r})", **options)
+
+
+def field_values(namespace, cls):
+    """Return the fields of `cls` that parsed arguments gave (`add_field_arguments`).
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_field_arguments(parser, TrainConfig)
+    >>> field_values(parser.parse_args(["--lr", "0.05", "--no-flip"]), TrainConfig)
+    {'flip': False, 'lr': 0.05}
+    """
+    names = {spec.name for spec in dataclasses.fields(cls)}
+    return {key: value for key, value in sorted(vars(namespace).items()) if key in names}
 
 
 def from_arguments(namespace):
@@ -536,5 +597,4 @@ def from_arguments(namespace):
     base = (
         TrainConfig() if values.get("config") is None else TrainConfig.from_yaml(values["config"])
     )
-    names = {spec.name for spec in dataclasses.fields(TrainConfig)}
-    return base.replace(**{k: v for k, v in values.items() if k in names})
+    return base.replace(**field_values(namespace, TrainConfig))
