@@ -152,6 +152,11 @@ class SegmentationList(Dataset):
         so runs repeat exactly, also with several DataLoader workers.
     ignore_index : int, optional
         The "unlabelled" label value.
+    cache : bool, optional
+        Keep each sample's decoded and checked files in memory after its first read, so later
+        epochs skip the PNG decoding (about 3 ms per 96 px sample, two thirds of an item's
+        time). For data that fits in memory, such as the embedded benchmark's (400 images of
+        96 px: 60 MB); each DataLoader worker process holds its own copy.
 
     Raises
     ------
@@ -201,8 +206,10 @@ class SegmentationList(Dataset):
         annotation=None,
         seed=0,
         ignore_index=255,
+        cache=False,
     ):
         self.root = Path(root)
+        self._cache = {} if cache else None  # sample index -> its decoded files
         self.list_file = Path(list_file)
         self.num_classes = int(num_classes)
         self.train = train
@@ -263,7 +270,7 @@ class SegmentationList(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         index = index % len(self)
         sample = self.samples[index]
-        image, label, superpixel = self._load(sample)
+        image, label, superpixel = self._cached_load(index)
         tags = np.zeros(self.num_classes, dtype=bool)
         tags[np.unique(label[label != self.ignore_index])] = True
         if self.tags_only:
@@ -292,11 +299,22 @@ class SegmentationList(Dataset):
         ValueError
             At the first bad sample, naming the file, the problem and the list line.
         """
-        for sample in self.samples:
-            self._load(sample)
+        for index in range(len(self.samples)):
+            self._cached_load(index)  # with `cache`, the training steps reuse these reads
 
     def _where(self, sample):
         return f"(listed in {self.list_file} line {sample.line_no}: {sample.line!r})"
+
+    def _cached_load(self, index):
+        """Return `_load` of sample `index`, from memory when the dataset caches.
+
+        Cached arrays are handed out as copies: whoever receives an item may change it in place.
+        """
+        if self._cache is None:
+            return self._load(self.samples[index])
+        if index not in self._cache:
+            self._cache[index] = self._load(self.samples[index])
+        return tuple(array.copy() for array in self._cache[index])
 
     def _load(self, sample):
         """Read one sample's files and check that they belong together."""

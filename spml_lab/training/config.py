@@ -47,7 +47,7 @@ EMBEDDED_KINDS = ("objects", "parts")
 # Fields that may differ between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = (
     "resume", "device", "num_workers", "progress", "log_every", "out_dir", "pretrained",
-    "check_files_limit",
+    "check_files_limit", "cache_data",
 )  # fmt: skip
 
 
@@ -111,6 +111,11 @@ class TrainConfig:
     )
     flip: bool = option(True, "random horizontal flips (paper: random_mirror true)")
     num_workers: int = option(0, "DataLoader worker processes; 0 loads in the main process")
+    cache_data: bool = option(
+        False,
+        "keep the decoded training files in memory after their first read (data that fits in "
+        "RAM, such as the embedded benchmark's; each DataLoader worker keeps its own copy)",
+    )
     check_files_limit: int = option(
         5000,
         "read and check every file of a training list of at most this many lines before step 0 "

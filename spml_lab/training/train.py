@@ -225,6 +225,7 @@ def build_dataset(cfg):
         "scale_range": cfg.scale_range,
         "flip": cfg.flip,
         "seed": cfg.seed,
+        "cache": cfg.cache_data,
     }
     return datasets.open_data(cfg.data, cfg.split, cfg.annotation, **options)
 

@@ -458,3 +458,21 @@ def test_a_bad_dataset_json_is_named(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as error:
         datasets.from_folder(tmp_path, "train", "full")
     assert str(tmp_path / "dataset.json") in str(error.value)
+
+
+def test_a_cached_dataset_reads_each_file_once_and_gives_the_same_items(monkeypatch):
+    options = {"train": True, "crop_size": 48, "seed": 3}
+    plain = datasets.embedded("objects", "train", "scribbles", **options)
+    cached = datasets.embedded("objects", "train", "scribbles", cache=True, **options)
+    reads = []
+    real = datasets.read_image
+    monkeypatch.setattr(datasets, "read_image", lambda path: reads.append(path) or real(path))
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for index in (0, 5):
+            want, got = plain[index], cached[index]
+            assert all(torch.equal(want[k], got[k]) for k in ("image", "label", "superpixel"))
+            got["label"].fill_(7)  # a receiver may change its item: the cache must not see it
+    assert len(reads) == 2 * 2 + 2  # uncached: every item; cached: each sample once
+    assert torch.equal(cached[0]["label"], plain[0]["label"])  # the filled copy left no trace

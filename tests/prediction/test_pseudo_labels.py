@@ -73,4 +73,3 @@ def test_random_walk_rejects_mismatched_sizes():
         pseudo_labels.random_walk(torch.rand(1, 2, 4, 4), torch.rand(1, 4, 5, 3))
     with pytest.raises(ValueError, match="probs"):
         pseudo_labels.random_walk(torch.rand(2, 4, 4), torch.rand(1, 4, 4, 3))
-
