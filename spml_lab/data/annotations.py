@@ -41,25 +41,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import breadth_first_order
 from skimage.morphology import disk, skeletonize
 
-from spml_lab.data.labelio import (
-    read_id_png,
-    read_label_png,
-    voc_palette,
-    write_id_png,
-    write_label_png,
-)
-
 __all__ = [
     "KINDS",
     "weak_labels",
     "weak_labels_batch",
     "instance_boxes",
     "coverage",
-    "voc_palette",
-    "read_label_png",
-    "write_label_png",
-    "read_id_png",
-    "write_id_png",
 ]
 
 KINDS = ("tags", "boxes", "points", "scribbles")

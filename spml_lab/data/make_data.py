@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from spml_lab.constants import ANNOTATIONS
 from spml_lab.data import annotations, labelio, superpixels, synthetic
 
-__all__ = ["write_dataset", "ANNOTATIONS", "LABEL_FOLDERS"]
+__all__ = ["write_dataset", "LABEL_FOLDERS"]
 
 # the label column of each annotation's list file
 LABEL_FOLDERS = {

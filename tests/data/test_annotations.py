@@ -277,12 +277,12 @@ def test_label_png_round_trip(tmp_path, palette):
     label = np.random.default_rng(0).integers(0, 21, (17, 23)).astype(np.uint8)
     label[3:5] = 255
     path = tmp_path / "sub" / "label.png"
-    annotations.write_label_png(path, label, palette=palette)
+    labelio.write_label_png(path, label, palette=palette)
     with Image.open(path) as image:
         assert image.mode == ("P" if palette else "L")
         if palette:
             assert image.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
-    read = annotations.read_label_png(path)
+    read = labelio.read_label_png(path)
     assert read.dtype == np.uint8
     np.testing.assert_array_equal(read, label)
 
@@ -327,7 +327,7 @@ def test_unreadable_and_wrong_label_pngs(tmp_path):
 
 
 def test_voc_palette():
-    palette = annotations.voc_palette()
+    palette = labelio.voc_palette()
     assert palette.shape == (256, 3) and palette.dtype == np.uint8
     assert palette[15].tolist() == [192, 128, 128]  # person
     assert len({tuple(c) for c in palette}) == 256
