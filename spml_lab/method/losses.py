@@ -23,9 +23,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["pixel_segment_loss", "default_chunk_size", "valid_labels", "unique_rows"]
+__all__ = [
+    "pixel_segment_loss",
+    "dense_pixel_segment_loss",
+    "default_chunk_size",
+    "valid_labels",
+    "unique_rows",
+]
 
 # Elements of one block's (pixels x prototypes) logit matrix: 2**22 float32 values are 16 MB.
 # With the masked copy and the bool mask a block's work buffers take ~2.3x that (~40 MB).
@@ -717,3 +724,71 @@ def pixel_segment_loss(
         return _PixelSegmentLoss.apply(
             embeddings, prototypes, problem, weights, reduction != "none", track
         )
+
+
+def dense_pixel_segment_loss(
+    embeddings,
+    labels,
+    segment_ids,
+    prototypes,
+    prototype_labels,
+    concentration,
+    reduction="mean",
+    *,
+    ignore_index=255,
+    pixel_groups=None,
+    prototype_groups=None,
+):
+    """Compute the pixel-to-segment loss as the paper writes it, the whole matrix at once.
+
+    The same loss as `pixel_segment_loss`, with the same arguments (minus the engine's
+    knobs), written for reading: one ``(P, S)`` matrix of ``kappa v_i . u_s``, one mask of
+    positives and one of negatives, two log-sum-exps. It holds ``P x S`` floats, so it suits
+    a notebook batch, not a training step (`pixel_segment_loss` computes it in blocks, with
+    its gradient in the same sweep).
+
+    Parameters
+    ----------
+    embeddings, labels, segment_ids, prototypes, prototype_labels, concentration, reduction
+        As `pixel_segment_loss`.
+    ignore_index, pixel_groups, prototype_groups : optional
+        As `pixel_segment_loss`.
+
+    Returns
+    -------
+    loss : () or (P,) float tensor
+
+    Examples
+    --------
+    >>> v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> u = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    >>> args = (v, torch.tensor([1, 2]), torch.tensor([0, 2]), u, torch.tensor([1, 1, 2]), 4.0)
+    >>> torch.allclose(dense_pixel_segment_loss(*args), pixel_segment_loss(*args))
+    True
+    """
+    logits = concentration * embeddings @ prototypes.T  # (P, S): kappa v_i . u_s
+    if labels.ndim == 2:  # label sets: "same" when the two sets share a label
+        same = (labels.float() @ prototype_labels.float().T) > 0
+        takes_part = torch.ones_like(same)
+    else:  # an unlabelled segment is neither a positive nor a negative
+        same = labels[:, None] == prototype_labels[None, :]
+        takes_part = valid_labels(prototype_labels, False, ignore_index)[None, :].expand_as(same)
+    if pixel_groups is not None:  # e.g. low-level: only the segments of the pixel's own image
+        takes_part = takes_part & (pixel_groups[:, None] == prototype_groups[None, :])
+    own = F.one_hot(segment_ids.clamp(min=0), len(prototypes)).bool()  # (P, S): o(i)
+    positive = same & takes_part & ~own
+    positive = torch.where(positive.any(1, keepdim=True), positive, own)  # else o(i) alone
+    negative = takes_part & ~same
+
+    def log_sum_exp(mask):  # log sum_s exp(logits) over the mask; a finite fill keeps grads
+        return torch.logsumexp(logits.masked_fill(~mask, torch.finfo(logits.dtype).min), 1)
+
+    log_pos, log_neg = log_sum_exp(positive), log_sum_exp(negative)
+    loss = torch.logaddexp(log_pos, log_neg) - log_pos  # -log(pos / (pos + neg))
+    valid = valid_labels(labels, labels.ndim == 2, ignore_index)
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / valid.sum().clamp(min=1)

@@ -584,3 +584,27 @@ def test_pixel_weights_give_the_weighted_sum_and_its_gradient():
         pixel_segment_loss(v, labels, seg, u, plabels, 4.0, pixel_weights=weights)
     with pytest.raises(ValueError, match="pixel_weights must have shape"):
         pixel_segment_loss(v, labels, seg, u, plabels, 4.0, "sum", pixel_weights=weights[:2])
+
+
+@pytest.mark.parametrize("case", [single_label_case, label_set_case])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_the_readable_dense_loss_equals_the_blockwise_one_with_gradients(case, reduction):
+    v, labels, seg, u, plabels = case(4)
+    g = torch.Generator().manual_seed(4)
+    groups = (
+        torch.randint(0, 3, (len(v),), generator=g),
+        torch.randint(0, 3, (len(u),), generator=g),
+    )
+    for grouping in ({}, {"pixel_groups": groups[0], "prototype_groups": groups[1]}):
+        grads = []
+        for fn in (losses.dense_pixel_segment_loss, pixel_segment_loss):
+            v1, u1 = v.double().requires_grad_(), u.double().requires_grad_()
+            loss = fn(v1, labels, seg, u1, plabels, 6.0, reduction, **grouping)
+            (loss.sum() if reduction == "none" else loss).backward()
+            grads.append((loss.detach(), v1.grad, u1.grad))
+        for dense, blockwise in zip(*grads, strict=True):
+            torch.testing.assert_close(dense, blockwise)
+    # and on the brute-force formula itself
+    want = brute_force(v, labels, seg, u, plabels, 6.0)
+    got = losses.dense_pixel_segment_loss(v.double(), labels, seg, u.double(), plabels, 6.0, "none")
+    torch.testing.assert_close(got, want)
