@@ -4,9 +4,9 @@ The package follows the pipeline, one layer per folder; a module imports only fr
 layer or the layers below it (checked by ``lint-imports``)::
 
     cli                  the spml-lab command
-    classroom/           demo (a batch to draw relations on), exercises
-    batch/               runner (notebooks through papermill), sweep
-    pictures/            viz, embedding_viz, embedding_stats, explorer
+    classroom/  batch/   demo, exercises, lessons / runner (notebooks through papermill),
+                         sweep
+    pictures/            viz, embedding_viz, embedding_stats, explorer, arrays
     prediction/          knn, probabilities, pseudo_labels, cam, stage2, predict, crf,
                          metrics, evaluate
     training/            config, train, checkpoints

@@ -1,1 +1,1 @@
-"""The classroom: a demo batch to draw relations on, and the notebooks' exercise checks."""
+"""The classroom: a demo batch to draw relations on, the exercise checks, the lessons' steps."""

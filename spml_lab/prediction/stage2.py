@@ -107,7 +107,7 @@ def fit_head(
     Parameters
     ----------
     run_dir : str or Path
-        A finished stage-1 run (`spml_lab.prediction.evaluate.load_run`).
+        A finished stage-1 run (`predict.load_run`).
     steps : int, optional
         SGD steps of the head.
     lr : float, optional
