@@ -41,8 +41,8 @@ test: lint browser
 
 # The explorer screenshot of the README, taken by the browser test.
 screenshots: $(STAMP) browser
-	SPML_SCREENSHOT_DIR=outputs/screenshots $(BIN)/pytest tests/test_browser.py -k 08 -p no:cacheprovider
-	@echo "copy outputs/screenshots/08_embedding_visualization-widget.png to docs/figures/explorer.png"
+	SPML_SCREENSHOT_DIR=outputs/screenshots $(BIN)/pytest tests/test_browser.py -k 10 -p no:cacheprovider
+	@echo "copy outputs/screenshots/10_embedding_visualization-widget.png to docs/figures/explorer.png"
 
 # Regenerate the committed embedded samples (tests/test_data_samples.py checks they match).
 data-samples: $(STAMP)

@@ -41,9 +41,9 @@ STEPS = 5  # arrow-key presses on the "x" slider (one step each)
 SOURCES = [
     pytest.param(None, {}, id="fixture"),
     pytest.param(
-        ROOT / "notebooks" / "08_embedding_visualization.ipynb",
+        ROOT / "notebooks" / "10_embedding_visualization.ipynb",
         {"STAT_IMAGES": 8, "STAT_SAMPLES": 1000, "UMAP_SAMPLES": 300},
-        id="08",
+        id="10",
     ),
 ]
 

@@ -21,17 +21,17 @@ CI_PARAMETERS = {
     "00_quickstart.ipynb": {"SEED": 1},
     "01_superpixels.ipynb": {"NUM_SCENES": 4, "SEED": 1},
     "02_weak_annotations.ipynb": {"NUM_STATS": 24, "SEED": 1},
-    "03_relation_low_level_similarity.ipynb": {"SHOW_SOLUTIONS": True, "SEED": 1, "MAX_STEPS": 20},
-    "04_relation_semantic_annotation.ipynb": {"SHOW_SOLUTIONS": True, "SEED": 1, "MAX_STEPS": 20},
-    "05_relation_semantic_cooccurrence.ipynb": {
+    "05_relation_low_level_similarity.ipynb": {"SHOW_SOLUTIONS": True, "SEED": 1, "MAX_STEPS": 20},
+    "06_relation_semantic_annotation.ipynb": {"SHOW_SOLUTIONS": True, "SEED": 1, "MAX_STEPS": 20},
+    "07_relation_semantic_cooccurrence.ipynb": {
         "SHOW_SOLUTIONS": True,
         "SEED": 1,
         "MAX_STEPS": 20,
     },
-    "06_relation_feature_affinity.ipynb": {"SHOW_SOLUTIONS": True, "SEED": 1, "MAX_STEPS": 20},
-    "07_training_gpu.ipynb": {"SEED": 1, "MAX_STEPS": 40, "VAL_IMAGES": 8},
-    "08_embedding_visualization.ipynb": {"SEED": 1},
-    "09_inference_and_evaluation.ipynb": {
+    "08_relation_feature_affinity.ipynb": {"SHOW_SOLUTIONS": True, "SEED": 1, "MAX_STEPS": 20},
+    "09_training.ipynb": {"SEED": 1, "MAX_STEPS": 40, "VAL_IMAGES": 8},
+    "10_embedding_visualization.ipynb": {"SEED": 1},
+    "11_inference_and_evaluation.ipynb": {
         "SEED": 1,
         "MAX_STEPS": 20,
         "MAX_IMAGES": 8,

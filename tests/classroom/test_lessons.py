@@ -23,7 +23,7 @@ def batches():
 
 
 def direct_loss(relation, batch, bank, kappa):
-    """The relation's own function, called as notebooks 03-06 used to call it."""
+    """The relation's own function, called as notebooks 05-08 used to call it."""
     emb, seg = batch.embeddings, batch.segments
     if relation == "low_level":
         return relations.low_level_similarity(emb, seg, concentration=kappa)
