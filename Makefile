@@ -44,9 +44,12 @@ screenshots: $(STAMP) browser
 	SPML_SCREENSHOT_DIR=outputs/screenshots $(BIN)/pytest tests/test_browser.py -k 10 -p no:cacheprovider
 	@echo "copy outputs/screenshots/10_embedding_visualization-widget.png to docs/figures/explorer.png"
 
-# Regenerate the committed embedded samples (tests/test_data_samples.py checks they match).
+# Regenerate the committed embedded samples (tests/test_data_samples.py checks they match). The
+# objects are the accuracy benchmark's calibrated scenes (benchmarks/accuracy.py DATA), so the
+# shipped runs and every notebook see the data on which the method was measured.
 data-samples: $(STAMP)
-	$(BIN)/spml-lab make-data data_samples/objects --kind objects --train 64 --val 32 --seed 0
+	$(BIN)/spml-lab make-data data_samples/objects --kind objects --train 64 --val 32 --seed 0 \
+		--size 96 --difficulty 0.1 --object-scale 2.0 --superpixels 16
 	$(BIN)/spml-lab make-data data_samples/parts --kind parts --train 64 --val 32 --seed 1
 
 clean:

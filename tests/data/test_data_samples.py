@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "data_samples"
 # the commands of `make data-samples`
 RECIPES = {
-    "objects": ["--kind", "objects", "--train", "64", "--val", "32", "--seed", "0"],
+    "objects": [
+        *("--kind", "objects", "--train", "64", "--val", "32", "--seed", "0"),
+        *("--size", "96", "--difficulty", "0.1", "--object-scale", "2.0", "--superpixels", "16"),
+    ],
     "parts": ["--kind", "parts", "--train", "64", "--val", "32", "--seed", "1"],
 }
 
