@@ -77,6 +77,7 @@ from spml_lab.data.labelio import read_id_png, read_image, read_label_png
 
 __all__ = [
     "DATA_SAMPLES",
+    "EMBEDDED_RUNS",
     "DENSEPOSE_CLASSES",
     "DENSEPOSE_FLIP",
     "VOC_CLASSES",
@@ -88,12 +89,15 @@ __all__ = [
     "read_metadata",
     "absolute_data",
     "data_fingerprint",
+    "run_folder",
     "voc2012",
 ]
 
 
 # the committed embedded samples live next to the package (repo root / data_samples)
 DATA_SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
+# the trained runs shipped with the samples (`make sample-runs`), named "embedded:NAME"
+EMBEDDED_RUNS = DATA_SAMPLES / "runs"
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -493,6 +497,44 @@ def embedded(kind="objects", split="train", annotation="scribbles", **kwargs):
             f"`make data-samples` or `spml-lab make-data {root} --kind {kind}`"
         )
     return from_folder(root, split, annotation, **kwargs)
+
+
+def run_folder(run):
+    """Return a run's folder: ``"embedded:NAME"`` is a shipped run, anything else a path.
+
+    Parameters
+    ----------
+    run : str or Path
+        ``"embedded:spml_scribbles"`` (one of ``data_samples/runs/``: ``spml_scribbles``,
+        ``spml_points``, ``baseline_scribbles``, ``full``) or a run folder / ``final.pt``.
+
+    Returns
+    -------
+    path : Path
+
+    Raises
+    ------
+    FileNotFoundError
+        For an ``embedded:`` name that is not shipped (the message lists those that are).
+
+    Examples
+    --------
+    >>> run_folder("embedded:spml_scribbles").relative_to(DATA_SAMPLES).as_posix()
+    'runs/spml_scribbles'
+    >>> run_folder("runs/mine")
+    PosixPath('runs/mine')
+    """
+    if not str(run).startswith("embedded:"):
+        return Path(run)
+    name = str(run).split(":", 1)[1]
+    folder = EMBEDDED_RUNS / name
+    if not (folder / "final.pt").is_file():
+        shipped = sorted(p.parent.name for p in EMBEDDED_RUNS.glob("*/final.pt"))
+        raise FileNotFoundError(
+            f"no shipped run {name!r} in {EMBEDDED_RUNS} (shipped: {shipped}); "
+            "`make sample-runs` trains them"
+        )
+    return folder
 
 
 def absolute_data(data):

@@ -26,6 +26,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -45,7 +46,7 @@ from spml_lab.prediction.predict import (
 )
 from spml_lab.training.config import option
 
-__all__ = ["METHODS", "EvaluateOptions", "evaluate_run", "eval_dir"]
+__all__ = ["METHODS", "EvaluateOptions", "evaluate_run", "eval_dir", "predict_methods"]
 
 METHODS = ("knn", "softmax", "softmax_crf", "stage2", "stage2_crf")
 EVAL_DIR = "eval"
@@ -88,8 +89,29 @@ def _check_methods(methods, run):
         )
 
 
-def _predict_methods(run, images, methods, bank, knn_options, crf_options):
-    """Predictions of every method for one batch; softmax maps shared by +CRF variants."""
+def predict_methods(run, images, methods, *, bank=None, knn_options=None, crf_options=None):
+    """Label one batch with several `METHODS` at once; the softmax maps serve their +CRF too.
+
+    Parameters
+    ----------
+    run : predict.Run
+    images : (B, 3, H, W) float tensor in [0, 1]
+    methods : sequence of str
+        Some of `METHODS` (``stage2*`` need ``run.stage2_head``, ``knn`` a `bank`).
+    bank : knn.PrototypeBank, optional
+    knn_options, crf_options : dict, optional
+        As `evaluate_run` (default kNN settings: `knn_settings`; CRF: the paper's).
+
+    Returns
+    -------
+    labels : dict of str to (B, H, W) int64 tensor
+        On the CPU, one entry per method.
+    """
+    _check_methods(methods, run)
+    if "knn" in methods and bank is None:
+        raise ValueError("method 'knn' needs bank= (predict.build_bank(run))")
+    knn_options = knn_settings(run.cfg, knn_options)
+    crf_options = dict(crf_options or {})
     out = {}
     for name, head in (("softmax", run.head), ("stage2", run.stage2_head)):
         wanted = [m for m in methods if m in (name, name + "_crf")]
@@ -133,6 +155,7 @@ def evaluate_run(
     knn_options=None,
     crf_options=None,
     progress=EvaluateOptions.progress,
+    out=None,
 ):
     """Score a run's predictions on a split's dense ground truth; write eval/ files.
 
@@ -157,13 +180,17 @@ def evaluate_run(
         Keyword arguments of `crf.dense_crf` (default: the paper's VOC settings).
     progress : bool, optional
         Show a progress bar.
+    out : str or Path, optional
+        Folder the eval files go to instead of the run's own (a shipped run, a read-only
+        folder).
 
     Returns
     -------
     results : dict
-        What eval/metrics.json holds: one entry per method with ``miou``, ``pixel_accuracy``
-        and ``per_class_iou`` (class name -> IoU, None for a class absent from both ground
-        truth and prediction), plus ``methods`` (their order), ``split``, ``images``,
+        What eval/metrics.json holds: one entry per method with ``miou``, ``pixel_accuracy``,
+        ``per_class_iou`` (class name -> IoU, None for a class absent from both ground
+        truth and prediction) and ``per_image_miou`` (each scored image's own mIoU, in split
+        order), plus ``methods`` (their order), ``split``, ``images``,
         ``class_names``, ``seconds``, ``settings`` and ``config`` (a summary of the run).
 
     Raises
@@ -192,16 +219,22 @@ def evaluate_run(
     if "knn" in methods:
         bank = build_bank(run, batch_size=batch_size, knn_options=knn_options)
     confusion = {m: torch.zeros(num_classes, num_classes, dtype=torch.long) for m in methods}
+    per_image = {m: [] for m in methods}
     count = len(truth) if max_images is None else min(max_images, len(truth))
     bar = tqdm(total=count, disable=not progress, desc="spml evaluate")
     for batch in image_batches(truth, batch_size, max_images):
-        predictions = _predict_methods(run, batch["image"], methods, bank, knn_options, crf_options)
+        options = {"bank": bank, "knn_options": knn_options, "crf_options": crf_options}
+        predictions = predict_methods(run, batch["image"], methods, **options)
         for name, labels in predictions.items():
             confusion[name] += metrics.confusion_matrix(labels, batch["label"], num_classes)
+            per_image[name].append(metrics.image_miou(labels, batch["label"], num_classes))
         bar.update(len(batch["name"]))
     bar.close()
     names = run.class_names or [str(c) for c in range(num_classes)]
     results = {m: _scores(confusion[m], names) for m in methods}
+    for m in methods:  # which images a method gets wrong (JSON has no NaN: null)
+        values = torch.cat(per_image[m]).tolist()
+        results[m]["per_image_miou"] = [None if math.isnan(v) else v for v in values]
     results.update(
         methods=list(methods),
         split=split,
@@ -221,7 +254,7 @@ def evaluate_run(
             "relations": list(run.cfg.relation_settings()),
         },
     )
-    _write(run.path / eval_dir(split), results)
+    _write(Path(out) if out is not None else run.path / eval_dir(split), results)
     return results
 
 

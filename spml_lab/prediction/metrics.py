@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["confusion_matrix", "mean_iou"]
+__all__ = ["confusion_matrix", "image_miou", "mean_iou"]
 
 
 def confusion_matrix(pred, target, num_classes, ignore_index=255):
@@ -90,3 +90,41 @@ def mean_iou(confusion):
     valid = ~iou.isnan()
     miou = float(iou[valid].mean()) if valid.any() else float("nan")
     return miou, iou
+
+
+def image_miou(pred, target, num_classes, ignore_index=255):
+    """Mean IoU of every image on its own, over the classes in its truth or prediction.
+
+    Parameters
+    ----------
+    pred, target : (B, H, W) int tensors
+        Predicted and true class per pixel.
+    num_classes : int
+    ignore_index : int, optional
+        Target value whose pixels are not counted.
+
+    Returns
+    -------
+    miou : (B,) float64 tensor
+        ``mean_iou(confusion_matrix(pred[b], target[b], C))[0]`` for each b (NaN for an
+        image with no counted pixel), from one batched count.
+
+    Examples
+    --------
+    >>> pred = torch.tensor([[[0, 1]], [[1, 1]]])
+    >>> image_miou(pred, torch.tensor([[[0, 1]], [[0, 1]]]), 2).tolist()
+    [1.0, 0.25]
+    """
+    if pred.shape != target.shape or pred.ndim < 1:
+        raise ValueError(f"pred has shape {tuple(pred.shape)} but target {tuple(target.shape)}")
+    batch = pred.shape[0]
+    pred, target = pred.reshape(batch, -1).long(), target.reshape(batch, -1).long()
+    keep = target != ignore_index
+    image = torch.arange(batch, device=pred.device)[:, None].expand_as(target)
+    # one bincount over (image, truth, prediction) instead of a loop over images
+    flat = (image[keep] * num_classes + target[keep]) * num_classes + pred[keep]
+    counts = torch.bincount(flat, minlength=batch * num_classes * num_classes)
+    confusion = counts.reshape(batch, num_classes, num_classes).double()
+    intersection = confusion.diagonal(dim1=1, dim2=2)
+    union = confusion.sum(1) + confusion.sum(2) - intersection
+    return (intersection / union).nanmean(dim=1)  # a class absent from both: NaN, left out

@@ -128,7 +128,8 @@ def load_run(run, *, device="cpu"):
     ----------
     run : str or Path
         The run folder, or its ``final.pt`` (then ``config.yaml`` and ``stage2.pt`` are
-        looked for beside it).
+        looked for beside it), or ``"embedded:NAME"``, a run shipped with the samples
+        (`datasets.run_folder`).
     device : str or torch.device, optional
         Where to put the weights (``"auto"``: CUDA when present).
 
@@ -154,7 +155,7 @@ def load_run(run, *, device="cpu"):
     >>> run.step, run.num_classes, run.stage2_head is None
     (1, 9, True)
     """
-    path = Path(run)
+    path = datasets.run_folder(run)
     if not path.exists():
         raise FileNotFoundError(f"run folder not found: {path}")
     folder, final = (path, path / FINAL) if path.is_dir() else (path.parent, path)

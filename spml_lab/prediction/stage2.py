@@ -25,7 +25,14 @@ from spml_lab.training import train
 from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import option
 
-__all__ = ["Stage2Options", "Stage2Result", "fit_head", "STAGE2_DROPOUT"]
+__all__ = [
+    "PseudoLabelSteps",
+    "Stage2Options",
+    "Stage2Result",
+    "STAGE2_DROPOUT",
+    "fit_head",
+    "pseudo_label_steps",
+]
 
 # the paper's stage-2 classifier drops 0.65 (its stage-1 head 0.75, `TrainConfig.head_dropout`)
 STAGE2_DROPOUT = 0.65
@@ -70,6 +77,89 @@ class Stage2Result(NamedTuple):
     loss: float
     pseudo_miou: float | None
     pseudo_iou: torch.Tensor | None
+
+
+class PseudoLabelSteps(NamedTuple):
+    """The pseudo labels of training images at each step of `pseudo_labels.from_head`.
+
+    Attributes
+    ----------
+    miou : dict of str to float
+        ``"softmax"``, ``"walked"``, ``"crf"`` (not with ``crf=False``): mIoU against the
+        dense ground truth of the argmax of that step's maps over the image's tags
+        (+ background), over all the images. The last step is the pseudo label itself (with
+        the CRF: the score `fit_head` reports).
+    batch : dict
+        The first batch of training images (`predict.image_batches`: ``image``, ``label``
+        = the weak labels, ``tags``, ``name``, ``index``).
+    truth : (B, H, W) int64 tensor
+        Its dense ground truth (only for scoring and pictures: SPML never sees it).
+    labels : dict of str to (B, H, W) int64 tensor
+        Its argmax per step.
+    pseudo : pseudo_labels.PseudoLabels
+        Its maps.
+    """
+
+    miou: dict
+    batch: dict
+    truth: torch.Tensor
+    labels: dict
+    pseudo: pseudo_labels.PseudoLabels
+
+
+STEPS = ("softmax", "walked", "crf")
+
+
+def pseudo_label_steps(run, *, max_images=None, batch_size=8, flip=True, pseudo_options=None):
+    """Make the pseudo labels of a run's training images and score every step of their making.
+
+    Parameters
+    ----------
+    run : predict.Run
+        A finished stage-1 run (`predict.load_run`).
+    max_images : int, optional
+        Use the first training images only.
+    batch_size : int, optional
+    flip : bool, optional
+        As `pseudo_labels.from_head`.
+    pseudo_options : dict, optional
+        Further `pseudo_labels.from_head` options (``walk_steps``, ``crf_options``, ...).
+
+    Returns
+    -------
+    steps : PseudoLabelSteps
+
+    Raises
+    ------
+    FileNotFoundError
+        If the run's data has no dense ground truth for its training images.
+    """
+    dataset = dataset_for(run.cfg, run.cfg.split, run.cfg.annotation, run.data_fingerprint)
+    truth = _ground_truth(run.cfg, dataset)
+    if truth is None:
+        raise FileNotFoundError(f"{run.cfg.data}: no dense ground truth of the training images")
+    num_classes = run.num_classes
+    options = dict(pseudo_options or {})
+    steps = STEPS if options.get("crf", True) else STEPS[:2]  # without the CRF: two steps
+    confusion = {s: torch.zeros(num_classes, num_classes, dtype=torch.long) for s in steps}
+    first = None
+    for batch in image_batches(dataset, batch_size, max_images):
+        pseudo = pseudo_labels.from_head(
+            run.net, run.head, batch["image"], batch["tags"], flip=flip, **options
+        )
+        target = torch.stack([truth[int(i)]["label"] for i in batch["index"]])
+        allowed = batch["tags"].clone()
+        allowed[:, 0] = True  # background is allowed in every image
+        labels = {
+            s: getattr(pseudo, s).masked_fill(~allowed[:, :, None, None], -1.0).argmax(dim=1)
+            for s in steps
+        }
+        for s in steps:
+            confusion[s] += metrics.confusion_matrix(labels[s], target, num_classes)
+        if first is None:
+            first = (batch, target, labels, pseudo)
+    miou = {s: metrics.mean_iou(c)[0] for s, c in confusion.items()}
+    return PseudoLabelSteps(miou, *first)
 
 
 def _pseudo_quality(dataset, truth):

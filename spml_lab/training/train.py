@@ -373,7 +373,8 @@ def load_final(run, device="cpu"):
     Parameters
     ----------
     run : str or Path
-        The run folder (or its ``final.pt``).
+        The run folder (or its ``final.pt``), or ``"embedded:NAME"``, a shipped run
+        (`datasets.run_folder`).
     device : str or torch.device, optional
 
     Returns
@@ -383,7 +384,7 @@ def load_final(run, device="cpu"):
     cfg : TrainConfig
     class_names : list of str or None
     """
-    path = Path(run)
+    path = datasets.run_folder(run)
     state = load_checkpoint(path / FINAL if path.is_dir() else path)
     cfg = TrainConfig.from_dict(state["config"])
     net, head = build_model(cfg, state["num_classes"])

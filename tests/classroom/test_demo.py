@@ -19,8 +19,8 @@ def small_net(seed=0):
 def test_make_batch_brings_labels_and_superpixels_to_embedding_size():
     batch = demo.make_batch("objects", "scribbles", indices=(2, 5), net=small_net())
     data = datasets.embedded("objects", "train", "scribbles")
-    assert batch.images.shape == (2, 128, 128, 3) and batch.images.dtype == np.uint8
-    assert tuple(batch.embeddings.shape) == (2, 32, 32, 8) and batch.scale == 4
+    assert batch.images.shape == (2, 96, 96, 3) and batch.images.dtype == np.uint8
+    assert tuple(batch.embeddings.shape) == (2, 24, 24, 8) and batch.scale == 4
     # nearest sampling of every 4th row and column, as the label of a training step
     assert torch.equal(batch.labels[1], data[5]["label"][::4, ::4])
     assert torch.equal(batch.superpixels[0], data[2]["superpixel"][::4, ::4])
@@ -134,7 +134,7 @@ def test_segment_weights_give_the_pixel_loss():
 def test_upsample_gives_blocks_at_image_size():
     batch = demo.make_batch(indices=(0,), net=small_net())
     up = batch.upsample(batch.labels)
-    assert up.shape == (1, 128, 128)
+    assert up.shape == (1, 96, 96)
     assert (up[:, ::4, ::4] == batch.labels.numpy()).all() and (
         up[:, 3::4, 3::4] == up[:, ::4, ::4]
     ).all()

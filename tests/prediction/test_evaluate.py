@@ -101,8 +101,8 @@ def test_predict_softmax_is_the_flip_average_of_the_heads_softmax(run_dir):
     images = val_batch(2)["image"]
     with torch.no_grad():
         emb, flipped = (run.net(x).permute(0, 2, 3, 1) for x in (images, images.flip(-1)))
-        one = torch.softmax(run.head(emb, size=(128, 128)), dim=1)
-        mirror = torch.softmax(run.head(flipped, size=(128, 128)), dim=1)
+        one = torch.softmax(run.head(emb, size=tuple(images.shape[-2:])), dim=1)
+        mirror = torch.softmax(run.head(flipped, size=tuple(images.shape[-2:])), dim=1)
     got = predict.predict_softmax(run.net, run.head, images)
     torch.testing.assert_close(got, (one + mirror.flip(-1)) / 2)
     torch.testing.assert_close(predict.predict_softmax(run.net, run.head, images, flip=False), one)
@@ -319,3 +319,20 @@ def test_large_images_are_labelled_at_a_bounded_working_size():
     assert torch.equal(labels, want)
     assert torch.equal(predict.predict(net, head, small, max_side=100),
                        predict.predict(net, head, small))  # small enough: untouched  # fmt: skip
+
+
+def test_evaluate_run_records_each_image_s_miou_and_can_write_elsewhere(copy_run, tmp_path):
+    results = evaluate.evaluate_run(
+        copy_run, methods=["softmax", "softmax_crf"], max_images=5, batch_size=2, out=tmp_path
+    )
+    assert (tmp_path / "metrics.json").is_file() and not (copy_run / "eval").exists()
+    run = predict.load_run(copy_run)
+    batch = val_batch(5)
+    labels = evaluate.predict_methods(run, batch["image"], ["softmax", "softmax_crf"])
+    assert torch.equal(labels["softmax"], predict.predict(run.net, run.head, batch["image"]))
+    for method, pred in labels.items():
+        for b in range(5):
+            iou, _ = sklearn_scores(pred[b : b + 1], batch["label"][b : b + 1], run.num_classes)
+            assert results[method]["per_image_miou"][b] == pytest.approx(np.nanmean(iou)), b
+    with pytest.raises(ValueError, match="needs bank"):
+        evaluate.predict_methods(run, batch["image"], ["knn"])

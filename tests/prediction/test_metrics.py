@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -42,3 +44,20 @@ def test_bad_input_is_named():
         metrics.confusion_matrix(np.zeros(3), np.zeros(4), 2)
     with pytest.raises(ValueError, match="target has values outside"):
         metrics.confusion_matrix(np.zeros(3), np.array([0, 7, 1]), 2)
+
+
+def test_image_miou_is_each_image_s_own_mean_iou():
+    generator = torch.Generator().manual_seed(0)
+    pred = torch.randint(0, 4, (5, 6, 7), generator=generator)
+    target = torch.randint(0, 4, (5, 6, 7), generator=generator)
+    target[1, :3] = 255  # unlabelled pixels do not count
+    target[2] = 255  # nothing counted at all
+    pred[3] = target[3]  # a perfect image
+    got = metrics.image_miou(pred, target, 4)
+    for b in range(5):
+        expected = metrics.mean_iou(metrics.confusion_matrix(pred[b], target[b], 4))[0]
+        if b == 2:
+            assert math.isnan(got[b]) and math.isnan(expected)
+        else:
+            assert got[b].item() == pytest.approx(expected, abs=1e-12)
+    assert got[3] == 1.0

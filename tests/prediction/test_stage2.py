@@ -54,7 +54,7 @@ def test_pseudo_labels_only_name_tagged_classes(run_dir):
     # the images' own tags, and random tag sets that disagree with the images
     for tags in (batch["tags"], torch.rand(IMAGES, run.num_classes, generator=g) < 0.3):
         pseudo = pseudo_labels.from_head(run.net, run.head, batch["image"], tags)
-        assert pseudo.labels.dtype == torch.uint8 and pseudo.labels.shape == (IMAGES, 128, 128)
+        assert pseudo.labels.dtype == torch.uint8 and pseudo.labels.shape == (IMAGES, 96, 96)
         allowed = tags.clone()
         allowed[:, 0] = True  # background is allowed in every image
         for labels, ok in zip(pseudo.labels, allowed, strict=True):
@@ -78,12 +78,12 @@ def test_pseudo_label_maps_are_the_pipeline_stages(run_dir):
     scaled = ((probs + mirror) / 2) * allowed[:, :, None, None]
     scaled = scaled / scaled.sum(1, keepdim=True)
     scaled = scaled / scaled.amax((2, 3), keepdim=True).clamp_min(1e-30)
-    want = probabilities.upsample_probs(scaled, (128, 128))
+    want = probabilities.upsample_probs(scaled, (96, 96))
     torch.testing.assert_close(pseudo.softmax, want, atol=1e-5, rtol=1e-4)
     assert torch.all(pseudo.softmax[~allowed] == 0)
     # stage 2: the walk of those scores on the flip-averaged embeddings
     walked = pseudo_labels.random_walk(scaled, mean_emb, steps=3)
-    torch.testing.assert_close(pseudo.walked, probabilities.upsample_probs(walked, (128, 128)))
+    torch.testing.assert_close(pseudo.walked, probabilities.upsample_probs(walked, (96, 96)))
     # stage 3: labels are the argmax of the CRF marginals over the allowed classes
     masked = pseudo.crf.masked_fill(~allowed[:, :, None, None], -1.0)
     assert torch.equal(pseudo.labels.long(), masked.argmax(1))
@@ -172,3 +172,23 @@ def test_cli_stage2(run_dir, tmp_path, capsys):
     assert "pseudo labels of 2 training images: mIoU" in out and str(copy / "stage2.pt") in out
     assert cli.main(["stage2", str(copy), "--steps", "0"]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
+
+
+def test_pseudo_label_steps_score_each_step_and_end_at_fit_head_s_labels(fitted):
+    run_dir, result = fitted
+    run = predict.load_run(run_dir)
+    steps = stage2.pseudo_label_steps(run, max_images=IMAGES, batch_size=4)
+    assert list(steps.miou) == ["softmax", "walked", "crf"]
+    # the last step is the pseudo label itself, scored as fit_head scores it
+    assert steps.miou["crf"] == pytest.approx(result.pseudo_miou, abs=1e-12)
+    assert torch.equal(steps.labels["crf"], steps.pseudo.labels.long())
+    # each step's labels: the argmax of its maps over the tags and background, recomputed
+    allowed = steps.batch["tags"].clone()
+    allowed[:, 0] = True
+    for name in ("softmax", "walked"):
+        maps = getattr(steps.pseudo, name).numpy()
+        maps[~allowed.numpy()] = -1.0  # (B, C) mask over the class axis
+        assert np.array_equal(steps.labels[name].numpy(), maps.argmax(axis=1)), name
+    assert len(steps.batch["name"]) == 4 and steps.truth.shape == steps.labels["crf"].shape
+    without_crf = stage2.pseudo_label_steps(run, max_images=2, pseudo_options={"crf": False})
+    assert list(without_crf.miou) == ["softmax", "walked"]

@@ -1,0 +1,223 @@
+"""`spml-lab demo`: the method end to end on the embedded data, in a few minutes on a laptop.
+
+It trains SPML and the partial cross-entropy baseline on the same scribbles with the same
+network, recipe and steps (`presets.PRESETS` ``"benchmark"``, shortened), scores both on the
+embedded val images with the same predictor (softmax + flip + dense CRF), and draws one figure:
+image, scribbles, baseline mask, SPML mask and ground truth. Beside them it loads the runs
+shipped in ``data_samples/runs/`` (the benchmark's 1000 steps, ``make sample-runs``) with their
+recorded scores: the longer-trained view, where SPML's full pipeline (pseudo labels, stage 2,
+CRF) is scored as the paper scores it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from spml_lab.data import datasets
+from spml_lab.pictures import viz
+from spml_lab.prediction import evaluate, metrics, predict
+from spml_lab.training import presets, run_folders, train
+
+__all__ = ["DemoRow", "demo_configs", "run_demo", "SHIPPED"]
+
+OWNER = "spml-lab demo"
+# the shipped runs drawn beside the short ones, and the predictor each is judged by (the
+# benchmark's headline: SPML's full pipeline, the baseline's own head + CRF)
+SHIPPED = {"baseline_scribbles": "softmax_crf", "spml_scribbles": "stage2_crf"}
+
+
+@dataclass
+class DemoRow:
+    """One line of the demo's table."""
+
+    name: str  # "partial CE (demo)", "SPML (shipped)", ...
+    run: str  # its folder
+    steps: int
+    method: str  # the `evaluate.METHODS` entry scored
+    miou: float  # on the val images
+    seconds: float  # training time (NaN: a finished run reloaded); shipped: as recorded
+
+
+def demo_configs(out, *, steps=200, seed=0):
+    """Return the two short runs: SPML and partial cross-entropy on scribbles.
+
+    Parameters
+    ----------
+    out : str or Path
+        The demo folder; runs go to ``out/runs/{spml,baseline}``.
+    steps : int, optional
+    seed : int, optional
+
+    Returns
+    -------
+    configs : dict of str to TrainConfig
+        ``{"baseline": ..., "spml": ...}``, identical but for the relations and the head.
+
+    Examples
+    --------
+    >>> cfgs = demo_configs("outputs/demo", steps=10)
+    >>> sorted(cfgs["spml"].differences(cfgs["baseline"], ignore=("out_dir",)))[:3]
+    ['cooccurrence', 'head_dropout', 'head_trains_embedding']
+    """
+    common = {
+        "data": "embedded:objects",
+        "annotation": "scribbles",
+        "max_steps": steps,
+        "warmup_steps": min(20, steps // 5),
+        "log_every": max(1, steps // 10),
+        "checkpoint_every": max(1, steps // 2),
+        "cache_data": True,
+        "seed": seed,
+        "device": "cpu",
+    }
+    runs = Path(out) / "runs"
+    return {
+        "baseline": presets.preset_config(
+            "benchmark", **common, **presets.PARTIAL_CROSS_ENTROPY, out_dir=str(runs / "baseline")
+        ),
+        "spml": presets.preset_config("benchmark", **common, out_dir=str(runs / "spml")),
+    }
+
+
+def _train(cfg, progress):
+    cfg, action = run_folders.prepare_run_folder(cfg.replace(progress=progress), OWNER)
+    tic = time.perf_counter()
+    folder = train.fit(cfg)
+    return folder, (time.perf_counter() - tic if action != "resume" else float("nan"))
+
+
+def _masks(run, images, method):
+    """Labels (B, H, W) of `images` by `run` with one `evaluate.METHODS` predictor."""
+    stage2 = method.startswith("stage2")
+    head = run.stage2_head if stage2 else run.head
+    return predict.predict(run.net, head, images, crf=method.endswith("_crf"))
+
+
+def _image_miou(labels, truth, num_classes):
+    """Return each image's mIoU over the classes in its truth or prediction."""
+    return [
+        metrics.mean_iou(metrics.confusion_matrix(p[None], t[None], num_classes))[0]
+        for p, t in zip(labels, truth, strict=True)
+    ]
+
+
+def run_demo(out="outputs/demo", *, steps=200, seed=0, images=4, progress=True):
+    """Train, score and draw SPML against partial cross-entropy on the embedded scribbles.
+
+    Parameters
+    ----------
+    out : str or Path, optional
+        Folder for the runs, ``spml_vs_baseline.png`` and ``results.md`` / ``results.json``.
+    steps : int, optional
+        Training steps of each short run (the benchmark trains 1000).
+    seed : int, optional
+    images : int, optional
+        Val images drawn.
+    progress : bool, optional
+        Progress bars while training.
+
+    Returns
+    -------
+    rows : list of DemoRow
+        The short baseline and SPML runs, then the shipped runs that are present.
+
+    Notes
+    -----
+    Rerunning with the same settings reloads the finished runs (nothing is trained twice);
+    other settings replace this demo's own runs and never touch anything else.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, shown = [], []
+    val = datasets.embedded("objects", "val", "full")
+    scribbles = datasets.embedded("objects", "val", "scribbles")
+    batch = next(predict.image_batches(val, images, images))
+    for key, cfg in demo_configs(out, steps=steps, seed=seed).items():
+        folder, seconds = _train(cfg, progress)
+        scores = evaluate.evaluate_run(folder, methods=["softmax_crf"])
+        run = predict.load_run(folder)
+        name = f"{'SPML' if key == 'spml' else 'partial CE'}, {steps} steps"
+        miou = scores["softmax_crf"]["miou"]
+        rows.append(DemoRow(name, str(folder), run.step, "softmax_crf", miou, seconds))
+        shown.append(_masks(run, batch["image"], "softmax_crf"))
+    for name, method in SHIPPED.items():
+        folder = datasets.EMBEDDED_RUNS / name
+        if not (folder / "final.pt").is_file():
+            continue  # a checkout without the shipped runs still gets the short comparison
+        recorded = json.loads((folder / evaluate.EVAL_DIR / "metrics.json").read_text())
+        run = predict.load_run(folder)
+        timing = _shipped_seconds(name)
+        label = f"{'SPML' if name.startswith('spml') else 'partial CE'}, {run.step} steps (shipped)"
+        rows.append(DemoRow(label, str(folder), run.step, method, recorded[method]["miou"], timing))
+        shown.append(_masks(run, batch["image"], method))
+    figure = _figure(batch, scribbles, shown, rows, val)
+    figure.savefig(out / "spml_vs_baseline.png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    _write_table(out, rows, len(val))
+    return rows
+
+
+def _figure(batch, scribbles, shown, rows, val):
+    colours = viz.palette(val.num_classes)
+    pictures = predict.to_uint8(batch["image"])
+    truth = batch["label"]
+    per_image = [_image_miou(labels, truth, val.num_classes) for labels in shown]
+    grid = []
+    for b, index in enumerate(batch["index"].tolist()):
+        weak = scribbles[index]["label"].numpy()
+        grid.append(
+            [
+                pictures[b],
+                viz.overlay(pictures[b], weak, colours, alpha=1.0, dim=0.5),
+                *(viz.colorize(labels[b].numpy(), colours) for labels in shown),
+                viz.colorize(truth[b].numpy(), colours),
+            ]
+        )
+    titles = [f"{row.name}\n{row.method}: val mIoU {row.miou:.3f}" for row in rows]
+    figure = viz.show_grid(
+        grid,
+        col_titles=["image", "scribbles", *titles, "ground truth"],
+        class_names=list(val.class_names),
+        colours=colours,
+        size=2.3,
+    )
+    cells = np.asarray(figure.axes[: len(grid) * len(grid[0])]).reshape(len(grid), -1)
+    for r, axes_row in enumerate(cells):  # each mask's own mIoU under it
+        for c, values in enumerate(per_image):
+            axes_row[2 + c].set_xlabel(f"mIoU {values[r]:.2f}", fontsize=8)
+    figure.suptitle(
+        f"Scribbles on {len(val)} embedded val images: partial cross-entropy against SPML", y=1.0
+    )
+    return figure
+
+
+def _write_table(out, rows, num_images):
+    lines = [
+        f"| run | steps | predictor | val mIoU ({num_images} images) | training time |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        seconds = "reloaded" if math.isnan(row.seconds) else f"{row.seconds:.0f} s"
+        lines.append(f"| {row.name} | {row.steps} | {row.method} | {row.miou:.3f} | {seconds} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps([vars(r) for r in rows], indent=2) + "\n")
+    print("\n".join(lines))
+
+
+def _shipped_seconds(name):
+    """Training time of a shipped run as ``data_samples/runs/runs.csv`` records it."""
+    table = datasets.EMBEDDED_RUNS / "runs.csv"
+    if table.is_file():
+        with table.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row["run"] == name and row["train_seconds"]:
+                    return float(row["train_seconds"])
+    return float("nan")

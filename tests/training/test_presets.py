@@ -1,0 +1,65 @@
+"""Presets fill what is left open, the given fields win, and notebook names map to fields."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from spml_lab.training import presets
+from spml_lab.training.config import TrainConfig
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_auto_is_the_gpu_only_with_cuda():
+    assert presets.choose("auto", cuda=True) == "gpu"
+    assert presets.choose("auto", cuda=False) == "cpu"
+    with pytest.raises(ValueError, match="needs CUDA"):
+        presets.choose("gpu", cuda=False)
+    with pytest.raises(ValueError, match="'benchmark'"):
+        presets.choose("laptop")
+
+
+def test_given_fields_win_and_none_means_the_preset_s():
+    cfg = presets.preset_config("cpu", max_steps=7, crop_size=None, annotation="points")
+    assert cfg.max_steps == 7 and cfg.crop_size == presets.PRESETS["cpu"]["crop_size"]
+    assert cfg.annotation == "points"
+    for name, value in presets.PRESETS["cpu"].items():
+        if name != "max_steps":
+            assert getattr(cfg, name) == value, name
+
+
+def test_partial_cross_entropy_turns_every_relation_off():
+    cfg = presets.preset_config("benchmark", **presets.PARTIAL_CROSS_ENTROPY)
+    assert cfg.relation_settings() == {} and cfg.head_trains_embedding
+
+
+def test_the_benchmark_preset_is_the_accuracy_benchmark_s_recipe():
+    sys.path.insert(0, str(BENCHMARKS))
+    import accuracy
+
+    form = accuracy.FORMS["reduced"]
+    expected = TrainConfig(
+        **accuracy.RECIPE, width=form["width"], crop_size=accuracy.DATA["objects"]["size"],
+        batch_size=form["batch"], max_steps=form["steps"],
+        contrast_images=accuracy.CONTRAST_IMAGES["reduced"],
+    )  # fmt: skip
+    assert presets.preset_config("benchmark").differences(expected) == {}
+    baseline = {**accuracy.BASELINE}
+    assert presets.PARTIAL_CROSS_ENTROPY == baseline
+
+
+def test_notebook_fields_keep_only_upper_case_train_config_fields():
+    namespace = {"MAX_STEPS": 40, "SEED": 2, "PRESET": "cpu", "VAL_IMAGES": 8, "lr": 1.0,
+                 "MODEL": None, "OUT_DIR": "runs/x"}  # fmt: skip
+    assert presets.notebook_fields(namespace) == {"max_steps": 40, "seed": 2, "out_dir": "runs/x"}
+
+
+def test_the_gpu_preset_brings_images_to_the_crop_size(monkeypatch):
+    monkeypatch.setattr(presets.torch.cuda, "is_available", lambda: True)
+    cfg = presets.preset_config("gpu", data="embedded:objects", pretrained="weights.pth")
+    scale = 512 / 96  # the embedded objects are 96 px
+    assert cfg.scale_range == pytest.approx((0.5 * scale, 1.5 * scale))
+    assert cfg.lr == presets.PRETRAINED_LR and cfg.device == "cuda"
+    mine = presets.preset_config("gpu", scale_range=(1.0, 1.0))
+    assert mine.scale_range == (1.0, 1.0) and mine.lr == presets.PRESETS["gpu"]["lr"]
