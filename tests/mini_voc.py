@@ -163,7 +163,8 @@ def _sbd_mat(path, semantic):
 def write_mini_voc(root, *, num_train=3, num_val=2, num_sbd=3, size=(48, 64), seed=0):
     """Write the miniature download under `root`; return what was written, as a `MiniVoc`.
 
-    Ids: VOC train ``2007_*``, VOC val ``2009_*``, SBD-only ``2008_*``. SBD's train list holds
+    `size` is (H, W) of the first image; every second one is (W, H). Ids: VOC train
+    ``2007_*``, VOC val ``2009_*``, SBD-only ``2008_*``. SBD's train list holds
     half the SBD-only images and the first VOC val image (which train_aug must drop); its val
     list the other half and the first VOC train image (a duplicate train_aug must not repeat).
     """
@@ -183,8 +184,10 @@ def write_mini_voc(root, *, num_train=3, num_val=2, num_sbd=3, size=(48, 64), se
     voc = MiniVoc(root / "VOCdevkit", root / "SBD" / "dataset", root / "ScribbleSup", splits)
     sbd_ids = set(splits["sbd_train"]) | set(splits["sbd_val"])
     (voc.voc_dir / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    for image_id in train + val + sbd_only:
-        image, semantic, instance = _scene(rng, height, width, colours)
+    for number, image_id in enumerate(train + val + sbd_only):
+        # every second image is portrait, as VOC mixes 500 x 375 and 375 x 500 photos
+        shape = (height, width) if number % 2 == 0 else (width, height)
+        image, semantic, instance = _scene(rng, *shape, colours)
         Image.fromarray(image).save(voc.voc_dir / "JPEGImages" / f"{image_id}.jpg", quality=95)
         found = ndimage.find_objects(instance)
         boxes = np.array(
@@ -200,7 +203,7 @@ def write_mini_voc(root, *, num_train=3, num_val=2, num_sbd=3, size=(48, 64), se
         voc.names[image_id] = [CLASSES[c] for c in boxes[:, 0]]
         xml = voc.voc_dir / "Annotations" / f"{image_id}.xml"
         xml.parent.mkdir(parents=True, exist_ok=True)
-        xml.write_text(_voc_xml(image_id, (height, width), boxes))
+        xml.write_text(_voc_xml(image_id, shape, boxes))
         voc.full_semantic[image_id] = semantic
         if image_id in train or image_id in val:
             band = _band(instance)

@@ -74,12 +74,12 @@ from torch.utils.data import Dataset
 
 from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS
 from spml_lab.data.labelio import read_id_png, read_image, read_label_png
+from spml_lab.data.voc_files import VOC_CLASSES
 
 __all__ = [
     "DATA_SAMPLES",
     "DENSEPOSE_CLASSES",
     "DENSEPOSE_FLIP",
-    "VOC_CLASSES",
     "SegmentationList",
     "densepose",
     "embedded",
@@ -95,11 +95,6 @@ __all__ = [
 # the committed embedded samples live next to the package (repo root / data_samples)
 DATA_SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
 # DensePose's 14 body parts + background, in SPML's order (spml/data/datasets/densepose_dataset.py)
 DENSEPOSE_CLASSES = (
     "background", "torso", "right_hand", "left_hand", "left_foot", "right_foot",

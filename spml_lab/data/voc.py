@@ -59,8 +59,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from spml_lab.data import annotations, labelio, superpixels
-from spml_lab.data.datasets import VOC_CLASSES
 from spml_lab.data.voc_files import (
+    VOC_CLASSES,
     about_file,
     bad_file,
     draw_scribbles,

@@ -37,10 +37,10 @@ from scipy import ndimage
 from skimage.draw import line
 from skimage.morphology import disk
 
-from spml_lab.data.datasets import VOC_CLASSES
 from spml_lab.data.labelio import read_label_png
 
 __all__ = [
+    "VOC_CLASSES",
     "VocAnnotation",
     "bad_file",
     "about_file",
@@ -54,6 +54,12 @@ __all__ = [
     "tag_label_map",
 ]
 
+# the 21 classes of VOC's segmentation task, in the order of their palette indices
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
 VOID = 255  # VOC's boundary band and "unlabelled" in every label map here
 CLASS_IDS = {name: index for index, name in enumerate(VOC_CLASSES)}
 
