@@ -281,7 +281,7 @@ def _add_prepare(commands):
         type=int,
         default=None,
         metavar="N",
-        help="about N superpixels per image (default: 64 watershed seeds, about 60 regions)",
+        help="about N superpixels per image (default: 64 watershed seeds)",
     )
     voc.add_argument(
         "--superpixel-method",

@@ -35,8 +35,9 @@ Decisions
 * Scribbles: ScribbleSup polylines widened by a disc of radius 3 (SPML's ``dilate_3``).
 * Superpixels: `superpixels.segment` ``"watershed"`` with 64 seeds: a watershed of the image's
   edge strength, the same construction as the paper's HED-owt-ucm regions (a watershed of
-  HED contours), and about 60 regions per image, within the few dozen to ~100 regions of
-  those files; SLIC gives similar counts but is about three times slower (README).
+  HED contours), and 63-70 regions on photos scaled to VOC size, within the few dozen to
+  ~100 regions of those files; SLIC with 64 segments gives 37-54 regions in 2.5 times the
+  time (README, "Pascal VOC in three commands").
 
 Resuming: every output file is written under a temporary name and renamed, so a file that
 exists is whole; an image whose files all exist is not redone, and a folder with
@@ -75,7 +76,7 @@ from spml_lab.data.voc_files import (
 
 __all__ = ["SUPERPIXELS", "Prepared", "prepare_voc", "split_ids", "default_workers"]
 
-# see the module notes: a watershed of edge strength, ~60 regions on a 500 x 375 photo
+# see the module notes: a watershed of edge strength, 63-70 regions on a 500 px photo
 SUPERPIXELS = {"method": "watershed", "options": {"n_segments": 64}}
 SCRIBBLE_RADIUS = 3  # SPML's scribble/dilate_3
 POINT_RADIUS = 6  # SPML's scribble/dilate_6_0.0

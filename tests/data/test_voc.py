@@ -283,3 +283,16 @@ def test_readers_give_the_written_values(mini):
     for (cls, got), (want_cls, want) in zip(lines, mini.scribble_lines["2007_000001"], strict=True):
         assert cls == want_cls
         np.testing.assert_allclose(got, want)
+
+
+def test_draw_scribbles_equals_a_whole_image_dilation():
+    from skimage.morphology import disk
+
+    rng = np.random.default_rng(0)
+    scribbles = [(c, rng.uniform(-5, 60, (4, 2))) for c in (0, 3, 3, 7)]  # some off the image
+    got = voc_files.draw_scribbles(scribbles, (50, 40), radius=4)
+    expected = np.full((50, 40), 255, np.uint8)
+    for cls in (0, 3, 7):
+        lines = voc_files.draw_scribbles([s for s in scribbles if s[0] == cls], (50, 40), 0)
+        expected[ndimage.binary_dilation(lines != 255, structure=disk(4))] = cls
+    np.testing.assert_array_equal(got, expected)
