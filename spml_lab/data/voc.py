@@ -41,8 +41,10 @@ Decisions
 
 Resuming: every output file is written under a temporary name and renamed, so a file that
 exists is whole; an image whose files all exist is not redone, and a folder with
-``dataset.json`` is finished and left as it is. A folder holding anything else, or a prepare
-with other settings, is never written into.
+``dataset.json`` is finished and left as it is. A prepare stopped by a bad file continues with
+``skip_bad=True`` (or after the file is fixed); to bring back an image that ``skip_bad`` left
+out, fix its file, delete ``dataset.json`` and run again: only that image is done. A folder
+holding anything else, or a prepare with other settings, is never written into.
 """
 
 from __future__ import annotations
@@ -490,8 +492,7 @@ def prepare_voc(
         "scribble_radius": int(scribble_radius),
         "point_radius": int(point_radius),
         "seed": int(seed),
-        "skip_bad": bool(skip_bad),
-    }
+    }  # what decides the files written; skip_bad does not, so a strict run can be continued
     splits = split_ids(voc_dir, sbd_dir)
     if _claim(out, settings):
         meta = json.loads((out / "dataset.json").read_text())
@@ -504,13 +505,13 @@ def prepare_voc(
         _atomic(out / BAD_REPORT, lambda p: p.write_text(json.dumps(bad, indent=2) + "\n"))
     written = ["full", "points", "boxes", "tags"] + (["scribbles"] if scribble_dir else [])
     counts = _write_lists(out, splits, written, {record["id"] for record in bad})
-    meta = _metadata(settings, counts, jobs, bad)
+    meta = _metadata(settings, counts, jobs, bad, skip_bad)
     # dataset.json last: its presence means the prepare finished
     _atomic(out / "dataset.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     return Prepared(out, counts, bad, False)
 
 
-def _metadata(settings, counts, jobs, bad):
+def _metadata(settings, counts, jobs, bad, skip_bad):
     """Describe a prepared VOC folder: its ``dataset.json``."""
     bad_ids = {record["id"] for record in bad}
     kept = [job for job in jobs if job.image_id not in bad_ids]
@@ -541,5 +542,5 @@ def _metadata(settings, counts, jobs, bad):
         "boxes": "Annotations/*.xml <bndbox>, smaller boxes over larger, background outside",
         "tags": "Annotations/*.xml <name>, plus background",
         "bad_images": len(bad),
-        "prepare": settings,
+        "prepare": {**settings, "skip_bad": skip_bad},
     }

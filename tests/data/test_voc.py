@@ -189,7 +189,7 @@ def test_bad_input_names_the_file_or_is_reported_with_skip_bad(tmp_path, damage)
         voc.prepare_voc(mini.devkit, tmp_path / "strict", **sources)
     assert str(path) in str(raised.value)
     assert not (tmp_path / "strict" / "dataset.json").exists()
-    out = tmp_path / "lenient"
+    out = tmp_path / "strict"  # the stopped prepare continues, leaving the bad image out
     result = voc.prepare_voc(mini.devkit, out, skip_bad=True, **sources)
     report = json.loads((out / voc.BAD_REPORT).read_text())
     assert [r["file"] for r in report] == [str(path)] and report == result.bad
