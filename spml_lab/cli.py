@@ -3,6 +3,8 @@
 Sub-commands are thin: each parses its arguments and calls one library function.
 
 * ``spml-lab make-data OUT``: write a synthetic dataset in the SPML list-file layout.
+* ``spml-lab prepare voc VOCDEVKIT --out DATA``: the same layout from a Pascal VOC download
+  (`voc.prepare_voc`), optionally with SBD (``--sbd``) and ScribbleSup (``--scribbles``).
 * ``spml-lab run-notebook NOTEBOOK``: execute a notebook with papermill, keep it and its figures.
 * ``spml-lab train [--config run.yaml] [--FIELD VALUE ...]``: stage-1 training (`train.fit`); one
   flag per `config.TrainConfig` field. Under ``torchrun --nproc-per-node N -m spml_lab.cli train``
@@ -43,7 +45,7 @@ def build_parser():
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_make_data, _add_run_notebook, _add_train, _add_sweep, _add_evaluate,
-                _add_predict, _add_stage2, _add_cam_labels, _add_demo):  # fmt: skip
+                _add_predict, _add_stage2, _add_cam_labels, _add_prepare, _add_demo):  # fmt: skip
         add(commands)
     return parser
 
@@ -236,9 +238,64 @@ def _add_cam_labels(commands):
     cam.add_argument("--batch-size", type=int, default=8, help="images per step")
     cam.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     cam.add_argument("--width", type=int, default=32, help="classifier channels")
+    cam.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="train the classifier on random crops of this size (with rescaling and flips); "
+        "needed when the images differ in size, as VOC's do (default: whole images)",
+    )
     cam.add_argument("--seed", type=int, default=0)
     cam.add_argument("--device", default="cpu", help="cpu, cuda (default: cpu)")
     cam.set_defaults(run=_cam_labels)
+
+
+def _add_prepare(commands):
+    prepare = commands.add_parser(
+        "prepare",
+        help="write a real dataset's download in the project's layout (prepare voc ...)",
+        description="Turn a dataset download into a folder every command reads (dataset.json, "
+        "images, dense labels, superpixels, points, scribbles, boxes, tags, list files).",
+    )
+    targets = prepare.add_subparsers(dest="target", required=True, metavar="DATASET")
+    voc = targets.add_parser(
+        "voc",
+        help="Pascal VOC 2012 (+ SBD's train_aug, + ScribbleSup scribbles)",
+        description="Read VOCdevkit/VOC2012 (JPEGImages, SegmentationClass, SegmentationObject, "
+        "Annotations, ImageSets/Segmentation) and write the dataset folder OUT: splits train, "
+        "val and, with --sbd, train_aug (10,582 images). Boxes and tags come from the XML "
+        "files; points from the scribbles' middle points (--scribbles) or from the masks. "
+        "An interrupted prepare continues where it stopped; a finished one is skipped.",
+    )
+    voc.add_argument("devkit", metavar="VOCDEVKIT", help="the VOCdevkit folder (or its VOC2012)")
+    voc.add_argument("--out", required=True, help="dataset folder to write (new or empty)")
+    voc.add_argument("--sbd", default=None, metavar="DIR", help="SBD's dataset folder (cls/*.mat)")
+    voc.add_argument(
+        "--scribbles", default=None, metavar="DIR", help="folder of ScribbleSup's {id}.xml files"
+    )
+    voc.add_argument(
+        "--workers", type=int, default=None, help="parallel processes (default: CPUs, at most 4)"
+    )
+    voc.add_argument(
+        "--superpixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="about N superpixels per image (default: 64 watershed seeds)",
+    )
+    voc.add_argument(
+        "--superpixel-method",
+        default="watershed",
+        help="watershed | slic | felzenszwalb | quickshift (default: %(default)s)",
+    )
+    voc.add_argument("--seed", type=int, default=0, help="placement of points made from masks")
+    voc.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave images with a bad file out and list them in OUT/bad_images.json",
+    )
+    voc.add_argument("--quiet", action="store_true", help="no progress bar")
+    voc.set_defaults(run=_prepare_voc)
 
 
 def _add_demo(commands):
@@ -304,6 +361,24 @@ def _make_data(args):
     print(f"wrote {root}")
 
 
+def _prepare_voc(args):
+    from spml_lab.data import voc
+
+    options = None if args.superpixels is None else {"n_segments": args.superpixels}
+    prepared = voc.prepare_voc(
+        args.devkit, args.out, sbd=args.sbd, scribbles=args.scribbles, workers=args.workers,
+        superpixel_method=args.superpixel_method, superpixel_options=options, seed=args.seed,
+        skip_bad=args.skip_bad, progress=not args.quiet,
+    )  # fmt: skip
+    if prepared.skipped:
+        print(f"{prepared.root} is already prepared (dataset.json exists); nothing to do")
+    splits = ", ".join(f"{name} {count}" for name, count in prepared.splits.items())
+    print(f"{prepared.root}: {splits} images")
+    if prepared.bad:
+        print(f"left out {len(prepared.bad)} bad images: see {prepared.root / voc.BAD_REPORT}")
+    return 0
+
+
 def _literal(text):
     try:
         return ast.literal_eval(text)
@@ -341,7 +416,8 @@ def _cam_labels(args):
     from spml_lab.data import datasets
     from spml_lab.prediction import cam
 
-    tags = datasets.from_folder(args.data, "train", "tags")
+    crops = {} if args.crop_size is None else {"train": True, "crop_size": args.crop_size}
+    tags = datasets.from_folder(args.data, "train", "tags", seed=args.seed, **crops)
     net = cam.train_tag_classifier(
         tags, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         width=args.width, device=args.device, progress=True,

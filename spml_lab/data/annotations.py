@@ -46,6 +46,7 @@ __all__ = [
     "weak_labels",
     "weak_labels_batch",
     "instance_boxes",
+    "box_label_map",
     "coverage",
 ]
 
@@ -230,6 +231,40 @@ def instance_boxes(semantic, instance=None, *, min_area=10, ignore_index=255):
     return np.array(rows, dtype=np.int64).reshape(-1, 5)
 
 
+def box_label_map(boxes, shape):
+    """Fill boxes with their class: the ``"boxes"`` weak label of a list of boxes.
+
+    Boxes are drawn from the largest to the smallest, so a smaller box wins where boxes
+    overlap (an object in front of a larger one keeps its class); everything outside all
+    boxes is background. `weak_labels` ``"boxes"`` draws the boxes of `instance_boxes` so,
+    and real box annotations (VOC's XML files) go through the same rule.
+
+    Parameters
+    ----------
+    boxes : (K, 5) int ndarray
+        Rows ``(class, y0, x0, y1, x1)``, end coordinates exclusive (as `instance_boxes`);
+        parts outside the image are cut off.
+    shape : (int, int)
+        The label map's (H, W).
+
+    Returns
+    -------
+    labels : (H, W) uint8 ndarray
+        Box class per pixel, 0 outside every box.
+
+    Examples
+    --------
+    >>> box_label_map(np.array([[1, 0, 0, 2, 4], [2, 0, 1, 1, 3]]), (3, 4)).tolist()
+    [[1, 2, 2, 1], [1, 1, 1, 1], [0, 0, 0, 0]]
+    """
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 5)
+    out = np.zeros(shape, dtype=np.uint8)  # outside every box: background
+    area = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2])
+    for label, y0, x0, y1, x1 in boxes[np.argsort(-area, kind="stable")]:  # ties keep order
+        out[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = label
+    return out
+
+
 def coverage(label_map, ignore_index=255):
     """Fraction of labelled pixels (value other than `ignore_index`).
 
@@ -321,13 +356,13 @@ def _regions(semantic, instance, min_area, ignore_index):
 
 
 def _box_map(shape, regions):
-    """Boxes drawn from the largest to the smallest, so a smaller box wins where they overlap."""
-    out = np.zeros(shape, dtype=np.uint8)  # outside every box: background
-    objects = [r for r in regions if r.label != 0]
-    area = [(r.box[0].stop - r.box[0].start) * (r.box[1].stop - r.box[1].start) for r in objects]
-    for n in sorted(range(len(objects)), key=lambda n: -area[n]):  # stable: ties keep region order
-        out[objects[n].box] = objects[n].label
-    return out
+    """Draw the boxes of the objects among `regions` (`box_label_map`)."""
+    rows = [
+        (r.label, r.box[0].start, r.box[1].start, r.box[0].stop, r.box[1].stop)
+        for r in regions
+        if r.label != 0
+    ]
+    return box_label_map(np.array(rows, dtype=np.int64).reshape(-1, 5), shape)
 
 
 def _rng(seed, key):

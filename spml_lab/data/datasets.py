@@ -74,13 +74,13 @@ from torch.utils.data import Dataset
 
 from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS
 from spml_lab.data.labelio import read_id_png, read_image, read_label_png
+from spml_lab.data.voc_files import VOC_CLASSES
 
 __all__ = [
     "DATA_SAMPLES",
     "EMBEDDED_RUNS",
     "DENSEPOSE_CLASSES",
     "DENSEPOSE_FLIP",
-    "VOC_CLASSES",
     "SegmentationList",
     "densepose",
     "embedded",
@@ -99,11 +99,6 @@ DATA_SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 # the trained runs shipped with the samples (`make sample-runs`), named "embedded:NAME"
 EMBEDDED_RUNS = DATA_SAMPLES / "runs"
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
 # DensePose's 14 body parts + background, in SPML's order (spml/data/datasets/densepose_dataset.py)
 DENSEPOSE_CLASSES = (
     "background", "torso", "right_hand", "left_hand", "left_foot", "right_foot",
