@@ -50,7 +50,7 @@ import bench_runs
 import torch
 
 from spml_lab.data import datasets
-from spml_lab.prediction import cam, metrics
+from spml_lab.prediction import cam
 from spml_lab.training import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -161,20 +161,9 @@ def ensure_cam_labels(root, steps, width, seed, device):
     for kind in ("tags", "boxes"):
         cam.write_pseudo_labels(net, root, "train", kind)
         pseudo = datasets.from_folder(root, "train", f"cam_{kind}")
-        confusion = torch.zeros(truth.num_classes, truth.num_classes, dtype=torch.long)
-        labelled = total = 0
-        for index in range(len(truth)):
-            label, gt = pseudo[index]["label"], truth[index]["label"]
-            known = label != 255  # score only the pixels the pseudo labels claim
-            confusion += metrics.confusion_matrix(
-                torch.where(known, label, 0), torch.where(known, gt, 255), truth.num_classes
-            )
-            labelled += int(known.sum())
-            total += label.numel()
-        quality[kind] = {
-            "miou_on_labelled": metrics.mean_iou(confusion)[0],
-            "labelled_fraction": labelled / total,
-        }
+        labels = [pseudo[index]["label"] for index in range(len(truth))]
+        gts = [truth[index]["label"] for index in range(len(truth))]
+        quality[kind] = cam.pseudo_label_quality(labels, gts, truth.num_classes)._asdict()
     quality["seconds"] = round(time.perf_counter() - tic, 1)
     quality_path.write_text(json.dumps(quality, indent=2) + "\n")
     return quality
