@@ -104,6 +104,8 @@ def show_curves(x, panels, *, xlabel, size=(3.6, 2.6), logx=False):
         ax.set_xlabel(xlabel)
         if logx:
             ax.set_xscale("log")
+            ax.minorticks_off()  # ticks at the swept values only, written plainly
+            ax.set_xticks(list(x), [f"{v:g}" for v in x])
         if len(curves) > 1:
             ax.legend(fontsize=7)
     fig.tight_layout()
