@@ -20,7 +20,7 @@ What is measured, and how (decided before any SPML number was looked at):
 * **Seeds.** Every cell is trained with 3 seeds (weights, data order, augmentation); the data
   and the CAM classifier are fixed. Cells report mean +- std; a claim holds only when the
   difference of the means exceeds 2 standard errors of the difference,
-  ``sqrt(sd_a^2 / n_a + sd_b^2 / n_b)``.
+  ``sqrt(sd_a^2 / n_a + sd_b^2 / n_b)`` (`spml_lab.batch.claims`, which also lists the claims).
 
 Commands::
 
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +48,9 @@ from pathlib import Path
 import bench_runs
 import torch
 
+from spml_lab.batch.claims import ABLATIONS, KINDS, check_claims, summarise
 from spml_lab.data import datasets
-from spml_lab.prediction import cam, metrics
+from spml_lab.prediction import cam
 from spml_lab.training import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,7 +83,6 @@ BASELINE_HEAD = {"head_dropout": 0.1}
 # cores idle), which would bring the 82-minute reduced form to about 92, past its 90; so it
 # keeps the paper's 2 memory batches of its own batch of 8 (24 images); the GPU form contrasts 48
 CONTRAST_IMAGES = {"reduced": 24, "full": 48}
-KINDS = ("tags", "boxes", "points", "scribbles")
 TRAIN_ON = {"tags": "cam_tags", "boxes": "cam_boxes", "points": "points", "scribbles": "scribbles"}
 BASELINE = {**bench_runs.BASELINE, **BASELINE_HEAD}
 # the paper's DensePose point run: semantic annotation at 1.0, no tags to co-occur, no memory,
@@ -95,7 +94,6 @@ PARTS_RUN = {
     "memory_size": 0,
     "low_level_location_weight": 0.0,
 }
-ABLATIONS = ("low_level", "semantic_annotation", "cooccurrence")
 SPML_METHODS = ["softmax", "softmax_crf", "knn", "stage2_crf"]
 BASELINE_METHODS = ["softmax", "softmax_crf"]
 
@@ -161,20 +159,9 @@ def ensure_cam_labels(root, steps, width, seed, device):
     for kind in ("tags", "boxes"):
         cam.write_pseudo_labels(net, root, "train", kind)
         pseudo = datasets.from_folder(root, "train", f"cam_{kind}")
-        confusion = torch.zeros(truth.num_classes, truth.num_classes, dtype=torch.long)
-        labelled = total = 0
-        for index in range(len(truth)):
-            label, gt = pseudo[index]["label"], truth[index]["label"]
-            known = label != 255  # score only the pixels the pseudo labels claim
-            confusion += metrics.confusion_matrix(
-                torch.where(known, label, 0), torch.where(known, gt, 255), truth.num_classes
-            )
-            labelled += int(known.sum())
-            total += label.numel()
-        quality[kind] = {
-            "miou_on_labelled": metrics.mean_iou(confusion)[0],
-            "labelled_fraction": labelled / total,
-        }
+        labels = [pseudo[index]["label"] for index in range(len(truth))]
+        gts = [truth[index]["label"] for index in range(len(truth))]
+        quality[kind] = cam.pseudo_label_quality(labels, gts, truth.num_classes)._asdict()
     quality["seconds"] = round(time.perf_counter() - tic, 1)
     quality_path.write_text(json.dumps(quality, indent=2) + "\n")
     return quality
@@ -246,90 +233,6 @@ STAT_KEYS = (
     "pixels_per_segment",
     "pixels_per_segment_of_a_pixel",
 )
-
-
-# --------------------------------------------------------------------------------- statistics
-
-
-def summarise(rows, split="test"):
-    """Mean, std and n of every cell's ``miou`` and ``miou_knn`` on `split`."""
-    cells = {}
-    for row in rows:
-        if row["split"] == split:
-            cells.setdefault((row["dataset"], row["kind"], row["method"]), []).append(row)
-    out = []
-    for (dataset, kind, method), group in cells.items():
-        entry = {"dataset": dataset, "kind": kind, "method": method, "n": len(group)}
-        for key in ("miou", "miou_knn"):
-            values = [float(r[key]) for r in group if r[key] != ""]
-            mean, std = _mean_std(values)
-            entry[f"{key}_mean"] = "" if mean is None else round(mean, 4)
-            entry[f"{key}_std"] = "" if std is None else round(std, 4)
-        entry["seeds"] = " ".join(str(r["seed"]) for r in group)
-        out.append(entry)
-    return out
-
-
-def _mean_std(values):
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def compare(a, b):
-    """Difference of two cells' means and its standard error (None with fewer than 2 seeds).
-
-    Examples
-    --------
-    >>> compare([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])
-    (0.1, 0.08165)
-    """
-    (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
-    if sa is None or sb is None:
-        return round(ma - mb, 5), None
-    return round(ma - mb, 5), round(math.sqrt(sa**2 / len(a) + sb**2 / len(b)), 5)
-
-
-def check_claims(rows, split="test", key="miou"):
-    """Each claim of the paper with its difference, standard error and verdict."""
-    values = {}
-    for row in rows:
-        if row["split"] == split and row[key] != "":
-            values.setdefault((row["dataset"], row["kind"], row["method"]), []).append(
-                float(row[key])
-            )
-    claims = []
-
-    def add(text, left, right):
-        if left not in values or right not in values:
-            return
-        diff, se = compare(values[left], values[right])
-        holds = se is not None and diff > 2 * se
-        verdict = "PASS" if holds else ("n/a (< 2 seeds)" if se is None else "FAIL")
-        n = min(len(values[left]), len(values[right]))
-        claims.append({"claim": text, "metric": key, "difference": diff, "se": se, "n": n,
-                       "holds": verdict})  # fmt: skip
-
-    for dataset, kind in [("objects", k) for k in KINDS] + [("parts", "points")]:
-        add(f"{dataset}/{kind}: SPML > partial CE", (dataset, kind, "spml"),
-            (dataset, kind, "baseline"))  # fmt: skip
-        add(f"{dataset}/{kind}: full masks > partial CE", (dataset, "full", "full"),
-            (dataset, kind, "baseline"))  # fmt: skip
-    for relation in ABLATIONS:
-        add(
-            f"objects/scribbles: removing {relation} lowers mIoU",
-            ("objects", "scribbles", "spml"),
-            ("objects", "scribbles", f"no_{relation}"),
-        )
-    add(
-        "parts/points: feature affinity raises mIoU",
-        ("parts", "points", "spml"),
-        ("parts", "points", "no_feature_affinity"),
-    )
-    return claims
 
 
 # --------------------------------------------------------------------------------- output

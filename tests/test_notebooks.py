@@ -21,6 +21,8 @@ CI_PARAMETERS = {
     "00_quickstart.ipynb": {"SEED": 1},
     "01_superpixels.ipynb": {"NUM_SCENES": 4, "SEED": 1},
     "02_weak_annotations.ipynb": {"NUM_STATS": 24, "SEED": 1},
+    "03_class_activation_maps.ipynb": {"SEED": 1, "NUM_SHOWN": 2},
+    "04_segments.ipynb": {"SEED": 1, "ROUNDS": [0, 1, 5], "N_SEGMENTS": [8, 32]},
     "05_relation_low_level_similarity.ipynb": {"SHOW_SOLUTIONS": True, "SEED": 1, "MAX_STEPS": 20},
     "06_relation_semantic_annotation.ipynb": {"SHOW_SOLUTIONS": True, "SEED": 1, "MAX_STEPS": 20},
     "07_relation_semantic_cooccurrence.ipynb": {
@@ -38,6 +40,7 @@ CI_PARAMETERS = {
         "TRAIN_IMAGES": 16,
         "STAGE2_STEPS": 30,
     },
+    "12_relation_ablation.ipynb": {"METRIC": "miou_knn"},
 }
 
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,6 +60,7 @@ from tqdm.auto import tqdm
 from spml_lab import constants
 from spml_lab.data import labelio
 from spml_lab.nets.embedding_nets import imagenet_normalize, small_trunk
+from spml_lab.prediction import metrics
 from spml_lab.training.train import epoch_order, poly_lr, resolve_device
 
 __all__ = [
@@ -68,6 +70,8 @@ __all__ = [
     "cam_pseudo_labels",
     "box_regions",
     "box_pseudo_labels",
+    "PseudoLabelQuality",
+    "pseudo_label_quality",
     "write_pseudo_labels",
 ]
 
@@ -485,6 +489,74 @@ def box_pseudo_labels(cams, boxes, *, threshold=0.5, alpha=6.0):
     labels = torch.where(picked == 1, boxes, picked)
     labels = torch.where(inside, labels, torch.where(boxes == IGNORE, IGNORE, 0))
     return labels.to(torch.uint8)
+
+
+class PseudoLabelQuality(NamedTuple):
+    """How good pseudo labels are: right where they speak, and how much they speak."""
+
+    miou_on_labelled: float
+    labelled_fraction: float
+
+
+def pseudo_label_quality(pseudo, truth, num_classes, *, ignore_index=IGNORE):
+    """Score pseudo labels against the ground truth on the pixels they label.
+
+    Parameters
+    ----------
+    pseudo : (...) int tensor, or sequence of them
+        Pseudo labels, `ignore_index` = unlabelled; a sequence holds one map per image (their
+        sizes may differ).
+    truth : (...) int tensor, or sequence of them
+        Ground truth of the same shape(s); its `ignore_index` pixels are not scored.
+    num_classes : int
+        C, background included.
+    ignore_index : int, optional
+
+    Returns
+    -------
+    quality : PseudoLabelQuality
+        ``miou_on_labelled``: mIoU (`metrics.mean_iou`) of one confusion matrix over every
+        pixel the pseudo labels claim, NaN if they claim none; ``labelled_fraction``: claimed
+        pixels / all pixels.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+
+    Notes
+    -----
+    The two numbers pull against each other: a higher CAM threshold labels fewer pixels, and
+    those it keeps are more often right. SPML trains its semantic-annotation relation on the
+    claimed pixels only, so both matter. The ground truth is for the student and the
+    benchmark to look at; SPML never sees it.
+
+    Examples
+    --------
+    >>> pseudo = torch.tensor([[0, 1, 255], [1, 1, 255]])
+    >>> truth = torch.tensor([[0, 1, 1], [0, 1, 1]])
+    >>> q = pseudo_label_quality(pseudo, truth, 2)  # IoU 1/2 (background), 2/3 (class 1)
+    >>> round(q.miou_on_labelled, 4), round(q.labelled_fraction, 4)
+    (0.5833, 0.6667)
+    """
+    if torch.is_tensor(pseudo):
+        pseudo, truth = [pseudo], [truth]
+    if len(pseudo) != len(truth):
+        raise ValueError(f"{len(pseudo)} pseudo-label maps but {len(truth)} ground-truth maps")
+    for p, t in zip(pseudo, truth, strict=True):
+        if tuple(p.shape) != tuple(t.shape):
+            raise ValueError(f"pseudo labels {tuple(p.shape)} and truth {tuple(t.shape)} differ")
+    pseudo = torch.cat([torch.as_tensor(p).reshape(-1).long() for p in pseudo])  # (P,)
+    truth = torch.cat([torch.as_tensor(t).reshape(-1).long() for t in truth])
+    known = pseudo != ignore_index  # score only the pixels the pseudo labels claim
+    confusion = metrics.confusion_matrix(
+        torch.where(known, pseudo, 0),
+        torch.where(known, truth, ignore_index),
+        num_classes,
+        ignore_index=ignore_index,
+    )
+    fraction = float(known.sum()) / max(known.numel(), 1)
+    return PseudoLabelQuality(metrics.mean_iou(confusion)[0], fraction)
 
 
 # ---------------------------------------------------------------------- files

@@ -1,0 +1,195 @@
+"""Figures of the course that belong to one lesson each: CAMs, curves, benchmark cells, claims.
+
+The general pictures (palettes, overlays, grids of images, PCA colours) live in
+`spml_lab.pictures.viz`; these are the few drawings a lesson needs beyond them, kept here so
+that the notebooks stay thin:
+
+* `show_cams`: each image beside the class activation map of each of its tagged classes (03);
+* `show_curves`: a few numbers against one swept setting, one panel per number (03, 04);
+* `show_cells`: benchmark cells as one dot per seeded run with the mean +- std (12);
+* `show_claims`: each claim's difference of means with its 2-standard-error bar (12).
+
+Every function returns the figure; the notebook shows and closes it.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from spml_lab.pictures import viz
+
+__all__ = ["show_cams", "show_curves", "show_cells", "show_claims"]
+
+
+def show_cams(images, cams, tags, class_names, *, truth=None, colours=None, size=1.9):
+    """Draw each image, its ground truth, and the CAM of each of its tagged classes over it.
+
+    Parameters
+    ----------
+    images : (B, H, W, 3) uint8 ndarray
+    cams : (B, C, h, w) float tensor or ndarray in [0, 1]
+        Class activation maps (`cam.TagClassifier.cams`), channel k for class k; drawn
+        stretched over the image whatever their resolution.
+    tags : (B, C) bool tensor or ndarray
+        The image's classes; background (index 0) is never drawn.
+    class_names : list of str
+    truth : (B, H, W) int ndarray, optional
+        Ground truth, drawn as a second column (for the student: SPML never sees it).
+    colours : (C, 3) uint8 ndarray, optional
+        Class colours for the truth (default `viz.palette`).
+    size : float, optional
+        Inches per panel.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        One row per image; the CAM panels hold the image and the map (``jet``, 0 to 1) as
+        two layers, titled by class.
+    """
+    cams, tags = np.asarray(cams, dtype=np.float32), np.asarray(tags, dtype=bool)
+    images = np.asarray(images)
+    height, width = images.shape[1:3]
+    lead = 1 if truth is None else 2
+    per_image = [np.flatnonzero(t[1:]) + 1 for t in tags]  # tagged foreground classes
+    cols = lead + max((len(k) for k in per_image), default=0)
+    fig, axes = plt.subplots(
+        len(images), cols, figsize=(size * cols, size * len(images)), squeeze=False
+    )
+    colours = viz.palette(len(class_names)) if colours is None else colours
+    # stretch the map over the image's pixel grid, whatever the map's resolution
+    extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+    for b, row in enumerate(axes):
+        row[0].imshow(images[b])
+        if truth is not None:
+            row[1].imshow(viz.colorize(truth[b], colours))
+            row[1].set_title("ground truth", fontsize=8)
+        for ax, k in zip(row[lead:], per_image[b], strict=False):
+            ax.imshow(images[b])
+            ax.imshow(cams[b, k], cmap="jet", alpha=0.55, vmin=0, vmax=1, extent=extent)
+            ax.set_title(f"CAM {class_names[k]}", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def show_curves(x, panels, *, xlabel, size=(3.6, 2.6), logx=False):
+    """Draw a few numbers against one swept setting, one panel per number.
+
+    Parameters
+    ----------
+    x : sequence of float
+        The setting's values (thresholds, superpixel counts, ...).
+    panels : dict of str to dict of str to sequence of float
+        Panel title (the number's name) -> curve label -> one value per `x`.
+    xlabel : str
+    size : (float, float), optional
+        Inches per panel.
+    logx : bool, optional
+        Logarithmic x axis.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        One line per curve, with markers, and a legend when a panel holds several curves.
+    """
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(size[0] * len(panels), size[1]), squeeze=False
+    )
+    for ax, (title, curves) in zip(axes[0], panels.items(), strict=True):
+        for label, values in curves.items():
+            ax.plot(list(x), list(values), "o-", label=label, markersize=4)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        if logx:
+            ax.set_xscale("log")
+            ax.minorticks_off()  # ticks at the swept values only, written plainly
+            ax.set_xticks(list(x), [f"{v:g}" for v in x])
+        if len(curves) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def show_cells(rows, cells, *, key="miou", split="test", labels=None, title=None, ax=None):
+    """Draw benchmark cells: every seeded run as a dot, the cell's mean +- std beside them.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Per-run rows as `csv.DictReader` reads the benchmark CSV (``dataset``, ``kind``,
+        ``method``, ``split`` and the score columns, as strings).
+    cells : sequence of (str, str, str)
+        (dataset, kind, method) of each cell to draw, left to right.
+    key : str, optional
+        The score column.
+    split : str, optional
+    labels : sequence of str, optional
+        Tick label per cell (default ``kind/method``).
+    title : str, optional
+    ax : matplotlib.axes.Axes, optional
+        Draw into it (default: a new figure).
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        Dots (one collection per cell) and an error bar at each cell's mean with the sample
+        std (n - 1); a cell without scored runs stays empty.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(3.0, 1.1 * len(cells)), 3.2))
+    for i, cell in enumerate(cells):
+        values = [
+            float(r[key])
+            for r in rows
+            if (r["dataset"], r["kind"], r["method"]) == tuple(cell)
+            and r["split"] == split
+            and r[key] != ""
+        ]
+        if not values:
+            continue
+        spread = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
+        ax.scatter(i - 0.1 + spread, values, s=18, color="tab:blue", zorder=3)
+        std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+        ax.errorbar(i + 0.2, np.mean(values), yerr=std, fmt="D", color="black", capsize=4,
+                    markersize=5)  # fmt: skip
+    ticks = labels if labels is not None else [f"{c[1]}/{c[2]}" for c in cells]
+    ax.set_xticks(range(len(cells)), ticks, fontsize=8)
+    ax.set_xlim(-0.6, len(cells) - 0.4)
+    ax.set_ylabel(f"{split} {key}")
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax.figure
+
+
+def show_claims(checked, *, size=(7.5, 0.32)):
+    """Draw each claim's difference of means with a bar of 2 standard errors on each side.
+
+    Parameters
+    ----------
+    checked : sequence of dict
+        `claims.check_claims` entries, or rows of a ``_claims.csv`` (strings): ``claim``,
+        ``metric``, ``difference``, ``se`` (None or ``""`` when unknown), ``holds``.
+    size : (float, float), optional
+        Width, and height per claim, in inches.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        One horizontal bar per claim, top to bottom in the given order: green when it holds
+        (the whole 2-se interval right of 0), grey otherwise; the dashed line is 0.
+    """
+    checked = list(checked)
+    differences = [float(c["difference"]) for c in checked]
+    errors = [2 * float(c["se"]) if c["se"] not in (None, "") else 0.0 for c in checked]
+    colours = ["tab:green" if c["holds"] == "PASS" else "tab:grey" for c in checked]
+    fig, ax = plt.subplots(figsize=(size[0], 0.8 + size[1] * len(checked)))
+    y = np.arange(len(checked))[::-1]  # first claim on top
+    ax.barh(y, differences, xerr=errors, color=colours, capsize=3, height=0.6)
+    ax.axvline(0, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(y, [f"{c['claim']} [{c['metric']}]" for c in checked], fontsize=7)
+    ax.set_xlabel("difference of means (bar: ± 2 standard errors)")
+    fig.tight_layout()
+    return fig
