@@ -308,6 +308,7 @@ def _add_demo(commands):
     )
     demo.add_argument("--out", default="outputs/demo", help="output folder (%(default)s)")
     demo.add_argument("--steps", type=int, default=200, help="steps per run (%(default)s)")
+    demo.add_argument("--stage2-steps", type=int, default=100, help="SPML stage 2 (%(default)s)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--images", type=int, default=4, help="val images drawn (%(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -397,11 +398,13 @@ def _run_notebook(args):
 def _demo(args):
     from spml_lab.classroom import end_to_end
 
-    if args.steps < 1 or args.images < 1:
-        raise ValueError(f"--steps and --images must be >= 1, got {args.steps}, {args.images}")
+    for name in ("steps", "stage2_steps", "images"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     end_to_end.run_demo(
-        args.out, steps=args.steps, seed=args.seed, images=args.images, progress=not args.quiet
-    )
+        args.out, steps=args.steps, stage2_steps=args.stage2_steps, seed=args.seed,
+        images=args.images, progress=not args.quiet,
+    )  # fmt: skip
     print(f"wrote {args.out}/spml_vs_baseline.png and {args.out}/results.md")
 
 
