@@ -1,16 +1,35 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up .venv, run the quickstart notebook headlessly, write it and its figures to outputs/
-#   make test   set up .venv (and Debian's chromium for the widget test), lint, and run every
-#               test, doctest and notebook
+#   make demo   set up .venv (torch, the package, the dense CRF) and run `spml-lab demo`: SPML and
+#               partial cross-entropy trained on the embedded scribbles, scored and drawn beside
+#               the shipped 1000-step runs (outputs/demo/spml_vs_baseline.png, results.md)
+#   make test   set up .venv with everything (Jupyter, UMAP, test tools; Debian's chromium for the
+#               widget test), lint, and run every test, doctest and notebook
 # On a GPU machine install your CUDA build of torch into .venv first, or pass TORCH=torch.
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+CORE := $(VENV)/.core
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint browser data-samples screenshots clean
+.PHONY: demo test lint browser data-samples sample-runs screenshots clean
+
+# the demo needs only the package and the CRF (a minute to install); the course and the tests
+# add Jupyter, UMAP, scikit-learn and the test tools on top
+$(CORE): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) "$(TORCH)"
+	$(PIP) -e ".[crf]"
+	touch $(CORE)
+
+$(STAMP): $(CORE)
+	$(PIP) -e ".[crf,notebooks,dev]"
+	touch $(STAMP)
+
+demo: $(CORE)
+	$(BIN)/spml-lab demo --out outputs/demo
 
 # The widget test drives a real browser: Debian's chromium + chromedriver (nothing downloads one).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -51,6 +70,10 @@ data-samples: $(STAMP)
 	$(BIN)/spml-lab make-data data_samples/objects --kind objects --train 64 --val 32 --seed 0 \
 		--size 96 --difficulty 0.1 --object-scale 2.0 --superpixels 16
 	$(BIN)/spml-lab make-data data_samples/parts --kind parts --train 64 --val 32 --seed 1
+
+# Retrain the runs shipped in data_samples/runs/ (tests/test_sample_runs.py re-scores them).
+sample-runs: $(STAMP)
+	$(BIN)/python benchmarks/sample_runs.py --jobs 2
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -10,8 +10,8 @@ settings, `accuracy.BASELINE` for the baselines), one seed:
 * ``full``: the same network and head trained on full masks, the upper bound.
 
 Each run is scored on the committed val split (32 images) with the benchmark's methods and
-keeps ``config.yaml``, ``final.pt`` (+ ``stage2.pt``), ``metrics.csv`` and ``eval/``; the
-resume checkpoints are deleted. ``data_samples/runs/runs.csv`` lists them with their headline
+keeps ``config.yaml``, ``final.pt`` (+ ``stage2.pt``), ``metrics.csv``, ``eval/`` and its
+training time (``bench_timing.json``); the resume checkpoints are deleted. ``data_samples/runs/runs.csv`` lists them with their headline
 val mIoU and training time. `tests/test_sample_runs.py` re-scores every run and must find the
 same numbers, so the weights in the repository are exactly what this command writes.
 
@@ -21,7 +21,7 @@ finished run with the same config is kept, one with another config is an error u
 
 Usage::
 
-    python benchmarks/sample_runs.py --jobs 2     # about 12 minutes on 2 CPU cores
+    python benchmarks/sample_runs.py --jobs 2     # 27 minutes on 2 busy CPU cores (runs.csv)
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ RUNS = {
 # the number each run is judged by, as in the benchmark: SPML's full pipeline, the baselines'
 # own head + CRF
 HEADLINE = {"spml": "stage2_crf", "other": "softmax_crf"}
-KEEP = ("config.yaml", "final.pt", "stage2.pt", "metrics.csv", "eval")
+KEEP = ("config.yaml", "final.pt", "stage2.pt", "metrics.csv", "eval", "bench_timing.json")
 
 
 def config(name, seed=0, device="cpu"):
-    """The TrainConfig of shipped run `name` (its folder under ``data_samples/runs``)."""
+    """Return the TrainConfig of shipped run `name` (its folder under ``data_samples/runs``)."""
     return bench_runs.base_config(
         data=DATA,
         **accuracy.RECIPE,
@@ -127,7 +127,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="runs trained side by side")
     parser.add_argument("--only", nargs="*", choices=sorted(RUNS), help="train only these runs")
-    parser.add_argument("--overwrite", action="store_true", help="retrain runs whose config changed")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="retrain runs whose config changed"
+    )
     args = parser.parse_args(argv)
     names = args.only or list(RUNS)
     os.chdir(ROOT)  # the run folders' `out_dir` is relative, the same in every clone
@@ -136,7 +138,7 @@ def main(argv=None):
     tic = time.perf_counter()
     rows = {}
     jobs = [(train_one, (name,), {}) for name in names]
-    for name, row in zip(names, bench_runs.run_all(jobs, workers=args.jobs)):
+    for name, row in zip(names, bench_runs.run_all(jobs, workers=args.jobs), strict=True):
         tidy(name)
         rows[name] = row
         print(f"{name}: val mIoU {row['val_miou']} ({row['headline']})", flush=True)
