@@ -34,15 +34,6 @@ demo: $(CORE)
 # The widget test drives a real browser: Debian's chromium + chromedriver (nothing downloads one).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[crf,notebooks,dev]"
-	touch $(STAMP)
-
-demo: $(STAMP)
-	$(BIN)/spml-lab run-notebook notebooks/00_quickstart.ipynb --out outputs
-
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
