@@ -19,6 +19,7 @@ __all__ = [
     "colorize",
     "overlay",
     "show_grid",
+    "show",
     "legend_handles",
     "pca_rgb",
     "outline",
@@ -150,7 +151,9 @@ def legend_handles(class_names, colours):
     return [Patch(color=c / 255, label=n) for n, c in zip(class_names, colours, strict=False)]
 
 
-def show_grid(rows, *, row_titles=None, col_titles=None, size=1.8, class_names=None, colours=None):
+def show_grid(
+    rows, *, row_titles=None, col_titles=None, size=1.8, class_names=None, colours=None, title=None
+):
     """Draw a grid of pictures: one list of (H, W, 3) or (H, W) arrays per row.
 
     Parameters
@@ -163,6 +166,8 @@ def show_grid(rows, *, row_titles=None, col_titles=None, size=1.8, class_names=N
         Side of one cell in inches.
     class_names, colours : optional
         When both are given, a class legend is drawn under the grid.
+    title : str, optional
+        Drawn above the grid.
 
     Returns
     -------
@@ -195,7 +200,15 @@ def show_grid(rows, *, row_titles=None, col_titles=None, size=1.8, class_names=N
         fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(class_names) // 5), 1, 1))
     else:
         fig.tight_layout()
+    if title:
+        fig.suptitle(title, y=1.0 + 0.04 / n_rows, fontsize=11)
     return fig
+
+
+def show(fig):
+    """Display a figure in the notebook (or the headless run's figure files) and free it."""
+    plt.show()
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- embeddings, relations
