@@ -2,11 +2,13 @@
 
 Each relation notebook hands the student per-segment tensors (`segment_fields`: image, superpixel,
 weak label, image tags, affinity label, one entry per segment of the batch) and the chosen pixel's
-own values (`pixel_fields`). The student writes two boolean expressions over them, the positive
-and the negative segments of the pixel, and `check` compares them with what the loss really uses
-(`relations.positives_negatives`): it prints "Right!" or a hint naming one segment that is wrong
-and why (a missed positive, a segment of another image, the pixel's own segment, an unlabelled
-segment, the background tag ...). `solution` shows and returns the reference answer.
+own values (`pixel_fields`; `describe_pixel` prints them and returns both). The student writes
+two boolean expressions over them, the positive and the negative segments of the pixel, and
+`check` compares them with what the loss really uses (`relations.positives_negatives`): it prints
+"Right!" or a hint naming one segment that is wrong and why (a missed positive, a segment of
+another image, the pixel's own segment, an unlabelled segment, the background tag ...).
+`solution` shows and returns the reference answer; ``check(..., show_solution=True)`` (the
+teacher's copy of a notebook) shows it and checks it in place of the student's.
 
 Memory segments are left out here: the exercise is about one batch.
 """
@@ -27,6 +29,7 @@ __all__ = [
     "PixelFields",
     "segment_fields",
     "pixel_fields",
+    "describe_pixel",
     "diagnose",
     "check",
     "solution",
@@ -140,6 +143,45 @@ def pixel_fields(batch, pixel, *, threshold=0.95):
         tags=batch.tags.bool()[image],
         affinity=int(relations.affinity_labels(batch.segments, threshold=threshold)[own]),
     )
+
+
+def describe_pixel(batch, pixel, *, threshold=0.95):
+    """Print the exercise's pixel and return the fields the student's expressions use.
+
+    Parameters
+    ----------
+    batch : demo.DemoBatch
+    pixel : int
+        Flat pixel index.
+    threshold : float, optional
+        Cosine threshold of the affinity labels.
+
+    Returns
+    -------
+    seg : SegmentFields
+        Per segment: index, image, superpixel, label, tags, affinity.
+    me : PixelFields
+        The pixel's image, own segment, superpixel, label, tags and affinity label.
+
+    Examples
+    --------
+    >>> from spml_lab.classroom import demo
+    >>> batch = demo.make_batch(indices=(0,))
+    >>> seg, me = describe_pixel(batch, 0)  # doctest: +ELLIPSIS
+    Pixel 0: image 0, own segment ..., superpixel ..., tags ['background', ...]; ... segments
+    >>> len(seg.index) == batch.segments.num_segments
+    True
+    """
+    seg = segment_fields(batch, threshold=threshold)
+    me = pixel_fields(batch, pixel, threshold=threshold)
+    tags = [
+        name for name, tagged in zip(batch.class_names, me.tags.tolist(), strict=True) if tagged
+    ]
+    print(
+        f"Pixel {pixel}: image {me.image}, own segment {me.segment}, superpixel {me.superpixel}, "
+        f"label {me.label}, affinity label {me.affinity}, tags {tags}; {len(seg.index)} segments"
+    )
+    return seg, me
 
 
 # --------------------------------------------------------------------------- reference answers
@@ -372,18 +414,26 @@ def diagnose(relation, answer_pos, answer_neg, batch, pixel):
     return None
 
 
-def check(relation, answer_pos, answer_neg, batch, pixel):
+def check(relation, answer_pos, answer_neg, batch, pixel, *, show_solution=False):
     """Print "Right!" or a hint for the student's answer, and say whether it is right.
 
     Parameters
     ----------
     relation, answer_pos, answer_neg, batch, pixel
         As in `diagnose`.
+    show_solution : bool, optional
+        The teacher's copy: print the reference answer (`solution`) and check it instead of
+        `answer_pos` and `answer_neg`, which are then ignored.
 
     Returns
     -------
     right : bool
+        Whether the answer checked (the reference one with `show_solution`) is right.
     """
+    if show_solution:
+        answer_pos, answer_neg = solution(
+            relation, segment_fields(batch), pixel_fields(batch, pixel), show=True
+        )
     hint = diagnose(relation, answer_pos, answer_neg, batch, pixel)
     if hint is None:
         print(

@@ -1,17 +1,20 @@
-"""The steps the four relation notebooks (03 to 06) share, as library calls.
+"""The steps the four relation notebooks (05 to 08) share, as library calls.
 
-Each relation notebook shows the same two experiments on its own relation:
+Each relation notebook draws one pixel's positive and negative segments
+(`show_positives_negatives`), then shows the same two experiments on its own relation:
 
 * **the concentration sweep** (`kappa_sweep`, `show_kappa_sweep`): the batch loss for several
   ``kappa`` and, for one pixel, each segment's share of its softmax, whose positives' total is
   ``P_i / (P_i + N_i)``;
-* **the relation trained alone** (`relation_alone`, `show_training`): stage 1 with only that
-  relation on, at weight 1 (alone, the paper's weight would only scale the learning rate).
+* **the relation trained alone** (`relation_alone`, then ``train.fit``, `show_training`): stage 1
+  with only that relation on, at weight 1 (alone, the paper's weight would only scale the
+  learning rate).
 """
 
 from __future__ import annotations
 
 import csv
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from spml_lab.training.checkpoints import METRICS
 from spml_lab.training.config import TrainConfig
 
 __all__ = [
+    "show_positives_negatives",
     "KappaSweep",
     "kappa_sweep",
     "show_kappa_sweep",
@@ -32,6 +36,39 @@ __all__ = [
     "show_training",
     "method_figure",
 ]
+
+
+def show_positives_negatives(batch, pixel, positives, negatives, *, col_titles=None, **options):
+    """Draw a pixel's positive and negative segments on the images of its batch.
+
+    `viz.show_relation` with the batch's images, segments and the pixel's position filled in.
+
+    Parameters
+    ----------
+    batch : demo.DemoBatch
+    pixel : int
+        Flat pixel index (`demo.pick_pixel`).
+    positives, negatives : (S_total,) bool tensors
+        The pixel's roles (`relations.positives_negatives`); memory entries are counted in
+        the title, not drawn.
+    col_titles : list of str, optional
+        One per image; default the images' names.
+    **options
+        Further `viz.show_relation` options: ``title``, ``outlines``, ``zoom``, ``size``.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+    """
+    return viz.show_relation(
+        batch.images,
+        batch.segments.segment_ids,
+        positives,
+        negatives,
+        demo.pixel_position(batch, pixel),
+        col_titles=batch.names if col_titles is None else col_titles,
+        **options,
+    )
 
 
 @dataclass
@@ -127,15 +164,18 @@ def show_kappa_sweep(sweep, batch):
     return loss_figure, weights_figure
 
 
-def relation_alone(relation, **changes):
+def relation_alone(relation, *, out_dir=None, **changes):
     """Return the `TrainConfig` of a short stage-1 run with only `relation` on, at weight 1.
 
     Parameters
     ----------
     relation : str
         One of `relations.RELATIONS`.
+    out_dir : str, optional
+        The run folder; default ``<a new temporary folder>/<relation>``, so that a lesson
+        never writes into the working directory and each call trains afresh.
     **changes
-        Further `TrainConfig` fields (data, annotation, max_steps, out_dir, ...).
+        Further `TrainConfig` fields (data, annotation, max_steps, ...).
 
     Examples
     --------
@@ -145,9 +185,13 @@ def relation_alone(relation, **changes):
     """
     if relation not in relations.RELATIONS:
         raise ValueError(f"relation must be one of {list(relations.RELATIONS)}, got {relation!r}")
+    if out_dir is None:
+        out_dir = str(Path(tempfile.mkdtemp(prefix="spml_")) / relation)
     only = {name: name == relation for name in relations.RELATIONS}
     short = {"warmup_steps": 5, "log_every": 10, "progress": False}  # full speed soon
-    return TrainConfig(**{**only, f"{relation}_weight": 1.0, **short, **changes})
+    return TrainConfig(
+        **{**only, f"{relation}_weight": 1.0, **short, **changes, "out_dir": out_dir}
+    )
 
 
 def show_training(run, relation):

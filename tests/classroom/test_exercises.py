@@ -196,3 +196,50 @@ def test_solutions_agree_with_the_loss_on_embedded_data(relation):
             relation, seg, exercises.pixel_fields(batch, pixel), show=False
         )
         assert exercises.diagnose(relation, pos, neg, batch, pixel) is None
+
+
+def test_describe_pixel_prints_the_pixel_and_returns_its_fields(capsys):
+    batch = hand_batch()
+    seg, me = exercises.describe_pixel(batch, PIXEL_D)
+    # segment D of the table: image 0, superpixel 1, label b, affinity b; image 0 has bg, a, b
+    assert capsys.readouterr().out == (
+        "Pixel 5: image 0, own segment 3, superpixel 1, label 2, affinity label 2, "
+        "tags ['background', 'a', 'b']; 10 segments\n"
+    )
+    assert seg.label.tolist() == [1, U, U, 2, U, 1, U, 3, U, 0]  # the table's columns
+    assert seg.affinity.tolist() == [1, 1, U, 2, 3, 1, U, 3, 0, 0]
+    assert (me.image, me.segment, me.superpixel, me.label, me.affinity) == (0, 3, 1, 2, 2)
+
+
+@pytest.mark.parametrize("key", list(EXPECTED), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_show_solution_prints_and_checks_the_reference_answer(key, capsys):
+    relation, pixel = key
+    pos, neg = EXPECTED[key]
+    wrong = mask(set()), mask(set())  # the student's answer is set aside
+    assert exercises.check(relation, *wrong, hand_batch(), pixel, show_solution=True) is True
+    out = capsys.readouterr().out
+    assert "def _" in out  # the reference code is shown
+    assert out.endswith(f"Right! {len(pos)} positive and {len(neg)} negative segments.\n")
+    assert exercises.check(relation, *wrong, hand_batch(), pixel) is False
+
+
+def _notebook_pixels(relation, seed):
+    """The batch and pixel a relation notebook (05-08) draws with its stored or CI seed."""
+    if relation == "feature_affinity":
+        batch = demo.make_batch("parts", "points", seed=seed)
+        affinity = relations.affinity_labels(batch.segments)[batch.segments.segment_ids]
+        where = (batch.labels == 255) & (affinity != 255) & (affinity > 0)
+    else:
+        annotation = "tags" if relation == "cooccurrence" else "scribbles"
+        batch = demo.make_batch("objects", annotation, seed=seed)
+        labelled_object = (batch.labels > 0) & (batch.labels != 255)
+        where = labelled_object if relation == "semantic_annotation" else None
+    return batch, demo.pick_pixel(batch, relation, seed=seed, where=where)
+
+
+@pytest.mark.parametrize("seed", [0, 1])  # the notebooks' stored seed and the CI one
+@pytest.mark.parametrize("relation", relations.RELATIONS)
+def test_teachers_copy_of_each_relation_notebook_says_right(relation, seed, capsys):
+    batch, pixel = _notebook_pixels(relation, seed)
+    assert exercises.check(relation, None, None, batch, pixel, show_solution=True) is True
+    assert "Right!" in capsys.readouterr().out

@@ -1,3 +1,6 @@
+import math
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,6 +12,8 @@ import torch  # noqa: E402
 from spml_lab.classroom import demo, lessons  # noqa: E402
 from spml_lab.method import memory, relations  # noqa: E402
 from spml_lab.nets import embedding_nets  # noqa: E402
+from spml_lab.pictures import viz  # noqa: E402
+from spml_lab.training import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +93,63 @@ def test_method_figure_draws_the_pipeline_and_one_pixel_per_relation(batches):
     ]
     assert drawn[0].images[0].get_array().shape == batch.images[1].shape
     plt.close(figure)
+
+
+def test_kappa_sweep_losses_are_finite_and_each_pixels_weights_sum_to_one(batches):
+    batch, bank = batches
+    pixel = demo.pick_pixel(batch, "cooccurrence", memory=bank)
+    roles = relations.positives_negatives(
+        "cooccurrence", pixel, batch.embeddings, batch.labels, batch.tags, batch.segments, bank
+    )
+    sweep = lessons.kappa_sweep(batch, pixel, "cooccurrence", [0.5, 16.0, 256.0], *roles, bank)
+    assert all(math.isfinite(loss) for loss in sweep.batch_loss)  # even at a large kappa
+    for w in sweep.weights:
+        assert float(w.sum()) == pytest.approx(1.0, abs=1e-9)
+        assert len(w) == batch.segments.num_segments + bank.bank().num_prototypes
+
+
+def test_relation_alone_runs_in_a_new_temporary_folder_unless_told(tmp_path):
+    first, second = (lessons.relation_alone("low_level") for _ in range(2))
+    for cfg in (first, second):
+        run = Path(cfg.out_dir)
+        assert run.name == "low_level" and not run.exists()
+        assert run.parent.is_dir() and not any(run.parent.iterdir())  # fresh and empty
+    assert first.out_dir != second.out_dir
+    chosen = str(tmp_path / "mine")
+    assert lessons.relation_alone("low_level", out_dir=chosen).out_dir == chosen
+
+
+def test_a_relation_trained_alone_logs_every_step_up_to_max_steps():
+    cfg = lessons.relation_alone(
+        "semantic_annotation", max_steps=4, log_every=2, crop_size=32, batch_size=2,
+        width=8, embedding_dim=8, memory_size=0,
+    )  # fmt: skip
+    run = train.fit(cfg)
+    figure, rows = lessons.show_training(run, "semantic_annotation")
+    assert [row["step"] for row in rows] == [2.0, 4.0]
+    assert all(math.isfinite(row["semantic_annotation"]) for row in rows)
+    assert len(figure.axes[0].lines) == 2  # scribbles: the head has a loss too
+    plt.close(figure)
+
+
+def test_show_positives_negatives_draws_show_relation_at_the_pixels_position(batches):
+    batch, _ = batches
+    _, height, width, _ = batch.embeddings.shape
+    pixel = height * width + 2 * width + 3  # image 1, row 2, column 3
+    pos, neg = relations.positives_negatives(
+        "low_level", pixel, batch.embeddings, batch.labels, batch.tags, batch.segments
+    )
+    figure = lessons.show_positives_negatives(batch, pixel, pos, neg, title="t", zoom=4)
+    direct = viz.show_relation(
+        batch.images, batch.segments.segment_ids, pos, neg, (1, 2, 3),
+        col_titles=batch.names, title="t", zoom=4,
+    )  # fmt: skip
+    drawn, want = figure.axes, direct.axes
+    assert [ax.get_title() for ax in drawn] == [ax.get_title() for ax in want]
+    assert [ax.get_title() for ax in drawn][: len(batch.names)] == list(batch.names)
+    for ax, other in zip(drawn, want, strict=True):
+        for image, expected in zip(ax.images, other.images, strict=True):
+            assert (image.get_array() == expected.get_array()).all()
+    titled = lessons.show_positives_negatives(batch, pixel, pos, neg, col_titles=["a", "b"])
+    assert [ax.get_title() for ax in titled.axes][:2] == ["a", "b"]
+    plt.close("all")
