@@ -140,7 +140,7 @@ def make_batch(
     --------
     >>> batch = make_batch(indices=(0, 1), net=embedding_nets.SmallEmbeddingNet(8, 8))
     >>> batch.images.shape, tuple(batch.embeddings.shape), tuple(batch.labels.shape)
-    ((2, 128, 128, 3), (2, 32, 32, 8), (2, 32, 32))
+    ((2, 96, 96, 3), (2, 24, 24, 8), (2, 24, 24))
     """
     data = f"embedded:{kind}" if kind in ("objects", "parts") else kind
     dataset = datasets.open_data(data, split, annotation)
@@ -190,8 +190,8 @@ def pixel_index(batch, image, y, x):
     Examples
     --------
     >>> batch = make_batch(indices=(0, 1), net=embedding_nets.SmallEmbeddingNet(8, 8))
-    >>> pixel_index(batch, 1, 2, 3), pixel_position(batch, 1091)
-    (1091, (1, 2, 3))
+    >>> pixel_index(batch, 1, 2, 3), pixel_position(batch, 627)
+    (627, (1, 2, 3))
     """
     _, height, width, _ = batch.embeddings.shape
     return (int(image) * height + int(y)) * width + int(x)

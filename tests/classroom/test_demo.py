@@ -56,7 +56,7 @@ def test_make_batch_refuses_bad_indices(indices):
 
 def test_pixel_index_and_position_round_trip():
     batch = demo.make_batch(indices=(0, 1), net=small_net())
-    for b, y, x in [(0, 0, 0), (1, 31, 31), (1, 5, 17)]:
+    for b, y, x in [(0, 0, 0), (1, 23, 23), (1, 5, 17)]:
         pixel = demo.pixel_index(batch, b, y, x)
         assert demo.pixel_position(batch, pixel) == (b, y, x)
         assert batch.embeddings.reshape(-1, 8)[pixel].equal(batch.embeddings[b, y, x])
@@ -66,7 +66,7 @@ def test_pixel_index_and_position_round_trip():
 def test_pick_pixel_has_positives_other_than_its_own_segment(relation):
     batch = demo.make_batch("objects", "scribbles", net=small_net())
     picks = set()
-    for seed in range(3):
+    for seed in range(5):
         pixel = demo.pick_pixel(batch, relation, seed=seed)
         b, y, x = demo.pixel_position(batch, pixel)
         assert b == 0
@@ -76,7 +76,7 @@ def test_pick_pixel_has_positives_other_than_its_own_segment(relation):
         )
         assert pos.any() and neg.any() and not pos[own]
         picks.add(pixel)
-    assert pixel == demo.pick_pixel(batch, relation, seed=2)  # same seed, same pixel
+    assert pixel == demo.pick_pixel(batch, relation, seed=4)  # same seed, same pixel
     assert len(picks) > 1
 
 

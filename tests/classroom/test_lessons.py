@@ -20,8 +20,10 @@ from spml_lab.training import train  # noqa: E402
 def batches():
     torch.manual_seed(0)
     net = embedding_nets.SmallEmbeddingNet(8, 8)
-    batch = demo.make_batch("objects", "scribbles", indices=(0, 1), net=net)
-    earlier = demo.make_batch("objects", "scribbles", indices=(2, 3), net=net)
+    # two images without a tag in common (besides background): co-occurrence has positives
+    # and negatives in each
+    batch = demo.make_batch("objects", "scribbles", indices=(0, 2), net=net)
+    earlier = demo.make_batch("objects", "scribbles", indices=(1, 3), net=net)
     bank = memory.PrototypeMemory(1)
     bank.push(earlier.segments)
     return batch, bank
