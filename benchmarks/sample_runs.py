@@ -11,9 +11,10 @@ settings, `accuracy.BASELINE` for the baselines), one seed:
 
 Each run is scored on the committed val split (32 images) with the benchmark's methods and
 keeps ``config.yaml``, ``final.pt`` (+ ``stage2.pt``), ``metrics.csv``, ``eval/`` and its
-training time (``bench_timing.json``); the resume checkpoints are deleted. ``data_samples/runs/runs.csv`` lists them with their headline
-val mIoU and training time. `tests/test_sample_runs.py` re-scores every run and must find the
-same numbers, so the weights in the repository are exactly what this command writes.
+training time (``bench_timing.json``); the resume checkpoints are deleted.
+``data_samples/runs/runs.csv`` lists them with their headline val mIoU and training time.
+`tests/test_sample_runs.py` re-scores every run and must find the same numbers, so the weights
+in the repository are exactly what this command writes.
 
 Resumable like the benchmark (`bench_runs.score_run`): run it again and it continues; a
 finished run with the same config is kept, one with another config is an error unless

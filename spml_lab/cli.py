@@ -77,19 +77,26 @@ def _add_make_data(commands):
         default=None,
         help="factor on object radii, objects kind (default: generator's, 1)",
     )
-    data.add_argument(
+    _add_superpixel_arguments(data, "slic", "the method's")
+    data.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    data.add_argument("--quiet", action="store_true", help="no progress bar")
+    data.set_defaults(run=_make_data)
+
+
+def _add_superpixel_arguments(parser, method, count):
+    """--superpixels N and --superpixel-method, with the command's own defaults."""
+    parser.add_argument(
         "--superpixels",
         type=int,
         default=None,
         metavar="N",
-        help="about N superpixels per image (slic / watershed; default: the method's)",
+        help=f"about N superpixels per image (slic / watershed; default: {count})",
     )
-    data.add_argument(
-        "--superpixel-method", default="slic", help="slic | felzenszwalb | quickshift | watershed"
+    parser.add_argument(
+        "--superpixel-method",
+        default=method,
+        help="slic | felzenszwalb | quickshift | watershed (default: %(default)s)",
     )
-    data.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
-    data.add_argument("--quiet", action="store_true", help="no progress bar")
-    data.set_defaults(run=_make_data)
 
 
 def _add_run_notebook(commands):
@@ -276,18 +283,7 @@ def _add_prepare(commands):
     voc.add_argument(
         "--workers", type=int, default=None, help="parallel processes (default: CPUs, at most 4)"
     )
-    voc.add_argument(
-        "--superpixels",
-        type=int,
-        default=None,
-        metavar="N",
-        help="about N superpixels per image (default: 64 watershed seeds)",
-    )
-    voc.add_argument(
-        "--superpixel-method",
-        default="watershed",
-        help="watershed | slic | felzenszwalb | quickshift (default: %(default)s)",
-    )
+    _add_superpixel_arguments(voc, "watershed", "64 watershed seeds")
     voc.add_argument("--seed", type=int, default=0, help="placement of points made from masks")
     voc.add_argument(
         "--skip-bad",

@@ -40,7 +40,7 @@ def test_widget_has_stable_descriptions_and_css_classes(ex):
     assert [c.description for c in controls.children] == ["image", "x", "y", "relation"]
     assert "spml-similarity" in picture._dom_classes and picture.format == "png"
     assert list(controls.children[3].options) == ["none", *relations.RELATIONS]
-    assert controls.children[1].max == 31 and controls.children[0].max == 1
+    assert controls.children[1].max == 23 and controls.children[0].max == 1
     assert "segment" in table.value
 
 
@@ -49,9 +49,9 @@ def test_moving_the_x_slider_redraws_the_picture(ex):
     before, before_table = bytes(picture.value), table.value
     controls.children[1].value = 5  # x
     assert bytes(picture.value) != before and table.value != before_table
-    assert bytes(picture.value) == ex.render(ExplorerState(0, 16, 5))
+    assert bytes(picture.value) == ex.render(ExplorerState(0, 12, 5))
     controls.children[3].value = "semantic_annotation"
-    assert bytes(picture.value) == ex.render(ExplorerState(0, 16, 5, "semantic_annotation"))
+    assert bytes(picture.value) == ex.render(ExplorerState(0, 12, 5, "semantic_annotation"))
     controls.children[3].value = "none"
 
 
@@ -61,8 +61,8 @@ def test_render_is_deterministic_and_a_png_of_the_picture(ex):
     assert png == ex.render(state)
     picture = ex.picture(state)
     assert (decode(png) == picture).all()
-    # two rows of two 256-px panels (128-px images at zoom 2) under 16-px titles
-    assert picture.shape[0] == 2 * (256 + 16) + 6 + 14
+    # two rows of two 192-px panels (96-px images at zoom 2) under 16-px titles
+    assert picture.shape[0] == 2 * (192 + 16) + 6 + 14
 
 
 def test_bottom_row_shows_the_cosine_to_the_query(ex, batch):
@@ -70,9 +70,9 @@ def test_bottom_row_shows_the_cosine_to_the_query(ex, batch):
     picture = ex.picture(state)
     emb = batch.embeddings.numpy()  # (B, h, w, D) unit rows
     q = emb[1, 7, 9]
-    top = 16 + 256 + 6 + 16  # first pixel row of the bottom panels
-    for b, y, x in [(0, 3, 20), (1, 30, 2), (0, 25, 25)]:
-        colour = picture[top + 8 * y + 4, b * (256 + 6) + 8 * x + 4]  # centre of the 8x8 block
+    top = 16 + 192 + 6 + 16  # first pixel row of the bottom panels
+    for b, y, x in [(0, 3, 20), (1, 22, 2), (0, 20, 21)]:
+        colour = picture[top + 8 * y + 4, b * (192 + 6) + 8 * x + 4]  # centre of the 8x8 block
         cosine = float(emb[b, y, x] @ q)
         assert (colour == embedding_viz.heat_rgb(np.array(cosine))).all()
 
@@ -85,8 +85,8 @@ def test_relation_overlay_uses_the_relation_positives(ex, batch):
     )
     assert ex.summary(state).startswith(f"cooccurrence: {int(pos.sum())} positive, ")
     plain, drawn = ex.picture(ExplorerState(0, 12, 20)), ex.picture(state)
-    assert (plain[16 : 16 + 256] != drawn[16 : 16 + 256]).any()  # the top row changed
-    bottom = slice(16 + 256 + 6 + 16, 16 + 256 + 6 + 16 + 256)
+    assert (plain[16 : 16 + 192] != drawn[16 : 16 + 192]).any()  # the top row changed
+    bottom = slice(16 + 192 + 6 + 16, 16 + 192 + 6 + 16 + 192)
     assert (plain[bottom] == drawn[bottom]).all()  # the similarity row did not
 
 
