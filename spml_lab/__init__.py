@@ -4,16 +4,16 @@ The package follows the pipeline, one layer per folder; a module imports only fr
 layer or the layers below it (checked by ``lint-imports``)::
 
     cli                  the spml-lab command
-    classroom/  batch/   demo, exercises, lessons / runner (notebooks through papermill),
-                         sweep
+    classroom/  batch/   demo, exercises, lessons, figures, end_to_end (spml-lab demo) /
+                         runner (notebooks through papermill), sweep, claims
     pictures/            viz, embedding_viz, embedding_stats, explorer, arrays
     prediction/          knn, probabilities, pseudo_labels, cam, stage2, predict, crf,
                          metrics, evaluate
-    training/            config, train, checkpoints
+    training/            config, presets, train, checkpoints, run_folders
     method/  nets/       clustering, losses, relations, memory, distributed /
                          embedding_nets, heads, resnet
     data/                textures, synthetic, annotations, superpixels, labelio, datasets,
-                         make_data
+                         make_data, voc_files, voc (spml-lab prepare voc)
     constants            IGNORE_INDEX and the annotation kinds
 
 Notebooks import a module with the prefix that names its file, e.g.
