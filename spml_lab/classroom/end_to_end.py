@@ -105,21 +105,6 @@ def _has_head(folder, steps):
     return path.is_file() and checkpoints.load_checkpoint(path)["settings"]["steps"] == steps
 
 
-def _masks(run, images, method):
-    """Labels (B, H, W) of `images` by `run` with one `evaluate.METHODS` predictor."""
-    stage2 = method.startswith("stage2")
-    head = run.stage2_head if stage2 else run.head
-    return predict.predict(run.net, head, images, crf=method.endswith("_crf"))
-
-
-def _image_miou(labels, truth, num_classes):
-    """Return each image's mIoU over the classes in its truth or prediction."""
-    return [
-        metrics.mean_iou(metrics.confusion_matrix(p[None], t[None], num_classes))[0]
-        for p, t in zip(labels, truth, strict=True)
-    ]
-
-
 def run_demo(out="outputs/demo", *, steps=200, stage2_steps=100, seed=0, images=4, progress=True):
     """Train, score and draw SPML against partial cross-entropy on the embedded scribbles.
 
@@ -160,7 +145,7 @@ def run_demo(out="outputs/demo", *, steps=200, stage2_steps=100, seed=0, images=
         run = predict.load_run(folder)
         name = f"{'SPML' if key == 'spml' else 'partial CE'}, {steps} steps"
         rows.append(DemoRow(name, str(folder), run.step, method, scores[method]["miou"], seconds))
-        shown.append(_masks(run, batch["image"], method))
+        shown.append(evaluate.predict_methods(run, batch["image"], [method])[method])
     for name, key in SHIPPED.items():
         method = HEADLINE[key]
         folder = datasets.EMBEDDED_RUNS / name
@@ -171,7 +156,7 @@ def run_demo(out="outputs/demo", *, steps=200, stage2_steps=100, seed=0, images=
         timing = _shipped_seconds(name)
         label = f"{'SPML' if name.startswith('spml') else 'partial CE'}, {run.step} steps (shipped)"
         rows.append(DemoRow(label, str(folder), run.step, method, recorded[method]["miou"], timing))
-        shown.append(_masks(run, batch["image"], method))
+        shown.append(evaluate.predict_methods(run, batch["image"], [method])[method])
     figure = _figure(batch, scribbles, shown, rows, val)
     figure.savefig(out / "spml_vs_baseline.png", dpi=110, bbox_inches="tight")
     plt.close(figure)
@@ -183,7 +168,7 @@ def _figure(batch, scribbles, shown, rows, val):
     colours = viz.palette(val.num_classes)
     pictures = predict.to_uint8(batch["image"]).numpy()
     truth = batch["label"]
-    per_image = [_image_miou(labels, truth, val.num_classes) for labels in shown]
+    per_image = [metrics.image_miou(labels, truth, val.num_classes).tolist() for labels in shown]
     grid = []
     for b, index in enumerate(batch["index"].tolist()):
         weak = scribbles[index]["label"].numpy()

@@ -25,7 +25,7 @@ from spml_lab.prediction import probabilities
 from spml_lab.prediction.crf import dense_crf_batch
 from spml_lab.prediction.predict import check_images, to_uint8
 
-__all__ = ["PseudoLabels", "random_walk", "walk_size", "from_head"]
+__all__ = ["PseudoLabels", "random_walk", "walk_size", "from_head", "tag_argmax"]
 
 
 class PseudoLabels(NamedTuple):
@@ -280,11 +280,33 @@ def from_head(
         scaled = probabilities.upsample_probs(scaled, size).cpu()
         walked = probabilities.upsample_probs(walked, size).cpu()
         refined = dense_crf_batch(to_uint8(images), walked, **(crf_options or {})) if crf else None
-        allowed = tags.cpu().clone()
-        if background is not None:
-            allowed[:, background] = True
-        final = (walked if refined is None else refined).masked_fill(
-            ~allowed[:, :, None, None], float("-inf")
-        )
-        labels = final.argmax(dim=1).to(torch.uint8)
-    return PseudoLabels(labels, scaled, walked, refined)
+        labels = tag_argmax(walked if refined is None else refined, tags, background=background)
+    return PseudoLabels(labels.to(torch.uint8), scaled, walked, refined)
+
+
+def tag_argmax(maps, tags, *, background=0):
+    """Return each pixel's class among its image's tags (and `background`): a masked argmax.
+
+    Parameters
+    ----------
+    maps : (B, C, H, W) float tensor
+        Class scores (any step of `from_head`).
+    tags : (B, C) bool tensor
+    background : int or None, optional
+        Class allowed in every image.
+
+    Returns
+    -------
+    labels : (B, H, W) int64 tensor
+        On the maps' device.
+
+    Examples
+    --------
+    >>> maps = torch.tensor([[[[0.1]], [[0.9]], [[0.5]]]])  # class 1 wins, but is not tagged
+    >>> tag_argmax(maps, torch.tensor([[False, False, True]])).flatten().tolist()
+    [2]
+    """
+    allowed = tags.to(maps.device).bool().clone()
+    if background is not None:
+        allowed[:, background] = True
+    return maps.masked_fill(~allowed[:, :, None, None], float("-inf")).argmax(dim=1)

@@ -148,10 +148,9 @@ def pseudo_label_steps(run, *, max_images=None, batch_size=8, flip=True, pseudo_
             run.net, run.head, batch["image"], batch["tags"], flip=flip, **options
         )
         target = torch.stack([truth[int(i)]["label"] for i in batch["index"]])
-        allowed = batch["tags"].clone()
-        allowed[:, 0] = True  # background is allowed in every image
+        background = options.get("background", 0)
         labels = {
-            s: getattr(pseudo, s).masked_fill(~allowed[:, :, None, None], -1.0).argmax(dim=1)
+            s: pseudo_labels.tag_argmax(getattr(pseudo, s), batch["tags"], background=background)
             for s in steps
         }
         for s in steps:
