@@ -117,6 +117,15 @@ class Plan:
         """Whether the run trains with relations (then kNN and stage 2 are scored too)."""
         return self.method == "spml" or self.method.startswith("no_")
 
+    @property
+    def stage2(self):
+        """Whether the run's headline is the pseudo-label pipeline (stage 2 + CRF).
+
+        SPML runs, and ``baseline_stage2``: the partial-CE network through the same pseudo
+        labels, stage 2 and CRF (the pipeline without the relations).
+        """
+        return self.spml or self.method == "baseline_stage2"
+
 
 def plans(form="full"):
     """Every cell, in the order they are trained."""
@@ -170,11 +179,14 @@ def ensure_cam_labels(root, steps, width, seed, device):
 # --------------------------------------------------------------------------------- runs
 
 
-def run_one(plan, data_root, run_dir, seed, form, device, splits, deadline):
-    """Train (or resume) and score one run; return its CSV rows (None past the deadline)."""
+def run_one(plan, data_root, run_dir, seed, form, device, splits, deadline, size=None):
+    """Train (or resume) and score one run; return its CSV rows (None past the deadline).
+
+    `size` is the image side of `data_root` (default: `DATA` of the plan's dataset).
+    """
     if deadline is not None and time.time() > deadline and not (run_dir / "final.pt").is_file():
         return None
-    size = DATA[plan.dataset]["size"]
+    size = size or DATA[plan.dataset]["size"]
     cfg = bench_runs.base_config(
         data=str(data_root),
         **RECIPE,
@@ -187,8 +199,8 @@ def run_one(plan, data_root, run_dir, seed, form, device, splits, deadline):
         out_dir=str(run_dir),
         **plan.changes,
     )
-    methods = SPML_METHODS if plan.spml else BASELINE_METHODS
-    stage2_steps = form["stage2_steps"] if plan.spml else 0
+    methods = SPML_METHODS if plan.stage2 else BASELINE_METHODS
+    stage2_steps = form["stage2_steps"] if plan.stage2 else 0
     result = bench_runs.score_run(cfg, splits, methods, stage2_steps=stage2_steps)
     stats = bench_runs.segment_report(run_dir) if plan.spml else {}
     probes = bench_runs.probe_report(run_dir, splits[0])  # what the embedding encodes
@@ -205,7 +217,7 @@ def run_one(plan, data_root, run_dir, seed, form, device, splits, deadline):
                 "method": plan.method,
                 "seed": seed,
                 "split": split,
-                "miou": score("stage2_crf" if plan.spml else "softmax_crf"),
+                "miou": score("stage2_crf" if plan.stage2 else "softmax_crf"),
                 "miou_knn": score("knn"),
                 "miou_softmax": score("softmax"),
                 "miou_softmax_crf": score("softmax_crf"),

@@ -90,6 +90,15 @@ SETTINGS = {
                     width=32, steps=1000, batch=8, lr=0.05),
     "d25_s15_w64": dict(difficulty=0.25, object_scale=1.5, size=128, superpixels=32,
                         width=64, steps=600, batch=8, lr=0.01, embedding_dim=64),
+    # "parts" (the DensePose-like figures), calibrated on their own with the objects' recipe:
+    # first at the objects' data settings, then harder scenes in case points come too close to
+    # full masks (look-alike parts are what low-level grouping and feature affinity must solve)
+    "parts_d10": dict(kind="parts", difficulty=0.1, size=96, superpixels=16,
+                      width=32, steps=1000, batch=8, lr=0.05, head_dropout=0.1),
+    "parts_d25": dict(kind="parts", difficulty=0.25, size=96, superpixels=16,
+                      width=32, steps=1000, batch=8, lr=0.05, head_dropout=0.1),
+    "parts_d40": dict(kind="parts", difficulty=0.4, size=96, superpixels=16,
+                      width=32, steps=1000, batch=8, lr=0.05, head_dropout=0.1),
 }  # fmt: skip
 # other TrainConfig fields a setting may change
 RECIPE_FIELDS = ("embedding_dim", "head_lr_mult", "head_dropout", "warmup_steps", "weight_decay")
@@ -102,7 +111,8 @@ def setting_runs(name, setting, seed, work, train_images, val_images, methods=ME
     options = {"difficulty": setting["difficulty"]}
     if kind == "objects":
         options["object_scale"] = setting["object_scale"]
-    data_name = "d{difficulty}_s{object_scale}_px{size}_sp{superpixels}".format(**setting)
+    scale = f"_s{setting['object_scale']}" if kind == "objects" else ""
+    data_name = "d{difficulty}{scale}_px{size}_sp{superpixels}".format(scale=scale, **setting)
     data = bench_runs.ensure_dataset(
         work / "data" / (data_name if kind == "objects" else f"{kind}_{data_name}"),
         kind,
