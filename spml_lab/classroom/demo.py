@@ -20,6 +20,7 @@ from spml_lab.data import datasets
 from spml_lab.method import clustering, relations
 from spml_lab.nets import embedding_nets
 from spml_lab.training import train
+from spml_lab.training.config import TrainConfig
 
 __all__ = [
     "DemoBatch",
@@ -28,6 +29,8 @@ __all__ = [
     "pixel_position",
     "pick_pixel",
     "similarity_within_across",
+    "training_location_weight",
+    "compared_features",
     "segment_weights",
     "nearest_labels",
 ]
@@ -336,29 +339,37 @@ def similarity_within_across(embeddings, partition):
     return float(within.mean()), float(across.mean())
 
 
-def segment_weights(batch, pixel, positives, negatives, concentration, memory=None):
-    """Share of each segment in one pixel's softmax over its positives and negatives.
+def training_location_weight():
+    """Return the location weight low-level similarity is trained with (`TrainConfig`'s).
+
+    One source for the lessons: ``low_level_location_weight`` of a default `TrainConfig`
+    (1, the paper's VOC model).
+    """
+    return TrainConfig().low_level_location_weight
+
+
+def compared_features(batch, relation, *, location_weight=None):
+    """Return the pixel features and segment prototypes a relation's loss compares (no memory).
 
     Parameters
     ----------
     batch : DemoBatch
-    pixel : int
-        Flat pixel index.
-    positives, negatives : (S_total,) bool tensors
-        From `relations.positives_negatives` (with the same `memory`).
-    concentration : float
-        ``kappa``.
-    memory : memory.MemoryBank or memory.PrototypeMemory, optional
-        The memory the positives and negatives were found with; without it, entries past the
-        batch's S segments are ignored.
+    relation : str
+        One of `relations.RELATIONS`.
+    location_weight : float, optional
+        Of ``"low_level"``: the weight of the location half of its features; default the
+        training's (`training_location_weight`).
 
     Returns
     -------
-    weights : (S_total,) or (S,) float64 tensor
-        ``exp(kappa v . u_s) / sum_t exp(kappa v . u_t)`` over the segments t that take part
-        (positive or negative), 0 for the others; the memory's segments follow the batch's.
-        The positives' total is ``pos(i) / (pos(i) + neg(i))``: the pixel's loss is ``-log``
-        of it.
+    rows : (P, D') float tensor
+        One unit row per pixel (detached): the embedding ``v``, or for ``"low_level"`` (with a
+        non-zero location weight) ``[v, w * location]`` re-normalised, the k-means features
+        (`clustering.with_location`), so ``D' = D + 2``.
+    prototypes : (S, D') float tensor
+        The batch's segment prototypes on the same features: `Segments.prototypes`, or for
+        ``"low_level"`` the normalised mean of each segment's rows, as the loss recomputes
+        them.
 
     Examples
     --------
@@ -366,22 +377,95 @@ def segment_weights(batch, pixel, positives, negatives, concentration, memory=No
     >>> emb = torch.eye(2)[None, None]  # one image, 1 x 2 pixels, orthogonal
     >>> batch = DemoBatch(None, None, emb, None, None, None,
     ...                   build_segments(emb, torch.tensor([[[0, 1]]])), [], [])
-    >>> w = segment_weights(batch, 0, torch.tensor([True, False]), torch.tensor([False, True]), 2.0)
-    >>> [round(v, 4) for v in w.tolist()]  # e^2 / (e^2 + e^0), 1 / (e^2 + 1)
-    [0.8808, 0.1192]
+    >>> rows, protos = compared_features(batch, "low_level")
+    >>> tuple(rows.shape), tuple(protos.shape)  # [v, location]: two more columns
+    ((2, 4), (2, 4))
+    >>> tuple(compared_features(batch, "cooccurrence")[0].shape)
+    (2, 2)
     """
-    prototypes = batch.segments.prototypes.detach()
-    if memory is not None:
-        bank = memory.bank() if hasattr(memory, "bank") else memory
-        if bank is not None:
-            prototypes = torch.cat([prototypes, bank.prototypes.to(prototypes)])
-    count = prototypes.shape[0]
-    part = (positives[:count] | negatives[:count]).cpu()
+    if relation not in relations.RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; known: {relations.RELATIONS}")
+    embeddings, segments = batch.embeddings.detach(), batch.segments
+    if location_weight is None:
+        location_weight = training_location_weight()
+    if relation == "low_level" and location_weight:
+        # as `relations.low_level_similarity`: segments of one image are compared on where
+        # they are as well as on what they look like
+        height, width = embeddings.shape[1:3]
+        locations = clustering.location_features(
+            height, width, dtype=embeddings.dtype, device=embeddings.device
+        )
+        features = clustering.with_location(embeddings, locations, weight=location_weight)
+        rows = features.reshape(-1, features.shape[-1])  # (P, D + 2)
+        ids = segments.segment_ids.reshape(-1)
+        return rows, clustering.segment_prototypes(rows, ids, segments.num_segments)
+    return embeddings.reshape(-1, embeddings.shape[-1]), segments.prototypes.detach()
+
+
+def segment_weights(
+    batch, pixel, relation, positives, negatives, concentration, memory=None, *,
+    location_weight=None,
+):  # fmt: skip
+    """Share of each segment in one pixel's softmax over its positives and negatives.
+
+    Parameters
+    ----------
+    batch : DemoBatch
+    pixel : int
+        Flat pixel index.
+    relation : str
+        One of `relations.RELATIONS`: which features the loss compares (`compared_features`).
+    positives, negatives : (S_total,) bool tensors
+        From `relations.positives_negatives` (with the same `memory`).
+    concentration : float
+        ``kappa``.
+    memory : memory.MemoryBank or memory.PrototypeMemory, optional
+        The memory the positives and negatives were found with; without it, entries past the
+        batch's S segments are ignored.
+    location_weight : float, optional
+        Of ``"low_level"``; default the training's (`training_location_weight`).
+
+    Returns
+    -------
+    weights : (S_total,) or (S,) float64 tensor
+        ``exp(kappa f . g_s) / sum_t exp(kappa f . g_t)`` over the segments t that take part
+        (positive or negative), 0 for the others; the memory's segments follow the batch's.
+        ``f`` and ``g`` are the features the relation's loss compares: the embedding and the
+        segment prototypes, or for low-level similarity ``[v, location]`` and prototypes of
+        it. So the positives' total is ``pos(i) / (pos(i) + neg(i))`` of the loss: the pixel's
+        loss is ``-log`` of it.
+
+    Examples
+    --------
+    Two pixels that look the same, at the two ends of a row, each its own segment: on the
+    embedding the pixel is as close to the other segment as to its own; on ``[v, location]``
+    its own place makes its own segment the closer one.
+
+    >>> from spml_lab.method.clustering import build_segments
+    >>> emb = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])  # one image, 1 x 2 pixels
+    >>> batch = DemoBatch(None, None, emb, None, None, None,
+    ...                   build_segments(emb, torch.tensor([[[0, 1]]])), [], [])
+    >>> pos, neg = torch.tensor([True, False]), torch.tensor([False, True])
+    >>> w = segment_weights(batch, 0, "semantic_annotation", pos, neg, 2.0)
+    >>> [round(v, 4) for v in w.tolist()]  # e^2 / (e^2 + e^2)
+    [0.5, 0.5]
+    >>> w = segment_weights(batch, 0, "low_level", pos, neg, 2.0)  # cosine 1 against 2 / 3
+    >>> [round(v, 4) for v in w.tolist()]
+    [0.6608, 0.3392]
+    """
+    rows, prototypes = compared_features(batch, relation, location_weight=location_weight)
+    count = prototypes.shape[0]  # the batch's S
+    bank = memory.bank() if hasattr(memory, "bank") else memory
+    extra = 0 if bank is None else bank.prototypes.shape[0]
+    if extra and relation != "low_level":  # low-level: the memory takes no part (weight 0)
+        prototypes = torch.cat([prototypes, bank.prototypes.to(prototypes)])
+    weights = torch.zeros(count + extra, dtype=torch.float64)
+    part = (positives[: len(prototypes)] | negatives[: len(prototypes)]).cpu()
     if not part.any():
-        return torch.zeros(count, dtype=torch.float64)
-    vector = batch.embeddings.reshape(-1, batch.embeddings.shape[-1])[pixel].detach()
-    logits = concentration * (prototypes @ vector).double().cpu()  # (S_total,)
-    return torch.softmax(logits.masked_fill(~part, float("-inf")), 0)
+        return weights
+    logits = concentration * (prototypes @ rows[pixel]).double().cpu()  # (S_total,)
+    weights[: len(part)] = torch.softmax(logits.masked_fill(~part, float("-inf")), 0)
+    return weights
 
 
 def nearest_labels(batch, prototypes, labels, *, ignore_index=IGNORE_INDEX):

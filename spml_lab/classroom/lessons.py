@@ -94,7 +94,9 @@ class KappaSweep:
     shares: list
 
 
-def kappa_sweep(batch, pixel, relation, kappas, positives, negatives, memory=None):
+def kappa_sweep(
+    batch, pixel, relation, kappas, positives, negatives, memory=None, *, location_weight=None
+):
     """Compute a relation's batch loss and one pixel's segment weights for several ``kappa``.
 
     Parameters
@@ -108,10 +110,14 @@ def kappa_sweep(batch, pixel, relation, kappas, positives, negatives, memory=Non
     positives, negatives : (S_total,) bool tensors
         The pixel's roles (`relations.positives_negatives` with the same `memory`).
     memory : memory.PrototypeMemory, optional
+    location_weight : float, optional
+        Of ``"low_level"``: the weight of the location half of the features its loss
+        compares; default the training's (`demo.training_location_weight`).
 
     Returns
     -------
     sweep : KappaSweep
+        Loss and weights on the same features, so ``-log`` of a share is the pixel's loss.
 
     Examples
     --------
@@ -124,14 +130,20 @@ def kappa_sweep(batch, pixel, relation, kappas, positives, negatives, memory=Non
     >>> len(sweep.batch_loss), abs(float(sweep.weights[0].sum()) - 1) < 1e-9
     (2, True)
     """
+    if location_weight is None:
+        location_weight = demo.training_location_weight()
+    options = {"location_weight": location_weight}  # the loss's features, for both
     losses, weights = [], []
     for kappa in kappas:
         setting = {relation: relations.RelationSetting(float(kappa), 1.0)}
         out = relations.spml_loss(
-            batch.embeddings, batch.labels, batch.tags, batch.segments, memory, settings=setting
-        )
+            batch.embeddings, batch.labels, batch.tags, batch.segments, memory,
+            settings=setting, **options,
+        )  # fmt: skip
         losses.append(float(out[relation]))
-        weights.append(demo.segment_weights(batch, pixel, positives, negatives, kappa, memory))
+        roles = (positives, negatives)
+        share = demo.segment_weights(batch, pixel, relation, *roles, kappa, memory, **options)
+        weights.append(share)
     shares = [float(w[positives[: len(w)]].sum()) for w in weights]
     return KappaSweep(relation, list(kappas), losses, weights, shares)
 

@@ -1,14 +1,16 @@
 import itertools
+import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spml_lab.classroom import demo
+from spml_lab.classroom import demo, lessons
 from spml_lab.data import datasets
-from spml_lab.method import losses, memory, relations
+from spml_lab.method import clustering, losses, memory, relations
 from spml_lab.nets import embedding_nets
+from spml_lab.training.config import TrainConfig
 
 
 def small_net(seed=0):
@@ -115,7 +117,7 @@ def test_segment_weights_give_the_pixel_loss():
     pos, neg = relations.positives_negatives(
         "semantic_annotation", pixel, batch.embeddings, batch.labels, batch.tags, batch.segments
     )
-    weights = demo.segment_weights(batch, pixel, pos, neg, 6.0)
+    weights = demo.segment_weights(batch, pixel, "semantic_annotation", pos, neg, 6.0)
     assert torch.isclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
     assert (weights[~(pos | neg)] == 0).all()
     per_pixel = losses.pixel_segment_loss(
@@ -163,11 +165,11 @@ def test_segment_weights_with_memory_cover_the_memory_too():
         "semantic_annotation", pixel, batch.embeddings, batch.labels, batch.tags,
         batch.segments, bank,
     )  # fmt: skip
-    weights = demo.segment_weights(batch, pixel, pos, neg, 6.0, bank)
+    weights = demo.segment_weights(batch, pixel, "semantic_annotation", pos, neg, 6.0, bank)
     assert len(weights) == len(pos) > batch.segments.num_segments
     assert torch.isclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
     assert (weights[batch.segments.num_segments :] > 0).any()
-    only_batch = demo.segment_weights(batch, pixel, pos, neg, 6.0)
+    only_batch = demo.segment_weights(batch, pixel, "semantic_annotation", pos, neg, 6.0)
     assert len(only_batch) == batch.segments.num_segments
 
 
@@ -182,3 +184,52 @@ def test_nearest_labels_matches_brute_force():
         assert (got[batch.segments.segment_ids == s] == labels[best]).all()
     none = demo.nearest_labels(batch, protos, torch.full_like(labels, 255))
     assert (none == 255).all()
+
+
+def per_pixel_loss(relation, batch, kappa):
+    """The loss of every pixel of `batch` under `relation`, on the features training compares.
+
+    Written out with `losses.pixel_segment_loss` (reduction "none"), independently of the
+    relation functions: low-level similarity compares ``[v, location]`` (the training's
+    location weight) with prototypes of the same features, within each image.
+    """
+    emb, seg = batch.embeddings, batch.segments
+    num_images, height, width, dim = emb.shape
+    ids = seg.segment_ids.reshape(-1)
+    if relation == "low_level":
+        locations = clustering.location_features(height, width)
+        weight = TrainConfig().low_level_location_weight
+        rows = clustering.with_location(emb, locations, weight=weight).reshape(-1, dim + 2)
+        protos = clustering.segment_prototypes(rows, ids, seg.num_segments)
+        groups = torch.arange(num_images).repeat_interleave(height * width)
+        return losses.pixel_segment_loss(
+            rows, seg.superpixels[ids], ids, protos, seg.superpixels, kappa, reduction="none",
+            ignore_index=None, pixel_groups=groups, prototype_groups=seg.image_ids,
+        )  # fmt: skip
+    if relation == "semantic_annotation":
+        labels, proto_labels = batch.labels.reshape(-1), seg.labels
+    else:  # cooccurrence: image tag sets without background
+        labels = batch.tags[:, 1:].repeat_interleave(height * width, 0)
+        proto_labels = batch.tags[seg.image_ids][:, 1:]
+    ignore = 255 if relation == "semantic_annotation" else None
+    return losses.pixel_segment_loss(
+        emb.reshape(-1, dim), labels, ids, seg.prototypes, proto_labels, kappa,
+        reduction="none", ignore_index=ignore,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("relation", ["low_level", "semantic_annotation", "cooccurrence"])
+def test_minus_log_of_the_positives_share_is_the_pixels_loss(relation):
+    # the lesson's statement: -log of the positives' share of a pixel's softmax is its loss
+    batch = demo.make_batch("objects", "scribbles", indices=(0, 2), net=small_net(1))
+    kappa = 16.0
+    per_pixel = per_pixel_loss(relation, batch, kappa).double()
+    for seed in range(2):
+        pixel = demo.pick_pixel(batch, relation, seed=seed, image=None)
+        pos, neg = relations.positives_negatives(
+            relation, pixel, batch.embeddings, batch.labels, batch.tags, batch.segments
+        )
+        weights = demo.segment_weights(batch, pixel, relation, pos, neg, kappa)
+        assert float(-weights[pos].sum().log()) == pytest.approx(float(per_pixel[pixel]), abs=1e-5)
+        sweep = lessons.kappa_sweep(batch, pixel, relation, [kappa], pos, neg)
+        assert -math.log(sweep.shares[0]) == pytest.approx(float(per_pixel[pixel]), abs=1e-5)

@@ -1,3 +1,4 @@
+import functools
 import math
 
 import numpy as np
@@ -101,26 +102,29 @@ def test_truth_and_solution_match_the_table(key, capsys):
 
 
 @pytest.mark.parametrize("key", list(EXPECTED), ids=lambda k: f"{k[0]}-{k[1]}")
-def test_right_answers_are_accepted(key, capsys):
+def test_right_answers_are_accepted(key):
     relation, pixel = key
     pos, neg = (mask(s) for s in EXPECTED[key])
     assert exercises.diagnose(relation, pos, neg, hand_batch(), pixel) is None
-    assert exercises.check(relation, pos, neg, hand_batch(), pixel) is True
-    assert capsys.readouterr().out.startswith("Right!")
     # numpy answers are fine too
     assert exercises.diagnose(relation, pos.numpy(), neg.numpy(), hand_batch(), pixel) is None
 
 
 def test_unanswered_says_so_and_is_not_right(capsys):
-    assert exercises.check("low_level", None, None, hand_batch(), PIXEL_A) is False
+    assert exercises.check("low_level", None, hand_batch(), PIXEL_A) is False
     assert capsys.readouterr().out.startswith("Not answered yet")
-    assert exercises.check("low_level", mask({1}), None, hand_batch(), PIXEL_A) is False
+    half = lambda seg, me: (seg.index == 1, None)  # noqa: E731
+    assert exercises.check("low_level", half, hand_batch(), PIXEL_A) is False
+    assert capsys.readouterr().out.startswith("Not answered yet")
 
 
 def test_wrong_form_is_named(capsys):
     batch = hand_batch()
-    assert exercises.check("low_level", mask({1}).long(), mask({2, 3}), batch, PIXEL_A) is False
+    longs = lambda seg, me: (mask({1}).long(), mask({2, 3}))  # noqa: E731
+    assert exercises.check("low_level", longs, batch, PIXEL_A) is False
     assert "booleans" in capsys.readouterr().out
+    assert exercises.check("low_level", lambda seg, me: mask({1}), batch, PIXEL_A) is False
+    assert "must return two values" in capsys.readouterr().out
     hint = exercises.diagnose("low_level", mask({1}, 9), mask({2, 3}), batch, PIXEL_A)
     assert "shape (10,)" in hint
     assert "bool tensor" in exercises.diagnose("low_level", [True], mask({2}), batch, PIXEL_A)
@@ -158,13 +162,10 @@ WRONG = {
 
 
 @pytest.mark.parametrize("case", list(WRONG))
-def test_each_wrong_kind_gets_its_hint(case, capsys):
+def test_each_wrong_kind_gets_its_hint(case):
     relation, pixel, pos, neg, words = WRONG[case]
-    batch = hand_batch()
-    hint = exercises.diagnose(relation, mask(pos), mask(neg), batch, pixel)
+    hint = exercises.diagnose(relation, mask(pos), mask(neg), hand_batch(), pixel)
     assert hint is not None and words in hint, hint
-    assert exercises.check(relation, mask(pos), mask(neg), batch, pixel) is False
-    assert capsys.readouterr().out.startswith("Not yet: ")
 
 
 def test_hint_counts_the_other_wrong_segments():
@@ -180,7 +181,7 @@ def test_pixel_taking_no_part_is_reported():
 
 def test_bad_relation_and_pixel():
     with pytest.raises(ValueError, match="unknown relation"):
-        exercises.check("colour", mask({1}), mask({2}), hand_batch(), 0)
+        exercises.check("colour", lambda seg, me: (mask({1}), mask({2})), hand_batch(), 0)
     with pytest.raises(ValueError, match="pixel must lie"):
         exercises.pixel_fields(hand_batch(), 18)
 
@@ -215,14 +216,17 @@ def test_describe_pixel_prints_the_pixel_and_returns_its_fields(capsys):
 def test_show_solution_prints_and_checks_the_reference_answer(key, capsys):
     relation, pixel = key
     pos, neg = EXPECTED[key]
-    wrong = mask(set()), mask(set())  # the student's answer is set aside
-    assert exercises.check(relation, *wrong, hand_batch(), pixel, show_solution=True) is True
+    wrong = lambda seg, me: (seg.index < 0, seg.index < 0)  # noqa: E731  (set aside)
+    assert exercises.check(relation, wrong, hand_batch(), pixel, show_solution=True) is True
     out = capsys.readouterr().out
     assert "def _" in out  # the reference code is shown
-    assert out.endswith(f"Right! {len(pos)} positive and {len(neg)} negative segments.\n")
-    assert exercises.check(relation, *wrong, hand_batch(), pixel) is False
+    drawn = f"pixel {pixel} (image 0, the one drawn): right, {len(pos)} positive and {len(neg)}"
+    assert drawn in out
+    assert out.endswith("pixels, the fallback included.\n") and "\nRight! Your rule" in out
+    assert exercises.check(relation, wrong, hand_batch(), pixel) is False
 
 
+@functools.cache
 def _notebook_pixels(relation, seed):
     """The batch and pixel a relation notebook (05-08) draws with its stored or CI seed."""
     if relation == "feature_affinity":
@@ -241,5 +245,96 @@ def _notebook_pixels(relation, seed):
 @pytest.mark.parametrize("relation", relations.RELATIONS)
 def test_teachers_copy_of_each_relation_notebook_says_right(relation, seed, capsys):
     batch, pixel = _notebook_pixels(relation, seed)
-    assert exercises.check(relation, None, None, batch, pixel, show_solution=True) is True
+    assert exercises.check(relation, None, batch, pixel, show_solution=True) is True
     assert "Right!" in capsys.readouterr().out
+    tried = exercises.cases(batch, relation, pixel)
+    assert 3 <= len(tried) <= 5 and tried[0].pixel == pixel
+    assert [case.fallback for case in tried].count(True) == 1
+    for case in tried:  # each takes part; the fallback one has its own segment alone
+        pos, neg = relations.positives_negatives(
+            relation, case.pixel, case.batch.embeddings, case.batch.labels, case.batch.tags,
+            case.batch.segments,
+        )  # fmt: skip
+        own = int(case.batch.segments.segment_ids.reshape(-1)[case.pixel])
+        assert neg.any() and bool(pos[own]) == case.fallback
+        if case.fallback:
+            assert int(pos.sum()) == 1
+
+
+def student_rule(relation, *, fallback=True):
+    """A correct rule written otherwise than the reference one; or one without the fallback."""
+
+    def rule(seg, me):
+        if relation == "low_level":
+            mine = seg.image == me.image
+            same = mine & (seg.superpixel == me.superpixel)
+            negatives = mine & ~same
+        elif relation == "semantic_annotation":
+            same = seg.label == me.label
+            negatives = (seg.label != 255) & ~same
+        elif relation == "cooccurrence":
+            same = (seg.tags[:, 1:] & me.tags[1:]).any(1)
+            negatives = ~same
+        else:
+            same = seg.affinity == me.affinity
+            negatives = (seg.affinity != 255) & ~same
+        positives = same & (seg.index != me.segment)
+        if fallback and not positives.any():
+            positives = seg.index == me.segment
+        return positives, negatives
+
+    return rule
+
+
+@pytest.mark.parametrize("relation", relations.RELATIONS)
+def test_a_correct_rule_passes(relation, capsys):
+    batch, pixel = _notebook_pixels(relation, 0)
+    assert exercises.check(relation, student_rule(relation), batch, pixel) is True
+    out = capsys.readouterr().out
+    assert "def _" not in out  # the student's copy shows no solution
+    assert out.endswith("Right! Your rule holds for all 4 pixels, the fallback included.\n")
+
+
+@pytest.mark.parametrize("relation", relations.RELATIONS)
+def test_a_rule_without_the_fallback_fails(relation, capsys):
+    batch, pixel = _notebook_pixels(relation, 0)
+    rule = student_rule(relation, fallback=False)
+    assert exercises.check(relation, rule, batch, pixel) is False
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "Not yet: your rule holds for 3 of the 4 pixels."
+    # the pixels of the batch are right; the one without other "same" segments is not
+    assert all(": right, " in line for line in out[:3])
+    assert "'same' as it: missed positive: " in out[3] and "(the fallback)" in out[3]
+
+
+@pytest.mark.parametrize("relation", relations.RELATIONS)
+def test_a_hard_coded_answer_for_one_pixel_fails(relation, capsys):
+    batch, pixel = _notebook_pixels(relation, 0)
+    num_segments = batch.segments.num_segments
+    pos, neg = relations.positives_negatives(
+        relation, pixel, batch.embeddings, batch.labels, batch.tags, batch.segments
+    )
+    read_off = (pos[:num_segments], neg[:num_segments])  # the drawn pixel's answer, by hand
+    assert exercises.diagnose(relation, *read_off, batch, pixel) is None
+    assert exercises.check(relation, lambda seg, me: read_off, batch, pixel) is False
+    out = capsys.readouterr().out.splitlines()
+    assert ": right, " in out[0] and out[-2].startswith("Not yet: your rule holds for 1 of")
+    assert out[-1].startswith("It holds for the drawn pixel only")
+
+
+def test_cases_of_the_hand_batch():
+    batch = hand_batch()
+    # pixel A (class a): pixel F of image 1, then A without F, the other segment of class a
+    tried = exercises.cases(batch, "semantic_annotation", PIXEL_A)
+    assert [case.pixel for case in tried] == [PIXEL_A, 6, PIXEL_A]
+    assert [case.fallback for case in tried] == [False, False, True]
+    assert tried[-1].index.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9]  # segment F (5) left out
+    seg, me = tried[-1].fields()
+    assert me.segment == 0 and seg.index.tolist() == tried[-1].index.tolist()
+    # the copy's rows: A is the positive, D, H, J (rows 3, 6, 8) the negatives
+    answer = mask({0}, 9), mask({3, 6, 8}, 9)
+    assert exercises.diagnose("semantic_annotation", *answer, tried[-1].batch, PIXEL_A) is None
+    # pixel D is the only segment of class b: it needs the fallback as it is, none is made
+    tried = exercises.cases(batch, "semantic_annotation", PIXEL_D)
+    assert [case.fallback for case in tried] == [True, False, False]
+    assert all(len(case.index) == 10 for case in tried)

@@ -54,7 +54,7 @@ def test_kappa_sweep_gives_each_relations_loss_and_the_pixels_softmax_shares(bat
     want = [float(direct_loss(relation, batch, bank, k)) for k in kappas]
     assert sweep.batch_loss == pytest.approx(want, rel=1e-6)
     for kappa, w, share in zip(kappas, sweep.weights, sweep.shares, strict=True):
-        assert torch.equal(w, demo.segment_weights(batch, pixel, pos, neg, kappa, bank))
+        assert torch.equal(w, demo.segment_weights(batch, pixel, relation, pos, neg, kappa, bank))
         assert share == pytest.approx(float(w[pos].sum())) and 0 < share <= 1
     loss_figure, weights_figure = lessons.show_kappa_sweep(sweep, batch)
     assert list(loss_figure.axes[0].lines[0].get_ydata()) == sweep.batch_loss
