@@ -88,6 +88,7 @@ import bench_runs
 from accuracy import BASELINE, PARTS_RUN, TRAIN_ON, Plan
 
 from spml_lab.batch.claims import KINDS, cell_values, compare, summarise
+from spml_lab.data import make_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "relations_cpu_reduced.csv"
@@ -103,6 +104,7 @@ DATA = {
     "objects_sp48": {**accuracy.DATA["objects"], "superpixels": {"n_segments": 48}},
 }  # fmt: skip
 RELATIONS = ("low_level", "semantic_annotation", "cooccurrence", "feature_affinity")
+SHORTENED = ("scribbles_50", "scribbles_30")  # the label-sparsity cells (d)
 
 
 def plans():
@@ -110,10 +112,11 @@ def plans():
     contrast = {"contrast_images": accuracy.CONTRAST_IMAGES["reduced"]}
 
     def spml(dataset, kind, method="spml", **changes):
-        return Plan(dataset, kind, method, {"annotation": TRAIN_ON[kind], **contrast, **changes})
+        annotation = TRAIN_ON.get(kind, kind)  # shortened scribbles train on their own list
+        return Plan(dataset, kind, method, {"annotation": annotation, **contrast, **changes})
 
     def baseline(dataset, kind, method="baseline"):
-        annotation = "full" if kind == "full" else TRAIN_ON[kind]
+        annotation = TRAIN_ON.get(kind, kind)
         return Plan(dataset, kind, method, {"annotation": annotation, **BASELINE})
 
     out = [("b", baseline("objects", kind, "baseline_stage2")) for kind in KINDS]
@@ -139,6 +142,9 @@ def plans():
                 ("e", spml(dataset, "tags", "no_cooccurrence", cooccurrence=False))]  # fmt: skip
     out += [("e", spml("objects_sp48", "points")),
             ("e", spml("objects_sp48", "points", "no_low_level", low_level=False))]  # fmt: skip
+    for kind in SHORTENED:  # whole scribbles and points are cells of a and b
+        out += [("d", spml("objects", kind)), ("d", baseline("objects", kind)),
+                ("d", baseline("objects", kind, "baseline_stage2"))]  # fmt: skip
     return out
 
 
@@ -282,6 +288,10 @@ def main():
             spec["superpixels"], spec["size"])  # fmt: skip
         if any(p.dataset == dataset and p.kind in ("tags", "boxes") for _, _, p in todo):
             accuracy.ensure_cam_labels(roots[dataset], form["cam_steps"], 32, 0, "cpu")
+        for kind in SHORTENED:
+            wanted = any(p.dataset == dataset and p.kind == kind for _, _, p in todo)
+            if wanted and not (roots[dataset] / "lists" / f"train_{kind}.txt").is_file():
+                make_data.write_shortened_scribbles(roots[dataset], kind)
     deadline = None if args.minutes is None else time.time() + 60 * args.minutes
     jobs = [(accuracy.run_one, (p, roots[p.dataset], work / "runs" /
              f"{p.name.replace('/', '_')}_seed{seed}", seed, form, "cpu", ["test"], deadline,

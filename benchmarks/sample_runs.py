@@ -35,8 +35,11 @@ from pathlib import Path
 
 import accuracy
 import bench_runs
+import torch
 
 from spml_lab.data import datasets
+from spml_lab.training import run_folders
+from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 
 ROOT = datasets.DATA_SAMPLES.parent  # the repository: runs record paths relative to it
@@ -118,10 +121,25 @@ def check_folder(name, overwrite):
 
 
 def tidy(name):
-    """Keep only what the course and the re-scoring test read."""
-    for path in (OUT / name).iterdir():
+    """Keep only what the course and the re-scoring test read; record out_dir relative.
+
+    Training records the absolute ``out_dir`` (a run is found from any folder); a shipped run
+    records its place in the repository instead, the same in every clone.
+    """
+    folder = OUT / name
+    for path in folder.iterdir():
         if path.name not in KEEP:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+    relative = {"out_dir": folder.as_posix()}
+    TrainConfig.from_yaml(folder / "config.yaml").replace(**relative).to_yaml(
+        folder / "config.yaml"
+    )
+    for weights in ("final.pt", "stage2.pt"):
+        key = "config" if weights == "final.pt" else "run_config"
+        if (folder / weights).is_file():
+            state = torch.load(folder / weights, map_location="cpu", weights_only=True)
+            state[key] = {**state[key], **relative}
+            save_checkpoint(state, folder / weights)
 
 
 def main(argv=None):
@@ -134,6 +152,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     names = args.only or list(RUNS)
     os.chdir(ROOT)  # the run folders' `out_dir` is relative, the same in every clone
+    # the one command that may write the shipped runs (every other writer refuses them)
+    os.environ[run_folders.WRITE_SHIPPED_ENV] = "1"
     for name in names:
         check_folder(name, args.overwrite)
     tic = time.perf_counter()

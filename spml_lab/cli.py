@@ -25,6 +25,8 @@ import argparse
 import ast
 import sys
 
+from spml_lab import checks
+
 __all__ = ["main", "build_parser"]
 
 # what the commands change of the library's defaults: a person at a terminal sees progress bars
@@ -51,6 +53,8 @@ def build_parser():
 
 
 def _add_make_data(commands):
+    from spml_lab.data import synthetic
+
     data = commands.add_parser(
         "make-data",
         help="write a synthetic dataset (images, masks, superpixels, every weak-label kind)",
@@ -58,24 +62,33 @@ def _add_make_data(commands):
     )
     data.add_argument("out", help="output folder (created; must be empty or absent)")
     data.add_argument("--kind", default="objects", choices=["objects", "parts"])
-    data.add_argument("--train", type=int, default=2000, help="number of training images")
-    data.add_argument("--val", type=int, default=500, help="number of validation images")
+    count = checks.flag(int, 1)
+    data.add_argument("--train", type=count, default=2000, help="number of training images")
+    data.add_argument("--val", type=count, default=500, help="number of validation images")
     data.add_argument(
-        "--test", type=int, default=0, help="images of a held-out test split (default: none)"
+        "--test",
+        type=checks.flag(int, 0),
+        default=0,
+        help="images of a held-out test split (default: none)",
     )
-    data.add_argument("--size", type=int, default=128, help="image side in pixels")
-    data.add_argument("--seed", type=int, default=0, help="same seed, same dataset")
+    data.add_argument(
+        "--size",
+        type=checks.flag(int, synthetic.MIN_SIZE),
+        default=128,
+        help=f"image side in pixels, at least {synthetic.MIN_SIZE}",
+    )
+    data.add_argument("--seed", type=checks.flag(int, 0), default=0, help="same seed, same dataset")
     data.add_argument(
         "--difficulty",
-        type=float,
+        type=checks.flag(float, 0, 1),
         default=None,
         help="0 = clean scenes, 1 = hardest (default: generator's)",
     )
     data.add_argument(
         "--object-scale",
-        type=float,
+        type=checks.flag(float, 0.25, 3),  # the range synthetic.generate draws in
         default=None,
-        help="factor on object radii, objects kind (default: generator's, 1)",
+        help="factor on object radii in [0.25, 3], objects kind (default: generator's, 1)",
     )
     _add_superpixel_arguments(data, "slic", "the method's")
     data.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
@@ -87,7 +100,7 @@ def _add_superpixel_arguments(parser, method, count):
     """--superpixels N and --superpixel-method, with the command's own defaults."""
     parser.add_argument(
         "--superpixels",
-        type=int,
+        type=checks.flag(int, 1),
         default=None,
         metavar="N",
         help=f"about N superpixels per image (slic / watershed; default: {count})",
@@ -140,8 +153,9 @@ def _add_sweep(commands):
         "(cartesian product, in order), each in its own folder OUT/NAME=VALUE,...; a notebook "
         "parameter OUT_DIR is set to that folder. OUT/summary.csv gets one row per run with its "
         "status, time and final metrics (the run's summary.json, else the last row of its "
-        "metrics.csv). Runs finished by an earlier sweep into OUT are skipped. Exit status 1 "
-        "if a run failed.",
+        "metrics.csv). Runs finished by an earlier sweep into OUT are skipped. OUT belongs to "
+        "the notebook that swept it (OUT/sweep.json): another notebook, or a grid that "
+        "leaves out its runs, is refused unless --force. Exit status 1 if a run failed.",
     )
     sweep.add_argument("notebook", help="notebook to run (give it before the -p options)")
     sweep.add_argument(
@@ -156,7 +170,12 @@ def _add_sweep(commands):
     )
     sweep.add_argument("--out", default="outputs/sweep", help="sweep folder (default: %(default)s)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
-    sweep.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    sweep.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun runs that already finished; let this notebook or grid take over a folder "
+        "that another sweep owns (that sweep's runs of the same names are replaced)",
+    )
     sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
     sweep.set_defaults(run=_sweep)
 
@@ -173,6 +192,12 @@ def _add_evaluate(commands):
         "and RUN_DIR/eval/per_class.csv and prints mIoU and pixel accuracy per method.",
     )
     evaluate.add_argument("run_dir", help="a finished `spml-lab train` run folder")
+    evaluate.add_argument(
+        "--out",
+        default=None,
+        help="folder for the scores instead of the run's eval*/ (needed for a shipped run, "
+        "embedded:NAME, which is read-only)",
+    )
     config.add_field_arguments(evaluate, EvaluateOptions, EvaluateOptions(**AT_THE_COMMAND_LINE))
     evaluate.set_defaults(run=_evaluate)
 
@@ -183,7 +208,8 @@ def _add_predict(commands):
         help="write coloured masks <image stem>_mask.png for images (softmax head + CRF)",
         description="Segment images with a trained run's softmax head (the stage-2 head when "
         "the run folder has stage2.pt), flip-averaged and refined by a dense CRF, and write "
-        "each mask in the notebooks' class colours as <image stem>_mask.png.",
+        "each mask in the notebooks' class colours as <image stem>_mask.png. A mask never "
+        "replaces an input: such a run is refused before anything is written.",
     )
     predict.add_argument("checkpoint", help="a run folder or its final.pt")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG)")
@@ -204,10 +230,19 @@ def _add_predict(commands):
     )
     predict.add_argument(
         "--max-side",
-        type=int,
-        default=1024,
-        help="label larger images at this many pixels on the longer side, then bring the mask "
-        "back to full size (bounded memory for any photo; 0 = full resolution; default 1024)",
+        type=checks.flag(int, 0),
+        default=None,
+        help="decode and label larger images at this many pixels on the longer side, then "
+        "bring the mask back to full size (bounded memory for any JPEG: 1.3 GiB at most for "
+        "10000 x 10000 with the CRF; 0 = full resolution; default: "
+        "spml_lab.prediction.predict.MAX_SIDE, 896)",
+    )
+    predict.add_argument(
+        "--max-pixels",
+        type=checks.flag(int, 1),
+        default=None,
+        help="refuse images with more pixels, a guard against decompression bombs (default: "
+        "Pillow's limit, 178,956,970 = 2 x PIL.Image.MAX_IMAGE_PIXELS)",
     )
     predict.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
     predict.set_defaults(run=_predict)
@@ -226,6 +261,12 @@ def _add_stage2(commands):
         "stage2_crf).",
     )
     stage2.add_argument("run_dir", help="a finished `spml-lab train` run folder")
+    stage2.add_argument(
+        "--out",
+        default=None,
+        help="copy the run into this folder and write stage2.pt there (needed for a shipped "
+        "run, embedded:NAME, which is read-only)",
+    )
     config.add_field_arguments(stage2, Stage2Options, Stage2Options(**AT_THE_COMMAND_LINE))
     stage2.set_defaults(run=_stage2)
 
@@ -241,13 +282,15 @@ def _add_cam_labels(commands):
     cam.add_argument("data", help="a folder written by `spml-lab make-data`")
     cam.add_argument("--kind", choices=("tags", "boxes"), default="tags")
     cam.add_argument("--splits", nargs="+", default=["train"], help="splits to label")
-    cam.add_argument("--steps", type=int, default=300, help="classifier steps (%(default)s)")
-    cam.add_argument("--batch-size", type=int, default=8, help="images per step")
-    cam.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    cam.add_argument("--width", type=int, default=32, help="classifier channels")
+    cam.add_argument("--steps", type=checks.flag(int, 1), default=300,
+                     help="classifier steps (%(default)s)")  # fmt: skip
+    cam.add_argument("--batch-size", type=checks.flag(int, 1), default=8, help="images per step")
+    cam.add_argument("--lr", type=checks.flag(float, 1e-12), default=2e-3,
+                     help="Adam learning rate")  # fmt: skip
+    cam.add_argument("--width", type=checks.flag(int, 2), default=32, help="classifier channels")
     cam.add_argument(
         "--crop-size",
-        type=int,
+        type=checks.flag(int, 16),
         default=None,
         help="train the classifier on random crops of this size (with rescaling and flips); "
         "needed when the images differ in size, as VOC's do (default: whole images)",
@@ -281,10 +324,15 @@ def _add_prepare(commands):
         "--scribbles", default=None, metavar="DIR", help="folder of ScribbleSup's {id}.xml files"
     )
     voc.add_argument(
-        "--workers", type=int, default=None, help="parallel processes (default: CPUs, at most 4)"
+        "--workers",
+        type=checks.flag(int, 1),
+        default=None,
+        help="parallel processes (default: CPUs, at most 4)",
     )
     _add_superpixel_arguments(voc, "watershed", "64 watershed seeds")
-    voc.add_argument("--seed", type=int, default=0, help="placement of points made from masks")
+    voc.add_argument(
+        "--seed", type=checks.flag(int, 0), default=0, help="placement of points made from masks"
+    )
     voc.add_argument(
         "--skip-bad",
         action="store_true",
@@ -407,23 +455,28 @@ def _demo(args):
 def _train(args):
     from spml_lab.training import config, train
 
-    run = train.fit(config.from_arguments(args))
+    # --resume at the command line asks for a run to continue: a folder without one is a typo
+    run = train.fit(config.from_arguments(args), start_if_empty=False)
     print(f"wrote {run} (final.pt, metrics.csv)")
 
 
 def _cam_labels(args):
     from spml_lab.data import datasets
     from spml_lab.prediction import cam
+    from spml_lab.training import run_folders
 
     crops = {} if args.crop_size is None else {"train": True, "crop_size": args.crop_size}
     tags = datasets.from_folder(args.data, "train", "tags", seed=args.seed, **crops)
-    net = cam.train_tag_classifier(
-        tags, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        width=args.width, device=args.device, progress=True,
-    )  # fmt: skip
-    for split in args.splits:
-        path = cam.write_pseudo_labels(net, args.data, split, args.kind)
-        print(f"wrote {path}")
+    for split in args.splits:  # a missing split is named before the classifier trains
+        datasets.from_folder(args.data, split, args.kind)
+    with run_folders.one_writer(args.data):  # before training: a second writer learns at once
+        net = cam.train_tag_classifier(
+            tags, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+            width=args.width, device=args.device, progress=True,
+        )  # fmt: skip
+        for split in args.splits:
+            path = cam.write_pseudo_labels(net, args.data, split, args.kind)
+            print(f"wrote {path}")
 
 
 def _sweep(args):
@@ -464,27 +517,30 @@ def _sweep(args):
 
 
 def _evaluate(args):
-    from pathlib import Path
 
     from spml_lab.prediction import evaluate
     from spml_lab.training import config
 
     options = config.field_values(args, evaluate.EvaluateOptions)
-    results = evaluate.evaluate_run(args.run_dir, **{**AT_THE_COMMAND_LINE, **options})
+    results = evaluate.evaluate_run(
+        args.run_dir, out=args.out, **{**AT_THE_COMMAND_LINE, **options}
+    )
     print(f"{results['split']}: {results['images']} images, {results['seconds']:.1f} s")
     print(f"{'method':<12} {'mIoU':>7} {'pixel acc':>10}")
     for method in results["methods"]:
         scores = results[method]
         print(f"{method:<12} {scores['miou']:>7.4f} {scores['pixel_accuracy']:>10.4f}")
-    folder = Path(args.run_dir) / evaluate.EVAL_DIR
+    # the folder written (eval_test/ for --split test), as evaluate_run chose it
+    folder = evaluate.scores_folder(results["config"]["run"], results["split"], args.out)
     print(f"wrote {folder / 'metrics.json'} and {folder / 'per_class.csv'}")
     return 0
 
 
 def _predict(args):
+    import os
     from pathlib import Path
 
-    import torch
+    import numpy as np
     from PIL import Image
 
     from spml_lab.data import labelio
@@ -497,26 +553,48 @@ def _predict(args):
         raise FileNotFoundError(f"--head stage2: {run.path / predict.STAGE2} not found")
     if args.head != "stage1" and run.stage2_head is not None:
         head = run.stage2_head
-    colours = viz.palette(run.num_classes)
-    targets = {}  # every mask's file, checked before anything is written
+
+    def identity(path):  # (device, inode): the same under every name, hard links included
+        try:
+            stat = os.stat(path)
+        except OSError:  # not there (yet)
+            return None
+        return stat.st_dev, stat.st_ino
+
+    # every path resolved (``..``, absolute spellings and symlinks meet) and checked before
+    # anything is written: a mask may replace neither an input nor another mask
+    inputs = {Path(name).resolve(): name for name in args.images}
+    files = {identity(name): name for name in args.images}  # Pillow truncates in place
+    files.pop(None, None)
+    targets = {}  # resolved mask file -> the image it is the mask of, as the user wrote it
     for name in args.images:
-        path = Path(name)
-        folder = Path(args.out) if args.out else path.parent
-        target = folder / f"{path.stem}_mask.png"
+        folder = Path(args.out) if args.out else Path(name).parent
+        target = (folder / f"{Path(name).stem}_mask.png").resolve()
+        replaced = inputs.get(target) or files.get(identity(target))
+        if replaced:
+            raise ValueError(
+                f"the mask of {name} would be {target}, which replaces the input image "
+                f"{replaced}; rename it or predict into another --out folder"
+            )
         if target in targets:
             raise ValueError(
-                f"{targets[target]} and {path} would both write {target}; predict them into "
+                f"{targets[target]} and {name} would both write {target}; predict them into "
                 "different --out folders or rename one"
             )
-        targets[target] = path
-    for target, path in targets.items():
-        image = labelio.read_image(path)  # names the file when missing or unreadable
-        tensor = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
-        max_side = args.max_side or None
-        labels = predict.predict(run.net, head, tensor, crf=args.crf, max_side=max_side)[0]
-        labels = labels.numpy()
+        targets[target] = name
+    for name in targets.values():  # header only: a missing or huge file fails before writing
+        labelio.image_size(name, max_pixels=args.max_pixels)
+    # the notebooks' class colours, unlabelled white (`viz.colorize`), as a PNG palette: the
+    # full-size mask is colourised by Pillow from uint8 labels, no index or RGB copy in numpy
+    table = viz.colorize(np.arange(256), viz.palette(run.num_classes))  # (256, 3) uint8
+    max_side = predict.MAX_SIDE if args.max_side is None else args.max_side or None  # 0: full
+    for target, name in targets.items():
+        labels = predict.predict_file(run.net, head, name, max_side=max_side,
+                                      max_pixels=args.max_pixels, crf=args.crf)  # fmt: skip
+        mask = Image.fromarray(labels)  # (H, W) uint8, mode "L"
+        mask.putpalette(table.ravel().tolist())  # mode "P": each class index gets its colour
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(viz.colorize(labels, colours)).save(target, format="PNG")
+        mask.convert("RGB").save(target, format="PNG")
         print(f"wrote {target}")
     return 0
 
@@ -526,7 +604,7 @@ def _stage2(args):
     from spml_lab.training import config
 
     options = config.field_values(args, stage2.Stage2Options)
-    result = stage2.fit_head(args.run_dir, **{**AT_THE_COMMAND_LINE, **options})
+    result = stage2.fit_head(args.run_dir, out=args.out, **{**AT_THE_COMMAND_LINE, **options})
     quality = "n/a (no dense ground truth)"
     if result.pseudo_miou is not None:
         quality = f"{result.pseudo_miou:.4f}"

@@ -43,7 +43,9 @@ def run_notebook(notebook, out_dir, parameters=None, *, kernel_name=None, progre
     FileNotFoundError
         If `notebook` does not exist.
     ValueError
-        If a parameter name is not defined in the notebook's ``parameters`` cell.
+        If the notebook is not valid JSON or not a notebook, its first code cell is not a
+        ``parameters`` cell of Python, or a parameter name is not defined in that cell; the
+        message names the file, and nothing is written.
     """
     import papermill
 
@@ -51,11 +53,12 @@ def run_notebook(notebook, out_dir, parameters=None, *, kernel_name=None, progre
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook not found: {notebook}")
     parameters = dict(parameters or {})
-    unknown = sorted(set(parameters) - set(parameter_names(notebook)))
+    known = parameter_names(notebook)  # also refuses a damaged notebook, before out_dir exists
+    unknown = sorted(set(parameters) - set(known))
     if unknown:
         raise ValueError(
             f"{notebook}: parameters {unknown} are not defined in its `parameters` cell "
-            f"(known: {parameter_names(notebook)})"
+            f"(known: {known})"
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,14 +91,21 @@ def parameter_names(notebook):
     Raises
     ------
     ValueError
-        If the first code cell is not tagged ``parameters``.
+        If the file is not a notebook (not JSON, no list of cells), or its first code cell is
+        not tagged ``parameters`` or is not valid Python.
     """
     import ast
 
     cell = _first_code_cell(notebook)
     if "parameters" not in cell.get("metadata", {}).get("tags", []):
         raise ValueError(f"{notebook}: the first code cell is not tagged `parameters`")
-    tree = ast.parse(_source(cell))
+    try:
+        tree = ast.parse(_source(cell))
+    except SyntaxError as error:
+        raise ValueError(
+            f"{notebook}: its `parameters` cell is not valid Python "
+            f"({error.msg}, line {error.lineno})"
+        ) from None
     return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
 
 
@@ -189,13 +199,25 @@ def write_summary(out_dir, /, **values):
 
 
 def _first_code_cell(notebook):
-    cells = json.loads(Path(notebook).read_text())["cells"]
-    code = [c for c in cells if c["cell_type"] == "code"]
+    cells = _read_cells(notebook)
+    code = [c for c in cells if c.get("cell_type") == "code"]
     if not code:
         raise ValueError(f"{notebook}: has no code cell")
     return code[0]
 
 
+def _read_cells(notebook):
+    """Read the cells of a notebook file; name the file and what is wrong when it is none."""
+    try:
+        content = json.loads(Path(notebook).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{notebook}: not valid JSON ({error}); is it a notebook?") from None
+    cells = content.get("cells") if isinstance(content, dict) else None
+    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise ValueError(f"{notebook}: not a notebook (no list of cells)")
+    return cells
+
+
 def _source(cell):
-    source = cell["source"]
+    source = cell.get("source", "")
     return source if isinstance(source, str) else "".join(source)

@@ -4,6 +4,7 @@ A sweep runs a notebook once per combination of parameter values (the cartesian 
 the order given), each with papermill (`runner.run_notebook`) in its own run folder::
 
     DIR/
+      sweep.json                 the notebook and grid that own the folder (written first)
       summary.csv                one row per run: run, parameters, status, seconds, error, metrics
       A=1,B=x/                   a run folder, named after its values
         NOTEBOOK.ipynb           the executed copy
@@ -16,6 +17,10 @@ If the notebook has an ``OUT_DIR`` parameter, each run gets its folder there, so
 writes lands beside its executed copy. A run that fails is recorded and the others go on;
 ``summary.csv`` is rewritten after every run, so a killed sweep keeps what finished, and a
 second call with the same arguments skips the runs already done.
+
+A sweep folder belongs to one notebook. A sweep of another notebook, or a grid that leaves out
+runs of the earlier one (``summary.csv`` would lose them), is refused unless ``force``: the
+earlier runs would otherwise be deleted or orphaned. A grid may grow (more values or runs).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spml_lab.batch import runner
+from spml_lab.training import run_folders
 
 __all__ = [
     "Trial",
@@ -44,6 +50,7 @@ __all__ = [
 ]
 
 TABLE, MARKER, METRICS = "summary.csv", "sweep_run.json", "metrics.csv"
+OWNER = "sweep.json"  # {"notebook": absolute path, "grid": {name: values}, "runs": [names]}
 FIXED = ("run", "status", "seconds", "error")  # columns every row has besides its parameters
 MAX_NAME = 120  # characters; keeps DIR/<run>/<notebook> well under path-length limits
 
@@ -105,7 +112,7 @@ def expand_grid(grid):
     >>> expand_grid({"A": [1, 2], "B": ["x", "y"]})
     [{'A': 1, 'B': 'x'}, {'A': 1, 'B': 'y'}, {'A': 2, 'B': 'x'}, {'A': 2, 'B': 'y'}]
     """
-    pairs = list(grid.items()) if isinstance(grid, dict) else [(n, list(v)) for n, v in grid]
+    pairs = _pairs(grid)
     if not pairs:
         raise ValueError("grid: give at least one parameter and its values (-p NAME V1 V2 ...)")
     names = [name for name, _ in pairs]
@@ -170,7 +177,8 @@ def plan(notebook, grid, out_dir, *, force=False):
     out_dir : str or Path
         Sweep folder; a ``summary.csv`` there from an earlier sweep marks finished runs.
     force : bool, optional
-        Mark no run as done (all run again).
+        Mark no run as done (all run again), and let this notebook and grid take over a
+        folder that another sweep owns.
 
     Returns
     -------
@@ -181,9 +189,14 @@ def plan(notebook, grid, out_dir, *, force=False):
     ------
     FileNotFoundError
         If `notebook` does not exist.
+    FileExistsError
+        Unless `force`: if `out_dir` holds a sweep of another notebook, or one whose runs
+        this grid leaves out, or a run folder of another notebook; the message names the
+        folder, its owner and this sweep.
     ValueError
         If a parameter is not in the notebook's ``parameters`` cell, ``OUT_DIR`` is swept,
-        or the grid is malformed.
+        the grid is malformed, a run folder was not made by a sweep, or ``sweep.json`` is
+        damaged.
     """
     notebook, out_dir = Path(notebook), Path(out_dir)
     if not notebook.is_file():
@@ -201,6 +214,8 @@ def plan(notebook, grid, out_dir, *, force=False):
     reserved = [name for name in combinations[0] if name in FIXED]
     if reserved:
         raise ValueError(f"parameters {reserved} clash with the summary.csv columns {FIXED}")
+    if not force:  # before anything runs: a run replaced is a run lost
+        _check_owner(out_dir, notebook, grid, [run_name(values) for values in combinations])
     previous = {} if force else {row["run"]: row for row in _read_table(out_dir / TABLE)}
     runs = []
     for values in combinations:
@@ -217,6 +232,11 @@ def plan(notebook, grid, out_dir, *, force=False):
             raise ValueError(
                 f"{run.folder} exists and was not made by a sweep (no {MARKER}); "
                 "remove it or choose another output folder"
+            )
+        elif not force and (maker := _maker(run.folder)) and not _same_notebook(maker, notebook):
+            raise FileExistsError(  # e.g. left by a sweep that --force took the folder from
+                f"{run.folder} holds a run of {maker} ({MARKER}), not of {notebook}; sweep "
+                "into another --out folder, or pass --force (force=True) to replace it"
             )
         runs.append(run)
     return runs
@@ -284,7 +304,9 @@ def run_sweep(notebook, grid, out_dir, *, force=False, kernel_name=None, echo=pr
     out_dir : str or Path
         Sweep folder (created).
     force : bool, optional
-        Run every combination again.
+        Run every combination again; take the folder over from another notebook or grid
+        (their runs of the same names are replaced, the others stay on disk, out of the
+        table).
     kernel_name : str, optional
         Jupyter kernel; default: the notebook's.
     echo : callable, optional
@@ -297,13 +319,21 @@ def run_sweep(notebook, grid, out_dir, *, force=False, kernel_name=None, echo=pr
 
     Raises
     ------
-    ValueError, FileNotFoundError
-        As `plan`; also if a run folder exists that this sweep did not make.
+    ValueError, FileNotFoundError, FileExistsError
+        As `plan`, before anything is written: a folder another sweep owns is refused
+        unless `force`, and `out_dir/sweep.json` names this notebook and grid before the
+        first run.
     """
     notebook, out_dir = Path(notebook), Path(out_dir)
-    runs = plan(notebook, grid, out_dir, force=force)
+    plan(notebook, grid, out_dir, force=force)  # its refusals come before anything is written
+    with run_folders.one_writer(out_dir):  # a second sweep into the folder is refused
+        return _run_sweep(notebook, grid, out_dir, force, kernel_name, echo)
+
+
+def _run_sweep(notebook, grid, out_dir, force, kernel_name, echo):
+    runs = plan(notebook, grid, out_dir, force=force)  # again, now as the folder's one writer
     declares_out_dir = "OUT_DIR" in runner.parameter_names(notebook)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_owner(out_dir, notebook, grid, [run.name for run in runs])  # before the first run
     for index, run in enumerate(runs, 1):
         label = f"[{index}/{len(runs)}] {run.name}"
         if run.done:
@@ -311,9 +341,8 @@ def run_sweep(notebook, grid, out_dir, *, force=False, kernel_name=None, echo=pr
             continue
         shutil.rmtree(run.folder, ignore_errors=True)  # a rerun never sees stale results
         run.folder.mkdir(parents=True)
-        (run.folder / MARKER).write_text(
-            json.dumps({"notebook": str(notebook), "parameters": run.parameters}, default=repr)
-        )
+        marker = {"notebook": str(notebook.resolve()), "parameters": run.parameters}
+        (run.folder / MARKER).write_text(json.dumps(marker, default=repr))
         run.status = "running"  # what a killed sweep leaves in the table
         _write_table(runs, out_dir / TABLE)
         values = dict(run.parameters)
@@ -399,6 +428,104 @@ def _write_table(runs, path):
             row = [run.name, *run.parameters.values(), run.status, seconds, run.error]
             writer.writerow(row + [_cell(run.metrics.get(m)) for m in metrics])
     os.replace(tmp, path)
+
+
+def _pairs(grid):
+    return list(grid.items()) if isinstance(grid, dict) else [(n, list(v)) for n, v in grid]
+
+
+def _describe_grid(grid):
+    return ", ".join(f"{name}={list(values)!r}" for name, values in _pairs(grid))
+
+
+def _check_owner(out_dir, notebook, grid, names):
+    """Refuse a sweep that would delete or orphan the runs of the sweep owning `out_dir`."""
+    owner = _read_owner(out_dir)
+    if owner is None:
+        return
+    others = [nb for nb in owner["notebooks"] if not _same_notebook(nb, notebook)]
+    if others:
+        raise FileExistsError(
+            f"{out_dir} holds a sweep of {others[0]} ({owner['source']}); a sweep of "
+            f"{notebook} there would replace its runs and its {TABLE}: sweep into another "
+            f"--out folder, or pass --force (force=True) to let {notebook.name} take it over"
+        )
+    missing = [name for name in owner["runs"] if name not in set(names)]
+    if missing:
+        earlier = _describe_grid(owner["grid"]) if owner["grid"] else f"runs {owner['runs']}"
+        shown = ", ".join(missing[:4])
+        if len(missing) > 4:
+            shown += f" and {len(missing) - 4} more"
+        raise FileExistsError(
+            f"{out_dir} holds a sweep of {notebook.name} over {earlier} ({owner['source']}); "
+            f"the grid {_describe_grid(grid)} leaves out its runs {shown}, which {TABLE} "
+            "would lose: give a grid that includes them (adding values is fine), sweep into "
+            "another --out folder, or pass --force (force=True) to sweep this grid there"
+        )
+
+
+def _read_owner(out_dir):
+    """Read what owns a sweep folder: its sweep.json, else (older sweeps) table and markers.
+
+    Returns None for a folder no sweep has written; else a dict with ``notebooks`` (paths as
+    recorded), ``runs`` (names), ``grid`` (or None) and ``source`` (the file that says so).
+    """
+    path = out_dir / OWNER
+    if path.is_file():
+        fix = f"it records which notebook and grid own {out_dir}: restore it, or delete it"
+        try:
+            owner = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not valid JSON ({error}); {fix}") from None
+        valid = (
+            isinstance(owner, dict)
+            and isinstance(owner.get("notebook"), str)
+            and isinstance(owner.get("runs"), list)
+            and isinstance(owner.get("grid"), dict)
+        )
+        if not valid:
+            raise ValueError(f"{path}: not an object with notebook, grid and runs; {fix}")
+        return {**owner, "notebooks": [owner["notebook"]], "source": OWNER}
+    # a folder of a sweep from before sweep.json: the table lists its runs, each run's
+    # marker names its notebook
+    runs = [row["run"] for row in _read_table(out_dir / TABLE) if row.get("run")]
+    notebooks = sorted({m for folder in out_dir.glob("*") if (m := _maker(folder))})
+    if not runs and not notebooks:
+        return None
+    return {"notebooks": notebooks, "runs": runs, "grid": None, "source": f"its {MARKER} files"}
+
+
+def _write_owner(out_dir, notebook, grid, names):
+    owner = {
+        "notebook": str(notebook.resolve()),
+        "grid": {name: list(values) for name, values in _pairs(grid)},
+        "runs": names,
+    }
+    path = out_dir / OWNER
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(owner, indent=1, default=repr) + "\n")
+    os.replace(tmp, path)
+
+
+def _maker(folder):
+    """Return the notebook a run folder's marker names; None without a (readable) marker."""
+    try:
+        notebook = json.loads((folder / MARKER).read_text())["notebook"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return notebook if isinstance(notebook, str) else None
+
+
+def _same_notebook(recorded, notebook):
+    """Tell whether a recorded notebook path is `notebook`.
+
+    Sweeps record absolute paths; older ones recorded the path as typed, relative to a
+    folder now unknown, so for those the file name decides.
+    """
+    recorded = Path(recorded)
+    if recorded.resolve() == Path(notebook).resolve():
+        return True
+    return not recorded.is_absolute() and recorded.name == Path(notebook).name
 
 
 def _read_table(path):

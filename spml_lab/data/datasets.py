@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS
+from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS, SHORTENED_SCRIBBLES
 from spml_lab.data.labelio import read_id_png, read_image, read_label_png
 from spml_lab.data.voc_files import VOC_CLASSES
 
@@ -522,14 +522,14 @@ def run_folder(run):
     if not str(run).startswith("embedded:"):
         return Path(run)
     name = str(run).split(":", 1)[1]
-    folder = EMBEDDED_RUNS / name
-    if not (folder / "final.pt").is_file():
-        shipped = sorted(p.parent.name for p in EMBEDDED_RUNS.glob("*/final.pt"))
+    # a name, looked up in the list: "embedded:../x" or "embedded:/abs" must not reach a folder
+    # of the user's as if it were shipped (read-only) data
+    shipped = sorted(p.parent.name for p in EMBEDDED_RUNS.glob("*/final.pt"))
+    if name not in shipped:
         raise FileNotFoundError(
-            f"no shipped run {name!r} in {EMBEDDED_RUNS} (shipped: {shipped}); "
-            "`make sample-runs` trains them"
+            f"no shipped run {name!r} (shipped: {shipped}); `make sample-runs` trains them"
         )
-    return folder
+    return EMBEDDED_RUNS / name
 
 
 def absolute_data(data):
@@ -650,7 +650,7 @@ def from_folder(root, split="train", annotation="full", **kwargs):
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: is {root} a `spml-lab make-data` folder?")
     meta = read_metadata(meta_path)
-    known = ANNOTATIONS + PSEUDO_ANNOTATIONS
+    known = ANNOTATIONS + PSEUDO_ANNOTATIONS + SHORTENED_SCRIBBLES
     if annotation not in known:
         raise ValueError(f"unknown annotation {annotation!r}; expected one of {known}")
     splits = meta.get("splits", {})
@@ -662,6 +662,11 @@ def from_folder(root, split="train", annotation="full", **kwargs):
         raise FileNotFoundError(
             f"{list_file} not found: write the CAM pseudo labels first with "
             f"`spml-lab cam-labels {root} --kind {annotation.removeprefix('cam_')}`"
+        )
+    if annotation in SHORTENED_SCRIBBLES and not list_file.is_file():
+        raise FileNotFoundError(
+            f"{list_file} not found: write the shortened scribbles first with "
+            f"`make_data.write_shortened_scribbles({str(root)!r}, {annotation!r}, {split!r})`"
         )
     if "flip_classes" in meta:
         kwargs.setdefault("flip_classes", meta["flip_classes"])

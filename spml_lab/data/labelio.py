@@ -15,10 +15,13 @@ kind of map, so a dataset never trains on a silently misread file.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from spml_lab import checks
 
 __all__ = [
     "voc_palette",
@@ -27,7 +30,10 @@ __all__ = [
     "write_id_png",
     "read_id_png",
     "read_image",
+    "image_size",
 ]
+
+_PILLOW_GUARD = threading.Lock()  # see _open_photo
 
 
 def voc_palette(num=256):
@@ -143,7 +149,8 @@ def _open(path):
         with Image.open(path) as image:
             image.load()  # Pillow decodes lazily; force it so truncated files fail here
             return image.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as error:  # fmt: skip
         raise ValueError(f"{path}: cannot read image ({error})") from error
 
 
@@ -226,36 +233,141 @@ def read_id_png(path):
     return _single_channel(image, path).astype(np.int64)
 
 
-def read_image(path):
-    """Read a photo (JPEG, PNG) as RGB floats in [0, 1].
+def _pixel_limit(max_pixels):
+    """Return the most pixels a photo may have: `max_pixels`, else 2 x Pillow's limit."""
+    if max_pixels is not None:
+        return checks.in_range("max_pixels", max_pixels, 1)
+    # Pillow's own refusal threshold (178,956,970 pixels unless a user changed it); None = off
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+
+
+def _open_photo(path, max_pixels):
+    """Open a photo lazily (header only) and refuse it when it has more pixels than the limit.
+
+    Pillow's own decompression-bomb guard is off while the header is read, so the limit
+    checked here is the only one, and its message names the file and how to raise it.
+    """
+    path = Path(path)
+    limit = _pixel_limit(max_pixels)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        with _PILLOW_GUARD:  # one thread at a time turns Pillow's global guard off and back on
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read image ({error})") from error
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        image.close()
+        raise ValueError(
+            f"{path}: {width} x {height} = {width * height:,} pixels, more than the limit of "
+            f"{limit:,} (a guard against decompression bombs, files that unpack to gigabytes); "
+            "if you trust the file, raise it with `spml-lab predict --max-pixels N`, "
+            "read_image(..., max_pixels=N) or PIL.Image.MAX_IMAGE_PIXELS = N // 2"
+        )
+    return image
+
+
+def image_size(path, *, max_pixels=None):
+    """Height and width of a photo, read from its header (no pixel is decoded).
 
     Parameters
     ----------
     path : str or Path
-        Image file; greyscale and CMYK images are converted to RGB, and 16-bit greyscale
-        images are scaled by 1 / 65535 (Pillow's own conversion would clip them to white).
+        Image file.
+    max_pixels : int, optional
+        Refuse images with more pixels, as `read_image` does.
 
     Returns
     -------
-    image : (H, W, 3) float32 ndarray
-        RGB values in [0, 1].
+    size : (int, int)
+        ``(H, W)``, the size `read_image` gives without `max_side`.
 
     Raises
     ------
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If it cannot be decoded, or holds values no photo has (32-bit integers above 65535,
-        floating-point pixels): the message names the file and its mode.
+        If its header cannot be read or it has more than `max_pixels` pixels.
     """
-    image = _open(path)
-    if image.mode.startswith("I") or image.mode == "F":  # "I;16", "I;16B", "I" (32-bit), "F"
-        values = np.asarray(image).astype(np.float64)
-        if image.mode == "F" or values.min(initial=0) < 0 or values.max(initial=0) > 65535:
-            raise ValueError(
-                f"{path}: pixels of mode {image.mode!r} (range {values.min():g} to "
-                f"{values.max():g}) are not an 8- or 16-bit photo; convert it to 8-bit RGB"
-            )
-        grey = (values / 65535.0).astype(np.float32)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    with _open_photo(path, max_pixels) as image:
+        return image.height, image.width
+
+
+def read_image(path, *, max_side=None, max_pixels=None):
+    """Read a photo (JPEG, PNG) as RGB floats in [0, 1], optionally decoded at reduced size.
+
+    Parameters
+    ----------
+    path : str or Path
+        Image file; greyscale and CMYK images are converted to RGB, and 16-bit greyscale
+        images are scaled by 1 / 65535 (Pillow's own conversion would clip them to white).
+    max_side : int, optional
+        The caller needs only this many pixels on the longer side: a larger photo is reduced
+        by an integer factor to between `max_side` and ``2 * max_side`` (about) on its longer
+        side. JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg (`PIL.Image.Image.draft`),
+        so their full-size pixels never exist in memory; other formats are decoded at full
+        size and averaged over blocks (`PIL.Image.Image.reduce`). None: the full size.
+    max_pixels : int, optional
+        Refuse images with more pixels than this before decoding them (a guard against
+        decompression bombs). Default: twice ``PIL.Image.MAX_IMAGE_PIXELS``, Pillow's own
+        refusal threshold (178,956,970 pixels unless changed; no limit when it is None).
+
+    Returns
+    -------
+    image : (H, W, 3) float32 ndarray
+        RGB values in [0, 1]; the full size, or the reduced one with `max_side`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it cannot be decoded, has more than `max_pixels` pixels, or holds values no photo
+        has (32-bit integers above 65535, floating-point pixels): the message names the file
+        and what is wrong.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "wide.png"
+    >>> Image.new("RGB", (1000, 300), (255, 0, 0)).save(path)
+    >>> read_image(path).shape, read_image(path, max_side=256).shape
+    ((300, 1000, 3), (100, 334, 3))
+    """
+    if max_side is not None:
+        checks.in_range("max_side", max_side, 1)
+    with _open_photo(path, max_pixels) as image:
+        factor = 1 if max_side is None else max(image.size) // max_side
+        if factor >= 2:  # JPEG only (a no-op elsewhere): libjpeg scales by the largest of
+            # 1/2, 1/4, 1/8 that keeps at least the requested size, i.e. at most `factor`
+            image.draft(None, (-(-image.width // factor), -(-image.height // factor)))
+        try:
+            image.load()  # Pillow decodes lazily; force it so truncated files fail here
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise ValueError(f"{path}: cannot read image ({error})") from error
+        # what is left after JPEG's scaled decoding: block means (integer factor, no blur)
+        factor = 1 if max_side is None else max(image.size) // max_side
+        if image.mode.startswith("I") or image.mode == "F":  # "I;16", "I;16B", "I", "F"
+            values = np.asarray(image)
+            low, high = values.min(initial=0), values.max(initial=0)
+            if image.mode == "F" or low < 0 or high > 65535:
+                raise ValueError(
+                    f"{path}: pixels of mode {image.mode!r} (range {low:g} to {high:g}) are "
+                    "not an 8- or 16-bit photo; convert it to 8-bit RGB"
+                )
+            grey = values.astype(np.float32) / 65535.0
+            if factor >= 2:  # Pillow cannot reduce 16-bit modes; their float copy it can
+                grey = np.asarray(Image.fromarray(grey).reduce(factor))
+            return np.repeat(grey[..., None], 3, axis=-1)
+        if image.mode not in ("L", "RGB"):  # palette indices, alpha, CMYK: colours first
+            image = image.convert("RGB")
+        if factor >= 2:
+            image = image.reduce(factor)
+        rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, np.float32)
+    rgb /= 255.0  # in place: no second full-size copy
+    return rgb

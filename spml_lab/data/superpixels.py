@@ -15,12 +15,17 @@ value is one region.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, graph, segmentation, util
 
+from spml_lab import checks
+
 __all__ = [
     "METHODS",
+    "check_options",
     "segment",
     "edge_strength",
     "boundaries",
@@ -45,6 +50,84 @@ METHODS = {
     # seeds on a regular grid; compactness 0: any positive value splits each two-pixel Sobel
     # ridge by distance to the seeds, so region borders can land one pixel off a sharp step
     "watershed": {"n_segments": 150, "compactness": 0.0},
+}
+
+
+# what `segment` sets itself: an option of these names would clash with its own choice
+_SET_BY_SEGMENT = {"image", "channel_axis", "start_label", "markers"}
+
+
+def check_options(method, options=None, *, name="superpixel_options"):
+    """Check a method and its options before any image is segmented (or anything written).
+
+    A dataset writer calls it first, so that a bad value is refused before its first file,
+    not at its first image (scikit-image would stop there with a ``ZeroDivisionError`` for
+    ``n_segments=0``, or a ``TypeError`` for a misspelt option).
+
+    Parameters
+    ----------
+    method : str
+        One of `METHODS`.
+    options : dict, optional
+        Keyword arguments of `segment` for `method` (``n_segments`` and the scikit-image
+        function's own).
+    name : str, optional
+        How the caller calls `options`, for the messages (``""``: bare option names).
+
+    Returns
+    -------
+    options : dict
+        A copy of `options`, numpy integers of ``n_segments`` made Python ints.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, an option the method does not take, or an ``n_segments``
+        that is not an integer >= 1; the message names the option and the value.
+
+    Examples
+    --------
+    >>> check_options("watershed", {"n_segments": 64})
+    {'n_segments': 64}
+    >>> check_options("slic", {"n_segments": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: superpixel_options['n_segments'] must be >= 1, got 0
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    options = dict(options or {})
+    if "n_segments" in options and "n_segments" not in METHODS[method]:
+        raise ValueError(
+            f"method {method!r} has no n_segments parameter; "
+            "tune `scale` (felzenszwalb) or `max_dist` (quickshift) instead"
+        )
+    keywords = inspect.signature(_FUNCTIONS[method]).parameters
+    known = (set(METHODS[method]) | set(keywords)) - _SET_BY_SEGMENT
+    for key in options:
+        if key not in known:
+            raise ValueError(
+                f"{name or 'segment'}: unknown option {key!r} for method {method!r} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+    if "n_segments" in options:
+        value = options["n_segments"]
+        if isinstance(value, np.integer):  # a count read from an array is a count too
+            value = int(value)
+        options["n_segments"] = checks.in_range(_label(name, "n_segments"), value, 1)
+    return options
+
+
+def _label(name, key):
+    return f"{name}[{key!r}]" if name else key
+
+
+# the scikit-image function behind each method: the options it takes are its keywords
+_FUNCTIONS = {
+    "slic": segmentation.slic,
+    "felzenszwalb": segmentation.felzenszwalb,
+    "quickshift": segmentation.quickshift,
+    "watershed": segmentation.watershed,
 }
 
 
@@ -74,8 +157,9 @@ def segment(image, method="slic", *, n_segments=None, **options):
     Raises
     ------
     ValueError
-        For an unknown `method` (the message lists the valid ones), `n_segments` with a method
-        that has no such parameter, or an image of the wrong shape or value range.
+        For an unknown `method` (the message lists the valid ones), options it does not take
+        or an `n_segments` below 1 (see `check_options`), or an image of the wrong shape or
+        value range.
 
     Notes
     -----
@@ -103,17 +187,11 @@ def segment(image, method="slic", *, n_segments=None, **options):
     >>> labels.dtype, np.unique(labels).tolist()
     (dtype('int32'), [0, 1, 2, 3])
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    image = _as_float_rgb(image)
     if n_segments is not None:
-        if "n_segments" not in METHODS[method]:
-            raise ValueError(
-                f"method {method!r} has no n_segments parameter; "
-                "tune `scale` (felzenszwalb) or `max_dist` (quickshift) instead"
-            )
         options["n_segments"] = n_segments
-    options = {**METHODS[method], **options}
+    checked = check_options(method, options, name="")  # before METHODS[method]: names a typo
+    options = {**METHODS[method], **checked}
+    image = _as_float_rgb(image)
     if method == "slic":
         labels = segmentation.slic(image, start_label=0, channel_axis=-1, **options)
     elif method == "felzenszwalb":

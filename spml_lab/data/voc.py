@@ -61,6 +61,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from spml_lab import checks
 from spml_lab.data import annotations, labelio, superpixels
 from spml_lab.data.voc_files import (
     VOC_CLASSES,
@@ -84,6 +85,8 @@ SCRIBBLE_RADIUS = 3  # SPML's scribble/dilate_3
 POINT_RADIUS = 6  # SPML's scribble/dilate_6_0.0
 PREPARE_VERSION = 1  # bump when the files written change, so old folders are not resumed
 BAD_REPORT = "bad_images.json"
+# what to do about a damaged file of this module's in a prepared folder
+_REDO = "restore the file, or delete the folder and prepare again"
 
 
 class Prepared(NamedTuple):
@@ -329,7 +332,7 @@ def _claim(out, settings):
     """
     manifest = out / "prepare.json"
     if manifest.is_file():
-        earlier = json.loads(manifest.read_text())
+        earlier = _read_json(manifest, dict, f"the settings of the prepare that wrote {out}")
         changed = sorted(
             k for k in set(earlier) | set(settings) if earlier.get(k) != settings.get(k)
         )
@@ -348,6 +351,20 @@ def _claim(out, settings):
     out.mkdir(parents=True, exist_ok=True)
     _atomic(manifest, lambda p: p.write_text(json.dumps(settings, indent=2, sort_keys=True)))
     return False
+
+
+def _read_json(path, kind, what):
+    """Read a JSON file this module wrote; a damaged one is named, with what it held."""
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); it records {what}: {_REDO}") from None
+    if not isinstance(value, kind):
+        article = "a JSON object" if kind is dict else "a JSON list"
+        raise ValueError(
+            f"{path}: not {article} (got {type(value).__name__}); it records {what}: {_REDO}"
+        )
+    return value
 
 
 def _run(jobs, workers, progress, skip_bad):
@@ -461,9 +478,12 @@ def prepare_voc(
         For a missing folder, list file, or (without `skip_bad`) an image's missing JPEG,
         mask, XML or scribble file; the message names the file.
     ValueError
-        For (without `skip_bad`) a mask whose size differs from its image, an XML that does
-        not parse or names an unknown class, a palette index outside the 21 classes other
-        than 255, an unreadable ``.mat``.
+        For a number out of range (`workers` < 1, ``n_segments`` < 1, a negative radius or
+        seed) or an option the superpixel method does not take, before anything is written;
+        a damaged ``prepare.json``, ``dataset.json`` or ``bad_images.json`` in `out` (the
+        message names it); and (without `skip_bad`) a mask whose size differs from its
+        image, an XML that does not parse or names an unknown class, a palette index outside
+        the 21 classes other than 255, an unreadable ``.mat``.
     FileExistsError
         If `out` holds something other than a prepare with these settings.
     """
@@ -479,9 +499,14 @@ def prepare_voc(
         )
     if superpixel_options is None:
         superpixel_options = SUPERPIXELS["options"] if superpixel_method == "watershed" else {}
-    workers = default_workers() if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    # checked before prepare.json records them: a bad value found at the first image would
+    # leave a folder that only a prepare with the same bad settings may continue
+    superpixel_options = superpixels.check_options(superpixel_method, superpixel_options)
+    workers = default_workers() if workers is None else checks.in_range("workers", workers, 1)
+    for name, value in (
+        ("scribble_radius", scribble_radius), ("point_radius", point_radius), ("seed", seed)
+    ):  # fmt: skip
+        checks.in_range(name, value, 0)
     out = Path(out)
     settings = {
         "version": PREPARE_VERSION,
@@ -495,8 +520,11 @@ def prepare_voc(
     }  # what decides the files written; skip_bad does not, so a strict run can be continued
     splits = split_ids(voc_dir, sbd_dir)
     if _claim(out, settings):
-        meta = json.loads((out / "dataset.json").read_text())
-        bad = json.loads((out / BAD_REPORT).read_text()) if (out / BAD_REPORT).is_file() else []
+        meta = _read_json(out / "dataset.json", dict, f"what the prepare of {out} wrote")
+        report = out / BAD_REPORT
+        bad = _read_json(report, list, "the images left out") if report.is_file() else []
+        if not isinstance(meta.get("splits"), dict):
+            raise ValueError(f"{out / 'dataset.json'}: has no splits object; {_REDO}")
         return Prepared(out, meta["splits"], bad, True)
     jobs = _jobs(voc_dir, sbd_dir, scribble_dir, out, splits, settings)
     todo = [job for job in jobs if not _done(job)]

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
+from spml_lab.constants import IGNORE_INDEX, SHORTENED_SCRIBBLES  # one "unlabelled"
 from spml_lab.method import clustering, distributed
 from spml_lab.method.losses import default_chunk_size, pixel_segment_loss, valid_labels
 
@@ -75,7 +75,8 @@ _PER_KIND = {
     "tags": (0.3, 8.0, 0.3),
 }
 # annotation names of the data side -> the paper's kind; full masks take the scribble run's
-PAPER_KIND = {"cam_boxes": "boxes", "cam_tags": "tags", "full": "scribbles"}
+PAPER_KIND = {"cam_boxes": "boxes", "cam_tags": "tags", "full": "scribbles",
+              **dict.fromkeys(SHORTENED_SCRIBBLES, "scribbles")}  # fmt: skip
 
 
 def paper_settings(annotation="scribbles"):

@@ -57,10 +57,11 @@ from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
-from spml_lab import constants
+from spml_lab import checks, constants
 from spml_lab.data import labelio
 from spml_lab.nets.embedding_nets import imagenet_normalize, small_trunk
 from spml_lab.prediction import metrics
+from spml_lab.training import run_folders
 from spml_lab.training.train import epoch_order, poly_lr, resolve_device
 
 __all__ = [
@@ -234,8 +235,10 @@ def train_tag_classifier(
     >>> tuple(net.cams(data[0]["image"][None]).shape)
     (1, 2, 4, 4)
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        checks.in_range(name, value, 1)
+    checks.in_range("width", width, 2)  # the trunk's first layers have width // 2 channels
+    checks.in_range("lr", lr, 1e-12, kind=float)
     if len(dataset) < batch_size:
         raise ValueError(f"batch_size ({batch_size}) exceeds the {len(dataset)} images of dataset")
     device = resolve_device(str(device))
@@ -612,6 +615,11 @@ def write_pseudo_labels(net, root, split="train", kind="tags", *, out_root=None,
     root = Path(root)
     out_root = Path(out_root) if out_root is not None else root
     data = datasets.from_folder(root, split, kind)
+    with run_folders.one_writer(out_root):  # refuses the shipped samples; one writer at a time
+        return _write_pseudo_labels(net, data, out_root, split, kind, options)
+
+
+def _write_pseudo_labels(net, data, out_root, split, kind, options):
     device = next(net.parameters()).device
     lines = []
     for index in range(len(data)):  # one image at a time: images may differ in size

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from spml_lab import checks
 from spml_lab.prediction import metrics
 from spml_lab.prediction.crf import dense_crf_batch
 from spml_lab.prediction.predict import (
@@ -44,6 +45,7 @@ from spml_lab.prediction.predict import (
     predict_softmax,
     to_uint8,
 )
+from spml_lab.training import run_folders
 from spml_lab.training.config import option
 
 __all__ = ["METHODS", "EvaluateOptions", "evaluate_run", "eval_dir", "predict_methods"]
@@ -181,16 +183,16 @@ def evaluate_run(
     progress : bool, optional
         Show a progress bar.
     out : str or Path, optional
-        Folder the eval files go to instead of the run's own (a shipped run, a read-only
-        folder).
+        Folder the eval files go to instead of the run's own; needed for a shipped run,
+        which is read-only (`run_folders.refuse_shipped`).
 
     Returns
     -------
     results : dict
-        What eval/metrics.json holds: one entry per method with ``miou``, ``pixel_accuracy``,
-        ``per_class_iou`` (class name -> IoU, None for a class absent from both ground
-        truth and prediction) and ``per_image_miou`` (each scored image's own mIoU, in split
-        order), plus ``methods`` (their order), ``split``, ``images``,
+        What metrics.json (in `scores_folder`) holds: one entry per method with ``miou``,
+        ``pixel_accuracy``, ``per_class_iou`` (class name -> IoU, None for a class absent
+        from both ground truth and prediction) and ``per_image_miou`` (each scored image's
+        own mIoU, in split order), plus ``methods`` (their order), ``split``, ``images``,
         ``class_names``, ``seconds``, ``settings`` and ``config`` (a summary of the run).
 
     Raises
@@ -198,7 +200,9 @@ def evaluate_run(
     FileNotFoundError
         If the run, its data or (for stage2 methods) its stage2.pt is missing.
     ValueError
-        On an unknown method or a bad argument.
+        On an unknown method or a bad argument, or when the folder to write is shipped.
+    FileExistsError
+        When another process is writing the same run (`run_folders.one_writer`).
 
     Notes
     -----
@@ -208,7 +212,20 @@ def evaluate_run(
     and one confusion matrix per method are in memory.
     """
     tic = time.perf_counter()
+    checks.in_range("batch_size", batch_size, 1)
+    if max_images is not None:
+        checks.in_range("max_images", max_images, 1)
     run = load_run(run_dir, device=device)
+    folder = scores_folder(run.path, split, out)
+    with run_folders.one_writer(folder.parent if out is None else folder):
+        results = _evaluate(run, split, methods, max_images, batch_size, knn_options,
+                            crf_options, progress, tic)  # fmt: skip
+        _write(folder, results)
+    return results
+
+
+def _evaluate(run, split, methods, max_images, batch_size, knn_options, crf_options, progress,
+              tic):  # fmt: skip
     methods = tuple(_default_methods(run) if methods is None else methods)
     _check_methods(methods, run)
     knn_options = knn_settings(run.cfg, knn_options)
@@ -254,7 +271,6 @@ def evaluate_run(
             "relations": list(run.cfg.relation_settings()),
         },
     )
-    _write(Path(out) if out is not None else run.path / eval_dir(split), results)
     return results
 
 
@@ -267,6 +283,17 @@ def eval_dir(split):
     ('eval', 'eval_test')
     """
     return EVAL_DIR if split == "val" else f"{EVAL_DIR}_{split}"
+
+
+def scores_folder(run_path, split, out=None):
+    """Return the folder `evaluate_run` writes a split's scores to: `out`, else the run's own.
+
+    Examples
+    --------
+    >>> scores_folder(Path("runs/a"), "test").as_posix(), scores_folder(Path("r"), "val", "x")
+    ('runs/a/eval_test', PosixPath('x'))
+    """
+    return Path(out) if out is not None else Path(run_path) / eval_dir(split)
 
 
 def _write(folder, results):

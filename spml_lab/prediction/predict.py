@@ -15,15 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from spml_lab.data import datasets
+from spml_lab import checks
+from spml_lab.data import datasets, labelio
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.prediction import knn, probabilities
 from spml_lab.prediction.crf import dense_crf_batch
-from spml_lab.training import train
+from spml_lab.training import checkpoints, train
 from spml_lab.training.checkpoints import CONFIG, FINAL, load_checkpoint
 from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 
@@ -37,6 +39,9 @@ __all__ = [
     "check_images",
     "predict_softmax",
     "predict",
+    "working_size",
+    "upsample_labels",
+    "predict_file",
     "build_bank",
     "knn_settings",
 ]
@@ -164,7 +169,7 @@ def load_run(run, *, device="cpu"):
             f"{final} not found: {folder} holds no finished run (spml-lab train writes "
             "final.pt when it ends)"
         )
-    state = _read_checkpoint(final, ("model", "head", "config", "num_classes"))
+    state = checkpoints.read_final(final)  # entries, their types, finite tensors, or the file named
     cfg = TrainConfig.from_dict(state["config"], source=f"{final} config")
     if (folder / CONFIG).is_file():
         saved = TrainConfig.from_yaml(folder / CONFIG)
@@ -175,7 +180,7 @@ def load_run(run, *, device="cpu"):
                 + ", ".join(f"{k} ({b!r} vs {a!r})" for k, (a, b) in changed.items())
                 + ": the folder mixes two runs"
             )
-    num_classes = int(state["num_classes"])
+    num_classes = state["num_classes"]
     net, head = train.build_model(cfg, num_classes, load_pretrained=False)
     _load_weights(net, state["model"], final, "model", f"{cfg.model!r} network")
     _load_weights(head, state["head"], final, "head", "softmax head")
@@ -379,10 +384,11 @@ def predict(
     crf_options : dict, optional
         Keyword arguments of `crf.dense_crf`.
     max_side : int, optional
-        Work at most at this many pixels on the longer side: larger images are downscaled
-        (antialiased), labelled, and the labels brought back to full size by nearest
-        sampling, so memory and time stay bounded for any photo (the paper's inference also
-        runs at a few fixed scales). None: always at full resolution.
+        Work at most at this many pixels on the longer side (>= 1): larger images are
+        downscaled (antialiased, `working_size`), labelled, and the labels brought back to
+        full size by nearest sampling (`upsample_labels`), so the network's and the CRF's
+        memory and time stay bounded (the paper's inference also runs at a few fixed scales);
+        `predict_file` also keeps the input and the output small. None: full resolution.
 
     Returns
     -------
@@ -392,7 +398,8 @@ def predict(
     Raises
     ------
     ValueError
-        On an unknown method, a kNN call without a bank, or malformed images.
+        On an unknown method, a kNN call without a bank, malformed images, or a `max_side`
+        below 1 (the message names it).
 
     Examples
     --------
@@ -402,14 +409,15 @@ def predict(
     (torch.Size([1, 16, 16]), True)
     """
     check_images(images)
+    if max_side is not None:
+        checks.in_range("max_side", max_side, 1)
     size = tuple(images.shape[-2:])
-    if max_side is not None and max(size) > max_side:
-        scale = max_side / max(size)
-        work = tuple(max(1, round(side * scale)) for side in size)
+    work = working_size(size, max_side)
+    if work != size:
         small = F.interpolate(images.float(), size=work, mode="bilinear", antialias=True)
         labels = predict(net, head, small.clamp(0, 1), method=method, crf=crf, flip=flip,
                          bank=bank, knn_options=knn_options, crf_options=crf_options)  # fmt: skip
-        return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        return upsample_labels(labels, size)
     if method == "softmax":
         probs = predict_softmax(net, head, images, flip=flip)
     elif method == "knn":
@@ -423,13 +431,145 @@ def predict(
                 emb, bank, num_classes=head.classifier.out_channels, **options
             )
         if not crf:  # each image pixel takes the label of the embedding pixel it lies in
-            return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+            return upsample_labels(labels.cpu().long(), size)
         probs = probabilities.upsample_probs(votes, size)
     else:
         raise ValueError(f"method must be 'softmax' or 'knn', got {method!r}")
     if crf:
         probs = dense_crf_batch(to_uint8(images), probs.cpu(), **(crf_options or {}))
     return probs.argmax(dim=1).cpu()
+
+
+def working_size(size, max_side):
+    """Return the size `predict` labels an image at: at most `max_side` on the longer side.
+
+    Parameters
+    ----------
+    size : (int, int)
+        ``(H, W)`` of the image.
+    max_side : int or None
+        None: the image's own size.
+
+    Returns
+    -------
+    work : (int, int)
+        `size` scaled by ``max_side / max(size)`` and rounded (at least 1), or `size` itself
+        when it already fits.
+
+    Examples
+    --------
+    >>> working_size((3000, 2000), 1024), working_size((300, 200), 1024)
+    ((1024, 683), (300, 200))
+    """
+    size = tuple(int(side) for side in size)
+    if max_side is None or max(size) <= max_side:
+        return size
+    scale = max_side / max(size)
+    return tuple(max(1, round(side * scale)) for side in size)
+
+
+def _nearest_rows(length, out):
+    """Source index of each of `out` output positions: torch's ``mode="nearest"`` rule."""
+    # float32 like torch's CPU kernel (src = floor(dst * in / out)), so both pick the same pixels
+    scale = np.float32(length) / np.float32(out)
+    index = np.floor(np.arange(out, dtype=np.float32) * scale).astype(np.intp)
+    return np.minimum(index, length - 1)
+
+
+def upsample_labels(labels, size):
+    """Bring label maps to `size` by nearest sampling, without any float copy of the output.
+
+    Parameters
+    ----------
+    labels : (..., h, w) int ndarray or tensor
+        E.g. a (h, w) uint8 map or (B, h, w) int64 labels from `predict`.
+    size : (int, int)
+        ``(H, W)`` to bring them to.
+
+    Returns
+    -------
+    labels : (..., H, W) ndarray or tensor
+        Same type and dtype as the input: the output costs one byte per pixel for uint8 labels,
+        where ``F.interpolate`` would need a float copy (4 bytes per pixel and more).
+
+    Notes
+    -----
+    Picks the same source pixel as ``torch.nn.functional.interpolate(mode="nearest")``.
+
+    Examples
+    --------
+    >>> upsample_labels(np.array([[0, 1], [2, 3]], np.uint8), (3, 4)).tolist()
+    [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3]]
+    """
+    height, width = (int(side) for side in size)
+    rows = _nearest_rows(labels.shape[-2], height)
+    cols = _nearest_rows(labels.shape[-1], width)
+    if isinstance(labels, torch.Tensor):
+        rows, cols = (
+            torch.from_numpy(rows).to(labels.device),
+            torch.from_numpy(cols).to(labels.device),
+        )
+        return labels.index_select(-2, rows).index_select(-1, cols)
+    # rows first: the intermediate (..., H, w) is the small one for a wide upsampling factor
+    return np.take(np.take(labels, rows, axis=-2), cols, axis=-1)
+
+
+# the longer side photos are labelled at: the dense CRF's memory grows with it, and at 896 a
+# 10000 x 10000 JPEG peaks at 1.3 GiB with the CRF (1024: 1.5 GiB; predict_memory.csv)
+MAX_SIDE = 896
+
+
+def predict_file(net, head, path, *, max_side=MAX_SIDE, max_pixels=None, **options):
+    """Label one photo file at a bounded working size and return the labels at its full size.
+
+    Beyond the uint8 labels it returns, memory does not grow with a JPEG's size: the file is
+    decoded at reduced size (`labelio.read_image` with `max_side`: libjpeg's 1/2, 1/4, 1/8
+    scaled decoding; other formats are decoded once at full size, then block-averaged),
+    labelled at `working_size`, and the labels are brought back to the file's full size as
+    one uint8 map (`upsample_labels`), never as floats.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Embedding network (eval mode).
+    head : heads.SoftmaxHead
+    path : str or Path
+        A photo (JPEG, PNG).
+    max_side : int or None, optional
+        Label at most at this many pixels on the longer side (None: full resolution, which
+        needs memory in proportion to the photo).
+    max_pixels : int, optional
+        Refuse larger files (`labelio.read_image`; default: Pillow's limit).
+    **options
+        Keyword arguments of `predict` (``crf``, ``flip``, ``method``, ``bank`` ...).
+
+    Returns
+    -------
+    labels : (H, W) uint8 ndarray
+        Class per pixel of the photo at its full size.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it cannot be decoded or is too large (`labelio.read_image`), `max_side` is below 1,
+        or the head has more than 256 classes (no uint8 label map holds them).
+    """
+    num_classes = head.classifier.out_channels
+    if num_classes > 256:
+        raise ValueError(
+            f"predict_file writes uint8 labels: at most 256 classes, got {num_classes}"
+        )
+    size = labelio.image_size(path, max_pixels=max_pixels)  # (H, W) from the header
+    image = labelio.read_image(path, max_side=max_side, max_pixels=max_pixels)  # (h, w, 3)
+    images = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()  # (1, 3, h, w)
+    del image  # one copy of the decoded photo while the network and the CRF run
+    work = working_size(size, max_side)  # from the full size: decoding rounds the sides up
+    if tuple(images.shape[-2:]) != work:
+        images = F.interpolate(images, size=work, mode="bilinear", antialias=True).clamp(0, 1)
+    labels = predict(net, head, images, **options)[0]  # (h', w') int64, CPU
+    return upsample_labels(labels.numpy().astype(np.uint8), size)
 
 
 def knn_settings(cfg, knn_options=None):

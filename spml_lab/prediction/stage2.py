@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from spml_lab import checks
 from spml_lab.constants import IGNORE_INDEX
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.prediction import metrics, pseudo_labels
 from spml_lab.prediction.predict import STAGE2, dataset_for, image_batches, load_run
-from spml_lab.training import train
+from spml_lab.training import run_folders, train
 from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import option
 
@@ -190,6 +191,7 @@ def fit_head(
     flip=Stage2Options.flip,
     pseudo_options=None,
     progress=Stage2Options.progress,
+    out=None,
 ):
     """Train a fresh softmax head on pseudo labels with the embedding frozen (stage 2).
 
@@ -218,6 +220,9 @@ def fit_head(
         Keyword arguments of `pseudo_labels.from_head` (``walk_steps``, ``crf_options``, ...).
     progress : bool, optional
         Show progress bars.
+    out : str or Path, optional
+        Copy the run's stage-1 files into this folder and write stage2.pt there
+        (`run_folders.copy_run`); needed for a shipped run, which is read-only.
 
     Returns
     -------
@@ -238,11 +243,24 @@ def fit_head(
     D = 32: 8 MiB with their mirrors), so the whole split must fit in memory.
     """
     for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+        checks.in_range(name, value, 1)
+    if max_images is not None:
+        checks.in_range("max_images", max_images, 1)
+    checks.in_range("momentum", momentum, 0, 1, kind=float)
+    checks.in_range("weight_decay", weight_decay, 0, kind=float)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     run = load_run(run_dir, device=device)
+    if out is not None:
+        run_folders.refuse_shipped(out)
+        run = load_run(run_folders.copy_run(run.path, out), device=device)
+    with run_folders.one_writer(run.path):
+        return _fit_head(run, steps, lr, batch_size, momentum, weight_decay, seed, max_images,
+                         flip, pseudo_options, progress)  # fmt: skip
+
+
+def _fit_head(run, steps, lr, batch_size, momentum, weight_decay, seed, max_images, flip,
+              pseudo_options, progress):  # fmt: skip
     dataset = dataset_for(run.cfg, run.cfg.split, run.cfg.annotation, run.data_fingerprint)
     truth = _ground_truth(run.cfg, dataset)
     num_classes = run.num_classes

@@ -26,6 +26,9 @@ from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
+    "read_checkpoint",
+    "read_final",
+    "non_finite",
     "rng_state",
     "set_rng_state",
     "to_device",
@@ -38,6 +41,35 @@ __all__ = [
 ]
 
 CONFIG, METRICS, CHECKPOINT, FINAL = "config.yaml", "metrics.csv", "checkpoint.pt", "final.pt"
+
+# What checkpoint.pt and final.pt hold: entry -> type, or a dict for a nested entry. A file is
+# checked against them when read, so a foreign or damaged one is named with what is wrong, not
+# met by a KeyError deep inside a resume. Entries added later (``data_fingerprint``) are read
+# with ``.get`` and left out, so files written before them still load.
+STATE_DICT = "state dict"  # a dict of parameter names to tensors
+CHECKPOINT_ENTRIES = {
+    "step": int,
+    "model": STATE_DICT,
+    "head": STATE_DICT,
+    "optimizer": {"state": dict, "param_groups": list},
+    "memory": {"images_pushed": int, "batches": list},
+    "rng": {
+        "torch": torch.Tensor,
+        "cuda": list,
+        "numpy": {"keys": torch.Tensor, "pos": int, "has_gauss": int, "gauss": float},
+        "python": {"version": int, "state": torch.Tensor, "gauss": (float, type(None))},
+    },
+    "data": {"epoch": int, "batch": int},
+    "window": {"sums": torch.Tensor, "steps": int, "images": int},
+    "config": dict,
+}
+FINAL_ENTRIES = {
+    "model": STATE_DICT,
+    "head": STATE_DICT,
+    "config": dict,
+    "num_classes": int,
+    "class_names": (list, type(None)),
+}
 
 
 def save_checkpoint(state, path):
@@ -83,6 +115,157 @@ def load_checkpoint(path, map_location="cpu"):
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # foreign files raise anything: KeyError, IndexError, EOFError...
         raise ValueError(f"{path}: cannot read checkpoint ({error!r})") from error
+
+
+def read_checkpoint(path):
+    """Load a run's ``checkpoint.pt`` and check that a resume can continue from it.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    state : dict
+        With every entry of ``CHECKPOINT_ENTRIES``, of its type, and finite tensors.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist.
+    ValueError
+        Naming the file and what is wrong: unreadable (`load_checkpoint`), missing entries,
+        entries of the wrong type, or non-finite tensors (a run that diverged).
+    """
+    path = Path(path)
+    state = load_checkpoint(path)
+    _check_entries(state, CHECKPOINT_ENTRIES, path, "training checkpoint of spml-lab")
+    _check_finite(state, path, "resume from a checkpoint before it, or train afresh")
+    return state
+
+
+def read_final(path):
+    """Load a run's ``final.pt`` and check what a prediction needs of it.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    state : dict
+        With every entry of ``FINAL_ENTRIES``, of its type, ``num_classes >= 1``, one class
+        name per class (or None) and finite tensors.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist.
+    ValueError
+        Naming the file and what is wrong (as `read_checkpoint`).
+    """
+    path = Path(path)
+    state = load_checkpoint(path)
+    _check_entries(state, FINAL_ENTRIES, path, f"{FINAL} of spml-lab")
+    count, names = state["num_classes"], state["class_names"]
+    problems = [] if count >= 1 else [f"num_classes is {count} (needs >= 1)"]
+    if names is not None and (len(names) != count or not all(isinstance(n, str) for n in names)):
+        problems.append(f"{len(names)} class_names for num_classes {count} (needs one string each)")
+    if problems:
+        raise ValueError(f"{path}: not a {FINAL} of spml-lab ({'; '.join(problems)})")
+    _check_finite(state, path, "retrain with a lower learning rate (--lr)")
+    return state
+
+
+def _entry_problems(value, spec, name):
+    """Return what is wrong with `value` against `spec` (``*_ENTRIES``), entry by entry."""
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return [f"{name or 'the file'} is a {type(value).__name__}, not a dict"]
+        prefix = f"{name}." if name else ""
+        missing = [prefix + key for key in spec if key not in value]
+        problems = [f"missing entries {missing}"] if missing else []
+        for key, inner in spec.items():
+            if key in value:
+                problems += _entry_problems(value[key], inner, prefix + key)
+        return problems
+    if spec == STATE_DICT:
+        fine = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+        )
+        return [] if fine else [f"{name} is not a state dict (parameter names to tensors)"]
+    kinds = spec if isinstance(spec, tuple) else (spec,)
+    # True is an int to Python, never a step or a class count to us
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return []
+    needs = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+    return [f"{name} is {type(value).__name__} (needs {needs})"]
+
+
+def _check_entries(state, spec, path, what):
+    problems = _entry_problems(state, spec, "")
+    if problems:
+        raise ValueError(f"{path}: not a {what} ({'; '.join(problems)})")
+
+
+def _check_finite(state, path, advice):
+    bad = non_finite(state)
+    if bad:
+        raise ValueError(
+            f"{path}: non-finite values in {_some(bad)}: the run diverged before this file was "
+            f"written; {advice}"
+        )
+
+
+def _some(names, shown=3):
+    """Name the first `shown` of `names`, and say how many more there are."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def non_finite(state, name=""):
+    """Return the dotted names of the floating-point tensors in `state` that hold inf or NaN.
+
+    Parameters
+    ----------
+    state : dict, list, tuple or tensor
+        A checkpoint as saved (state dicts, optimizer state, memory, window sums...).
+    name : str, optional
+        Prefix of the names (the entry `state` is).
+
+    Returns
+    -------
+    names : list of str
+        E.g. ``["model.trunk.1.running_var"]``; empty when every tensor is finite.
+
+    Examples
+    --------
+    >>> non_finite({"model": {"w": torch.ones(2), "v": torch.tensor([1.0, float("inf")])},
+    ...             "step": 3, "ids": torch.arange(2)})
+    ['model.v']
+    """
+    found = {}
+    _floating_tensors(state, name, found)
+    flags = {}  # device -> [(name, 0-d bool tensor)]: one read-back per device, not per tensor
+    for key, tensor in found.items():
+        flags.setdefault(tensor.device, []).append((key, tensor.isfinite().all()))
+    bad = set()
+    for pairs in flags.values():
+        finite = torch.stack([flag for _, flag in pairs]).tolist()
+        bad.update(key for (key, _), ok in zip(pairs, finite, strict=True) if not ok)
+    return [key for key in found if key in bad]
+
+
+def _floating_tensors(value, name, found):
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex():
+            found[name] = value
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _floating_tensors(inner, f"{name}.{key}" if name else str(key), found)
+    elif isinstance(value, (list, tuple)):
+        for index, inner in enumerate(value):
+            _floating_tensors(inner, f"{name}.{index}" if name else str(index), found)
 
 
 def rng_state():
@@ -133,25 +316,46 @@ def to_device(value, device):
 # ---------------------------------------------------------------------- run folder
 
 
-def open_run(run, cfg):
+def open_run(run, cfg, *, start_if_empty=True):
     """Check the run folder; return the checkpoint to resume from, or None for a fresh run.
 
-    A fresh run needs an empty (or absent) folder; ``resume`` needs its ``checkpoint.pt`` and a
-    config that matches it, and on an empty folder starts afresh (there is nothing to lose).
-    A folder with run files but no checkpoint is refused either way: a finished run
-    (``final.pt``) is never trained again, and a run killed before its first checkpoint is
-    the user's to remove.
+    The one place that decides what ``cfg.resume`` does with a folder. A fresh run needs an
+    empty (or absent) folder; ``resume`` needs its ``checkpoint.pt`` (`read_checkpoint`) and a
+    config that matches it. A folder with run files but no checkpoint is refused either way:
+    a finished run (``final.pt``) is never trained again, and a run killed before its first
+    checkpoint is the user's to remove. Nothing is written here but stale temporary files
+    removed, so a refusal leaves the folder as it was (and an absent one absent).
+
+    Parameters
+    ----------
+    run : Path
+        The run folder (``cfg.out_dir``).
+    cfg : TrainConfig
+    start_if_empty : bool, optional
+        What ``resume`` does with a folder that holds no run at all: start one (True: "resume
+        if possible", so a notebook rerun resumes or starts alike) or refuse (False: an explicit
+        ``spml-lab train --resume``, where a typo in ``--out-dir`` or a relative path read from
+        another working folder must not start a fresh run unnoticed).
+
+    Returns
+    -------
+    state : dict or None
+        The checkpoint (`read_checkpoint`), or None for a fresh run.
+
+    Raises
+    ------
+    FileExistsError
+        A fresh run into a folder that holds a run; a resume of a finished run.
+    FileNotFoundError
+        A resume with no checkpoint to resume from (see `start_if_empty`).
+    ValueError
+        A damaged or foreign checkpoint, or a config that differs from the checkpoint's.
     """
     for stale in run.glob(".*.tmp"):  # left by a run killed while saving
         stale.unlink()
     if cfg.resume and (run / CHECKPOINT).is_file():
-        state = load_checkpoint(run / CHECKPOINT)  # names the file when unreadable
-        needs = ("config", "step", "model", "head", "optimizer", "memory", "rng", "data")
-        if not isinstance(state, dict) or any(key not in state for key in needs):
-            raise ValueError(
-                f"{run / CHECKPOINT}: not a training checkpoint of spml-lab (it needs {needs})"
-            )
-        saved = TrainConfig.from_dict(state["config"], source=str(run / CHECKPOINT))
+        state = read_checkpoint(run / CHECKPOINT)  # names the file and what is wrong with it
+        saved = TrainConfig.from_dict(state["config"], source=f"{run / CHECKPOINT} config")
         changed = saved.differences(cfg, ignore=RESUMABLE_CHANGES)
         if changed:
             raise ValueError(
@@ -169,6 +373,12 @@ def open_run(run, cfg):
         raise FileNotFoundError(
             f"cannot resume {run}: no {CHECKPOINT} in it (the run stopped before its first "
             f"checkpoint); remove the folder's {', '.join(taken)} to start afresh"
+        )
+    if cfg.resume and not start_if_empty:
+        raise FileNotFoundError(
+            f"cannot resume {run}: no {CHECKPOINT} or {FINAL} there, so no run to continue "
+            "(check --out-dir, or the out_dir of the --config file); drop --resume "
+            "(resume=False) to start a fresh run there"
         )
     if taken and not cfg.resume:
         raise FileExistsError(

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS
+from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS, SHORTENED_SCRIBBLES
 from spml_lab.method.relations import RELATIONS, RelationSetting, paper_settings
 
 __all__ = [
@@ -101,8 +101,9 @@ class TrainConfig:
     annotation: str = option(
         "scribbles",
         "weak labels to train on; the paper reports all five; 'cam_tags' / 'cam_boxes' are the "
-        "CAM pseudo labels SPML trains on for tags and boxes (`spml-lab cam-labels`)",
-        ANNOTATIONS + PSEUDO_ANNOTATIONS,
+        "CAM pseudo labels SPML trains on for tags and boxes (`spml-lab cam-labels`); "
+        "'scribbles_80/50/30' shortened scribbles (`make_data.write_shortened_scribbles`)",
+        ANNOTATIONS + PSEUDO_ANNOTATIONS + SHORTENED_SCRIBBLES,
     )
     split: str = option("train", "split of the dataset to train on (paper: VOC train+)")
     crop_size: int = option(128, "square training crop in pixels (paper: 512 on VOC)")

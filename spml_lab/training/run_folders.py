@@ -15,12 +15,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import socket
+import sys
 from pathlib import Path
 
+import filelock
+
+from spml_lab.data import datasets
 from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 
-__all__ = ["RUN_FILES", "prepare_run_folder"]
+__all__ = ["RUN_FILES", "prepare_run_folder", "refuse_shipped", "one_writer", "copy_run"]
 
 RUN_FILES = ("config.yaml", "metrics.csv", "checkpoint.pt", "final.pt", "summary.json")
 SUMMARY = "summary.json"
@@ -77,3 +85,142 @@ def prepare_run_folder(cfg, owner):
                 f"{owner} did not finish; choose another out_dir or remove that folder yourself"
             )
     return cfg.replace(resume=True), action
+
+
+# ---------------------------------------------------------------------- writers
+
+# Only `make sample-runs` sets this: it is the one command that rewrites the shipped runs.
+WRITE_SHIPPED_ENV = "SPML_LAB_WRITE_SHIPPED"
+# An OS lock (flock) on this file marks the folder's one writer. The OS frees it when its
+# process dies, however it dies, so a killed run never blocks its own --resume.
+LOCK_FILE = ".writer.lock"
+WRITER_FILE = ".writer.json"  # who holds the lock, for the message a second writer gets
+_HELD = set()  # the folders this process holds: a nested writer of the same folder goes on
+
+
+def refuse_shipped(folder):
+    """Raise if `folder` lies inside the package's shipped data (read-only).
+
+    Parameters
+    ----------
+    folder : str or Path
+        Where something is about to be written; resolved, so ``..``, absolute paths and
+        symlinks cannot reach the shipped data another way.
+
+    Raises
+    ------
+    ValueError
+        Naming the folder and what to do instead.
+
+    Examples
+    --------
+    >>> refuse_shipped(datasets.EMBEDDED_RUNS / "full")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: .../runs/full is shipped with spml_lab and read-only; ...
+    """
+    if os.environ.get(WRITE_SHIPPED_ENV) == "1":
+        return
+    resolved, shipped = Path(folder).resolve(), datasets.DATA_SAMPLES.resolve()
+    if resolved == shipped or shipped in resolved.parents:
+        raise ValueError(
+            f"{resolved} is shipped with spml_lab and read-only; write into a folder of yours "
+            "(the commands' --out option copies a shipped run there first)"
+        )
+
+
+@contextlib.contextmanager
+def one_writer(folder):
+    """Hold `folder` as its only writer while the block runs (train, stage 2, evaluate...).
+
+    Parameters
+    ----------
+    folder : str or Path
+        Created if missing; refused when it is shipped data (`refuse_shipped`).
+
+    Yields
+    ------
+    folder : Path
+
+    Raises
+    ------
+    FileExistsError
+        If another process is writing the folder; the message names it (pid, host, command).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with one_writer(tempfile.mkdtemp()) as folder:
+    ...     (folder / WRITER_FILE).is_file()
+    True
+    """
+    folder = Path(folder)
+    refuse_shipped(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _HELD:  # this process already holds it (train.fit scoring its own run)
+        yield folder
+        return
+    lock = filelock.FileLock(folder / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise FileExistsError(
+            f"{folder} is being written by another process ({_writer(folder)}); wait for it to "
+            "finish, or stop it and --resume"
+        ) from None
+    try:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)}
+        (folder / WRITER_FILE).write_text(json.dumps(holder) + "\n")
+        _HELD.add(key)
+        yield folder
+    finally:
+        _HELD.discard(key)
+        (folder / WRITER_FILE).unlink(missing_ok=True)
+        lock.release()
+
+
+def _writer(folder):
+    try:
+        holder = json.loads((folder / WRITER_FILE).read_text())
+        return f"pid {holder['pid']} on {holder['host']}: {holder['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "it has not said who it is yet"
+
+
+def copy_run(run_dir, out):
+    """Copy a run's stage-1 files into `out`, a folder of the user's, and return `out`.
+
+    How a shipped (read-only) run gets a stage-2 head or scores of its own: the copy is
+    written to, never the original. An `out` that already holds the same run is reused.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A run folder (``config.yaml``, ``final.pt``...).
+    out : str or Path
+
+    Returns
+    -------
+    out : Path
+
+    Raises
+    ------
+    FileExistsError
+        If `out` holds another run, or files of another kind.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    if run_dir.resolve() == out.resolve():
+        return out
+    if (out / "final.pt").is_file():
+        same = (out / "final.pt").read_bytes() == (run_dir / "final.pt").read_bytes()
+        if not same:
+            raise FileExistsError(f"{out} holds another run; choose another --out")
+        return out
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and holds no run; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "metrics.csv", "final.pt"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, out / name)
+    return out

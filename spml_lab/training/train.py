@@ -27,7 +27,9 @@ A run lives in one folder (``TrainConfig.out_dir``)::
 
 ``TrainConfig(resume=True)`` (``spml-lab train --resume``) continues a killed run from its
 checkpoint exactly: same step, weights, optimizer, learning rate, memory bank, data order
-and RNG states, so on the CPU it ends with the weights an uninterrupted run would have.
+and RNG states, so on the CPU it ends with the weights an uninterrupted run would have. With no
+run in ``out_dir`` it starts one, unless ``fit(cfg, start_if_empty=False)`` (the command's
+``--resume``) asks for a run to continue. No tensor that turned inf or NaN is ever saved.
 
 Data order is a function of (seed, epoch) and augmentation of (seed, epoch, image), so a run
 repeats with any number of DataLoader workers. Losses stay on the device between log rows;
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -56,13 +59,12 @@ from spml_lab.data import datasets
 from spml_lab.method import clustering, distributed, relations
 from spml_lab.method.memory import PrototypeMemory
 from spml_lab.nets import embedding_nets, heads
-from spml_lab.training import checkpoints
+from spml_lab.training import checkpoints, run_folders
 from spml_lab.training.checkpoints import (
     CHECKPOINT,
     CONFIG,
     FINAL,
     METRICS,
-    load_checkpoint,
     save_checkpoint,
 )
 from spml_lab.training.config import TrainConfig
@@ -383,14 +385,36 @@ def load_final(run, device="cpu"):
         In eval mode.
     cfg : TrainConfig
     class_names : list of str or None
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no final.pt.
+    ValueError
+        Naming the file and what is wrong: unreadable, foreign or damaged
+        (`checkpoints.read_final`), or weights that do not fit the network its config builds.
     """
     path = datasets.run_folder(run)
-    state = load_checkpoint(path / FINAL if path.is_dir() else path)
-    cfg = TrainConfig.from_dict(state["config"])
-    net, head = build_model(cfg, state["num_classes"])
-    net.load_state_dict(state["model"])
-    head.load_state_dict(state["head"])
+    final = path / FINAL if path.is_dir() else path
+    state = checkpoints.read_final(final)
+    cfg = TrainConfig.from_dict(state["config"], source=f"{final} config")
+    # the weights come from final.pt: the ImageNet file of cfg.pretrained may be long gone
+    net, head = build_model(cfg, state["num_classes"], load_pretrained=False)
+    _load_weights(net, state["model"], final, "model")
+    _load_weights(head, state["head"], final, "head")
     return net.to(device).eval(), head.to(device).eval(), cfg, state["class_names"]
+
+
+def _load_weights(module, weights, path, entry):
+    """``module.load_state_dict(weights)``, naming the file when the weights do not fit."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as error:  # torch lists every key and shape: keep its first lines
+        details = "; ".join(line.strip() for line in str(error).splitlines()[1:4])
+        raise ValueError(
+            f"{path}: its {entry!r} weights do not fit the {type(module).__name__} its config "
+            f"builds ({details})"
+        ) from error
 
 
 def _batches(dataset, cfg, epoch, start, device):
@@ -427,19 +451,25 @@ def _batches(dataset, cfg, epoch, start, device):
 # ---------------------------------------------------------------------- the loop
 
 
-def _stop_if_not_finite(values, first, step, run, last_saved):
-    """Raise when a logged loss (or the weights) turned inf or NaN: never save such a state.
+def _stop_if_not_finite(bad, first, step, run, last_saved):
+    """Raise when a logged loss or a tensor to save turned inf or NaN: never save such a state.
 
     Parameters
     ----------
-    values : dict of str to float
-        Loss name (or ``"weights"``) to its value over steps ``first + 1 .. step``.
+    bad : list of str
+        The losses (``"softmax_ce"``) or saved tensors (``"model.trunk.1.running_var"``,
+        `checkpoints.non_finite`) that are not finite; nothing happens when empty.
     first, step : int
+        They turned non-finite during steps ``first + 1 .. step``.
     run : Path
     last_saved : int or None
         Step of the last checkpoint written (which stays as it is), None if none yet.
+
+    Raises
+    ------
+    FloatingPointError
+        Naming them, the steps, what was kept and what to try (the CLI exits 2 with it).
     """
-    bad = [name for name, value in values.items() if not math.isfinite(value)]
     if not bad:
         return
     kept = (
@@ -447,9 +477,10 @@ def _stop_if_not_finite(values, first, step, run, last_saved):
         if last_saved is not None
         else "no checkpoint was written"
     )
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
     raise FloatingPointError(
-        f"training stopped: {', '.join(bad)} turned non-finite between steps {first + 1} and "
-        f"{step}; {kept}; lower TrainConfig.lr (--lr) or the relation's weight"
+        f"training stopped: {shown} turned non-finite between steps {first + 1} and {step}; "
+        f"{kept}; lower TrainConfig.lr (--lr) or the relation's weight"
     )
 
 
@@ -559,18 +590,23 @@ def train_step(batch, net, head, optimizer, memory, cfg, device, superpixels=Tru
     return torch.stack([losses[name] for name in names]).detach()
 
 
-def fit(cfg):
+def fit(cfg, *, start_if_empty=True):
     """Train an embedding network with SPML (stage 1) and return the run folder.
 
     Parameters
     ----------
     cfg : TrainConfig or dict
         The run; a dict is read with `TrainConfig.from_dict`.
+    start_if_empty : bool, optional
+        With ``cfg.resume``: start a fresh run when ``out_dir`` holds none (True, "resume if
+        possible", what a notebook rerun wants) or refuse (False, what ``spml-lab train
+        --resume`` asks for: a run to continue). `checkpoints.open_run` decides.
 
     Returns
     -------
     run : Path
-        ``cfg.out_dir``, holding config.yaml, metrics.csv, checkpoint.pt and final.pt.
+        ``cfg.out_dir`` made absolute, holding config.yaml, metrics.csv, checkpoint.pt and
+        final.pt.
 
     Raises
     ------
@@ -578,9 +614,13 @@ def fit(cfg):
         If ``out_dir`` already holds a run and ``cfg.resume`` is False.
     ValueError
         On a config that does not fit the data (batch larger than the dataset, low-level
-        relation without superpixels), or a resume whose config differs from the checkpoint's.
+        relation without superpixels), a resume whose config differs from the checkpoint's,
+        or a damaged checkpoint (named, before anything is written).
     FileNotFoundError
-        If the dataset is missing.
+        If the dataset is missing, or (``start_if_empty=False``) a resume finds no run.
+    FloatingPointError
+        If a loss or a tensor to save (parameter or buffer, `checkpoints.non_finite`) turns
+        inf or NaN; the last good checkpoint stays and no final.pt is written.
 
     Notes
     -----
@@ -593,17 +633,31 @@ def fit(cfg):
     >>> import tempfile
     >>> cfg = TrainConfig(max_steps=2, crop_size=32, batch_size=2, width=8, embedding_dim=8,
     ...                   progress=False, out_dir=tempfile.mkdtemp() + "/run")
-    >>> sorted(p.name for p in fit(cfg).iterdir())
-    ['checkpoint.pt', 'config.yaml', 'final.pt', 'metrics.csv']
+    >>> sorted(p.name for p in fit(cfg).iterdir())  # and the lock of its one writer
+    ['.writer.lock', 'checkpoint.pt', 'config.yaml', 'final.pt', 'metrics.csv']
     """
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
-    cfg = cfg.replace(data=datasets.absolute_data(cfg.data))  # the run pins what it trains on
+    # The run's files record absolute paths: what it trains on, and where it lives. A config
+    # is read from other working folders (`cd elsewhere && spml-lab train --config
+    # ../runs/k2/config.yaml --resume`), where a relative out_dir names another folder and a
+    # resume would start a fresh run there. Not resolved against the config file's folder on
+    # reading instead: the same text would then mean one folder as a --out-dir flag and another
+    # in a hand-written YAML file.
+    out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir))  # not resolve(): keep symlinks
+    cfg = cfg.replace(data=datasets.absolute_data(cfg.data), out_dir=out_dir)
     run = Path(cfg.out_dir)
     owns_group = not (dist.is_available() and dist.is_initialized())
     device = distributed.setup(cfg.device) or resolve_device(cfg.device)  # torchrun or not
-    run.mkdir(parents=True, exist_ok=True)
-    state = checkpoints.open_run(run, cfg)
+    checkpoints.open_run(run, cfg, start_if_empty=start_if_empty)  # refused: no folder made
+    main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    with run_folders.one_writer(run) if main else contextlib.nullcontext():
+        # read again as the folder's one writer: a run started at the same moment into the same
+        # folder has either been refused, or has finished and left its files to resume from
+        state = checkpoints.open_run(run, cfg, start_if_empty=start_if_empty)
+        return _fit(cfg, run, state, device, owns_group)
 
+
+def _fit(cfg, run, state, device, owns_group):
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # noqa: NPY002  (the global RNG of any user code, see _rng_state)
     random.seed(cfg.seed)
@@ -614,10 +668,12 @@ def fit(cfg):
         if loop.main:
             cfg.replace(resume=False).to_yaml(run / CONFIG)
     else:
-        loop.restore(state)
+        loop.restore(state, run / CHECKPOINT)
     loop.run()
+    final = loop.final()
+    loop.stop_if_not_finite(final)  # a run resumed at its end saves what it restored
     if loop.main:
-        save_checkpoint(loop.final(), run / FINAL)
+        save_checkpoint(final, run / FINAL)
     if loop.world > 1 and owns_group:  # the group this call joined (torchrun) ends with it
         dist.barrier()
         dist.destroy_process_group()
@@ -694,13 +750,22 @@ class _TrainingLoop:
         self.window_steps, self.window_images = 0, 0
         self.last_saved = None  # step of the last good checkpoint
 
-    def restore(self, state):
-        """Continue from a checkpoint written by `snapshot`."""
-        self.net.load_state_dict(state["model"])
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.memory.load_state_dict(checkpoints.to_device(state["memory"], self.device))
-        checkpoints.set_rng_state(state["rng"])
+    def restore(self, state, path):
+        """Continue from a checkpoint written by `snapshot` (`checkpoints.read_checkpoint`).
+
+        Raises
+        ------
+        ValueError
+            Naming `path` when its contents do not fit this run (before anything is written).
+        """
+        _load_weights(self.net, state["model"], path, "model")
+        _load_weights(self.head, state["head"], path, "head")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.memory.load_state_dict(checkpoints.to_device(state["memory"], self.device))
+            checkpoints.set_rng_state(state["rng"])
+        except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as error:
+            raise ValueError(f"{path}: cannot resume from it ({error})") from error
         self.step, self.epoch, self.index = (
             state["step"], state["data"]["epoch"], state["data"]["batch"]
         )  # fmt: skip
@@ -786,7 +851,8 @@ class _TrainingLoop:
         elapsed = time.perf_counter() - self.tic
         row = dict(zip(self.columns[2:-1], means, strict=True))
         first = self.step - self.window_steps
-        _stop_if_not_finite(row, first, self.step, self.folder, self.last_saved)
+        bad = [name for name, value in row.items() if not math.isfinite(value)]
+        _stop_if_not_finite(bad, first, self.step, self.folder, self.last_saved)
         bar.set_postfix({SHORT[k]: f"{v:.3f}" for k, v in row.items()}, refresh=False)
         row.update(step=self.step, lr=lr, images_per_s=f"{self.window_images / elapsed:.2f}")
         if metrics is not None:
@@ -794,14 +860,28 @@ class _TrainingLoop:
         self.sums.zero_()
         self.window_steps, self.window_images, self.tic = 0, 0, time.perf_counter()
 
+    def stop_if_not_finite(self, state):
+        """Raise FloatingPointError if a tensor of `state` (to be saved) holds inf or NaN.
+
+        Every floating-point tensor counts: parameters and buffers (batch-norm statistics) of
+        the network and head, optimizer momenta, memory prototypes, the loss window. A diverged
+        batch-norm variance leaves losses and parameters finite but makes every prediction
+        background, so checking parameters alone is not enough.
+        """
+        bad = checkpoints.non_finite(state)
+        if self.world > 1:  # every process stops together, or the others wait forever
+            count = torch.tensor([len(bad)], device=self.device)
+            dist.all_reduce(count)
+            if count.item() and not bad:
+                bad = ["the tensors of another process"]
+        first = min(self.last_saved or 0, self.step - 1)  # after the last good checkpoint
+        _stop_if_not_finite(bad, first, self.step, self.folder, self.last_saved)
+
     def _checkpoint(self):
-        """Write checkpoint.pt, unless the weights turned non-finite (then stop)."""
+        """Write checkpoint.pt, unless a tensor in it turned non-finite (then stop)."""
         self._average_window()  # every process resumes from the same (averaged) window
-        weights = [*self.net.parameters(), *self.head.parameters()]
-        if not bool(torch.stack([w.isfinite().all() for w in weights]).all()):
-            _stop_if_not_finite(
-                {"weights": math.nan}, self.last_saved, self.step, self.folder, self.last_saved
-            )
+        state = self.snapshot()
+        self.stop_if_not_finite(state)
         if self.main:
-            save_checkpoint(self.snapshot(), self.folder / CHECKPOINT)
+            save_checkpoint(state, self.folder / CHECKPOINT)
         self.last_saved = self.step
