@@ -153,16 +153,16 @@ def claims(rows, key="miou"):
     values = cell_values(rows, "test", key)
     out = []
 
-    def add(text, a, b, *, two_sided=False):
+    def add(text, a, b, *, two_sided=False, words=("helps", "hurts")):
         if not (values.get(a) and values.get(b)):
             return
         difference, se = compare(values[a], values[b])
         if se is None:
             verdict = "n/a (< 2 seeds)"
         elif difference > 2 * se:
-            verdict = "helps" if two_sided else "PASS"
+            verdict = words[0] if two_sided else "PASS"
         elif two_sided and -difference > 2 * se:
-            verdict = "hurts"
+            verdict = words[1]
         else:
             verdict = "no measurable effect" if two_sided else "FAIL"
         n = min(len(values[a]), len(values[b]))
@@ -187,7 +187,8 @@ def claims(rows, key="miou"):
             if values.get(cell) and stage1.get(cell):
                 values[(dataset, kind, "stage 1 softmax + CRF")] = stage1[cell]
                 add(f"{dataset}/{kind}: stage 2 + CRF > stage-1 softmax + CRF", cell,
-                    (dataset, kind, "stage 1 softmax + CRF"), two_sided=True)  # fmt: skip
+                    (dataset, kind, "stage 1 softmax + CRF"), two_sided=True,
+                    words=("stage 2 higher", "stage 1 higher"))  # fmt: skip
     for name, dataset_a, dataset_b, kind, relation in (
         ("H_occ", "objects_cooc1", "objects_cooc0", "tags", "cooccurrence"),
         ("H_low", "objects_sp48", "objects", "points", "low_level"),
@@ -212,22 +213,23 @@ def plot(rows, path, title):
     import matplotlib.pyplot as plt
 
     colours = {"helps": "tab:green", "hurts": "tab:red", "no measurable effect": "tab:grey"}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for ax, key in zip(axes, ("miou", "miou_knn"), strict=True):
-        effects = [c for c in claims(rows, key) if c["holds"] in colours]
-        labels = [c["claim"].replace(": ", "\n-") for c in effects]
+        effects = [c for c in claims(rows, key) if c["holds"] in colours and "stage" not in
+                   c["claim"]]  # fmt: skip
+        labels = [f"{c['claim'].replace(': ', ' -')} (n {c['n']})" for c in effects]
         for y, effect in enumerate(effects):
             # removing the relation changes mIoU by -difference
             ax.errorbar(-effect["difference"], y, xerr=2 * effect["se"], fmt="o", capsize=3,
                         color=colours[effect["holds"]])  # fmt: skip
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.set_xlabel(f"change of test {key} when the relation is removed (+- 2 SE)")
+        ax.set_xlabel(f"test {key} without the relation minus with it (+- 2 SE)")
         ax.set_title({"miou": "headline (stage 2 + CRF)", "miou_knn": "stage-1 kNN"}[key])
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in colours.items()]
-    axes[1].legend(handles=handles, fontsize=8, loc="lower right")
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=3)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
