@@ -72,3 +72,20 @@ def test_predict_refuses_two_images_that_would_write_one_mask(tmp_path, capsys):
     assert cli.main(args) == 2
     assert "would both write" in capsys.readouterr().err
     assert not out.exists()  # nothing written
+
+
+def test_preset_lies_under_the_config_file_and_the_flags(tmp_path):
+    from spml_lab.training import presets
+
+    (tmp_path / "mine.yaml").write_text("crop_size: 64\nbatch_size: 4\n")
+    run = tmp_path / "run"
+    args = ["train", "--preset", "benchmark", "--config", str(tmp_path / "mine.yaml"),
+            "--batch-size", "2", "--max-steps", "1", "--no-progress",
+            "--out-dir", str(run)]  # fmt: skip
+    assert cli.main(args) == 0
+    cfg = TrainConfig.from_yaml(run / "config.yaml")
+    recipe = presets.PRESETS["benchmark"]
+    # the preset's recipe where nothing else speaks; the file over it; a flag over both
+    assert (cfg.lr, cfg.kmeans_grid, cfg.width) == (
+        recipe["lr"], recipe["kmeans_grid"], recipe["width"])  # fmt: skip
+    assert (cfg.crop_size, cfg.batch_size, cfg.max_steps) == (64, 2, 1)

@@ -36,6 +36,7 @@ __all__ = [
     "add_field_arguments",
     "field_values",
     "from_arguments",
+    "given_fields",
     "option",
     "RESUMABLE_CHANGES",
 ]
@@ -576,6 +577,27 @@ def field_values(namespace, cls):
     """
     names = {spec.name for spec in dataclasses.fields(cls)}
     return {key: value for key, value in sorted(vars(namespace).items()) if key in names}
+
+
+def given_fields(namespace):
+    """Return the fields a ``--config`` file and flags set, without the defaults.
+
+    What a preset is overlaid with (``spml-lab train --preset``): the preset fills only what
+    neither the file nor a flag says.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> given_fields(parser.parse_args(["--lr", "0.05"]))
+    {'lr': 0.05}
+    """
+    values, given = vars(namespace), {}
+    if values.get("config") is not None:
+        written = TrainConfig.from_yaml(values["config"]).to_dict()  # checked, coerced
+        keys = yaml.safe_load(Path(values["config"]).read_text()) or {}
+        given = {key: written[key] for key in keys}
+    return {**given, **field_values(namespace, TrainConfig)}
 
 
 def from_arguments(namespace):
