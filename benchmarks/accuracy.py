@@ -51,13 +51,17 @@ import torch
 from spml_lab.batch.claims import ABLATIONS, KINDS, check_claims, summarise
 from spml_lab.data import datasets
 from spml_lab.prediction import cam
-from spml_lab.training import train
+from spml_lab.training import presets, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# the training recipe of every run is the "benchmark" preset, chosen with the baselines
+# (calibration.csv); `presets` is its one place and says why each value is what it is
+_PRESET = presets.PRESETS["benchmark"]
 FORMS = {
     # CPU, 2 cores, within 90 minutes with --jobs 2 (the parts scenes are left to the GPU form,
     # or to `--only parts` in a session of their own)
-    "reduced": {"train": 400, "val": 100, "test": 200, "steps": 1000, "batch": 8, "width": 32,
+    "reduced": {"train": 400, "val": 100, "test": 200, "steps": _PRESET["max_steps"],
+                "batch": _PRESET["batch_size"], "width": _PRESET["width"],
                 "cam_steps": 300, "stage2_steps": 300, "datasets": ("objects",)},
     # a GPU
     "full": {"train": 2000, "val": 500, "test": 500, "steps": 3000, "batch": 8, "width": 64,
@@ -71,20 +75,12 @@ DATA = {
                 "superpixels": {"n_segments": 16}},
     "parts": {"size": 96, "options": {"difficulty": 0.1}, "superpixels": {"n_segments": 16}},
 }  # fmt: skip
-# the training recipe of every run, chosen with the baselines (calibration.csv); a 2 x 2 k-means
-# grid on the 24 x 24 embedding map gives cells of 144 pixels, as the paper's 6 x 6 on its
-# 128 x 128 map gives cells of hundreds (a 3 x 3 grid left segments of ~8 pixels)
-RECIPE = {"model": "small", "lr": 0.05, "kmeans_grid": (2, 2)}
-# the baselines' own head: dropout 0.1 trains the partial-CE and full-mask classifiers much
-# faster than the paper's 0.75 (calibration.csv), a stronger baseline for SPML to beat
-BASELINE_HEAD = {"head_dropout": 0.1}
-# the paper contrasts a global batch of 16 images with 2 memory batches of 16 (48 images); on
-# the CPU a step of 8 crops of 96 px then takes 0.28 s against 0.23 s with 24 (one process,
-# cores idle), which would bring the 82-minute reduced form to about 92, past its 90; so it
-# keeps the paper's 2 memory batches of its own batch of 8 (24 images); the GPU form contrasts 48
-CONTRAST_IMAGES = {"reduced": 24, "full": 48}
+RECIPE = {key: _PRESET[key] for key in ("model", "lr", "kmeans_grid")}
+# the reduced form contrasts the preset's 24 images (its batch and 2 memory batches); the GPU
+# form the paper's 48 (a global batch of 16 and 2 memory batches of 16)
+CONTRAST_IMAGES = {"reduced": _PRESET["contrast_images"], "full": 48}
 TRAIN_ON = {"tags": "cam_tags", "boxes": "cam_boxes", "points": "points", "scribbles": "scribbles"}
-BASELINE = {**bench_runs.BASELINE, **BASELINE_HEAD}
+BASELINE = presets.PARTIAL_CROSS_ENTROPY  # relations off, the head trains the net, dropout 0.1
 # the paper's DensePose point run: semantic annotation at 1.0, no tags to co-occur, no memory,
 # feature affinity 12 / 0.5, low-level on the plain embedding (its DensePose model)
 PARTS_RUN = {

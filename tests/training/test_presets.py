@@ -1,14 +1,8 @@
 """Presets fill what is left open, the given fields win, and notebook names map to fields."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from spml_lab.training import presets
-from spml_lab.training.config import TrainConfig
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_auto_is_the_gpu_only_with_cuda():
@@ -32,21 +26,6 @@ def test_given_fields_win_and_none_means_the_preset_s():
 def test_partial_cross_entropy_turns_every_relation_off():
     cfg = presets.preset_config("benchmark", **presets.PARTIAL_CROSS_ENTROPY)
     assert cfg.relation_settings() == {} and cfg.head_trains_embedding
-
-
-def test_the_benchmark_preset_is_the_accuracy_benchmark_s_recipe():
-    sys.path.insert(0, str(BENCHMARKS))
-    import accuracy
-
-    form = accuracy.FORMS["reduced"]
-    expected = TrainConfig(
-        **accuracy.RECIPE, width=form["width"], crop_size=accuracy.DATA["objects"]["size"],
-        batch_size=form["batch"], max_steps=form["steps"],
-        contrast_images=accuracy.CONTRAST_IMAGES["reduced"],
-    )  # fmt: skip
-    assert presets.preset_config("benchmark").differences(expected) == {}
-    baseline = {**accuracy.BASELINE}
-    assert presets.PARTIAL_CROSS_ENTROPY == baseline
 
 
 def test_notebook_fields_keep_only_upper_case_train_config_fields():
