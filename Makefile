@@ -14,7 +14,7 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 CORE := $(VENV)/.core
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint browser data-samples sample-runs screenshots clean
+.PHONY: demo test test-fast lint browser data-samples sample-runs screenshots clean
 
 # the demo needs only the package and the CRF (a minute to install); the course and the tests
 # add Jupyter, UMAP, scikit-learn and the test tools on top
@@ -34,9 +34,10 @@ demo: $(CORE)
 # The widget test drives a real browser: Debian's chromium + chromedriver (nothing downloads one).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
+# .pre-commit-config.yaml: ruff check, ruff format --check, notebooks stored without outputs;
+# local hooks run from .venv/bin (first on PATH), so nothing is fetched
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pre-commit run --all-files
 	$(BIN)/lint-imports  # the layers contract of pyproject.toml
 
 browser:
@@ -48,6 +49,13 @@ browser:
 # two cores, and OpenMP threads that outnumber free cores spin and slow everything down 10x.
 test: lint browser
 	OMP_NUM_THREADS=1 $(BIN)/pytest
+
+# The unit tests and doctests while you work: no notebook runs (naming tests and spml_lab
+# replaces testpaths, so nbval collects no notebook; papermill's runs are deselected), no
+# browser, nothing marked slow. `make test` runs everything.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/pytest tests spml_lab -m "not slow" --ignore=tests/test_browser.py \
+		--deselect tests/test_notebooks.py::test_runs_under_papermill_with_injected_parameters
 
 # The explorer screenshot of the README, taken by the browser test.
 screenshots: $(STAMP) browser

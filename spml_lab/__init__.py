@@ -20,4 +20,6 @@ Notebooks import a module with the prefix that names its file, e.g.
 ``from spml_lab.method import relations`` then ``relations.spml_loss(...)``.
 """
 
+# The one place the version is written: pyproject.toml reads it from here (setuptools' `attr`,
+# statically), so keep it a plain string literal.
 __version__ = "0.1.0"

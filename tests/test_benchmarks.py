@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,6 +34,7 @@ def test_contrastive_speed_small_crop_matches_the_loop():
     assert diff and float(diff.group(1)) < 1e-5, out  # the batched loss equals the loop's
 
 
+@pytest.mark.slow
 def test_accuracy_benchmark_runs_end_to_end_in_miniature(tmp_path):
     args = ["--reduced", "--train", "8", "--val", "4", "--test", "4", "--steps", "2",
             "--batch", "2", "--cam-steps", "2", "--stage2-steps", "2", "--seeds", "0", "1",

@@ -98,3 +98,31 @@ def test_no_private_name_is_imported_from_another_module():
         if alias.name.startswith("_")
     ]
     assert private == []
+
+
+def test_version_is_written_once_in_the_package():
+    # setuptools reads spml_lab.__version__ statically (attr), so it must stay a plain literal;
+    # CITATION.cff cannot read it and is checked against it
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"]
+    assert "version" in pyproject["project"]["dynamic"]
+    attr = pyproject["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "spml_lab.__version__"
+    tree = ast.parse((ROOT / "spml_lab" / "__init__.py").read_text())
+    versions = [
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["__version__"]
+        and isinstance(node.value, ast.Constant)
+    ]
+    assert len(versions) == 1 and re.fullmatch(r"\d+\.\d+\.\d+\S*", versions[0])
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["version"] == versions[0], "CITATION.cff names another version"
+
+
+def test_pre_commit_hooks_run_offline():
+    # CI reaches PyPI but not GitHub: every hook must come from the installed environment
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    assert [repo["repo"] for repo in config["repos"]] == ["local"]
+    assert {hook["language"] for hook in config["repos"][0]["hooks"]} == {"system"}

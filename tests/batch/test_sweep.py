@@ -128,6 +128,7 @@ def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
 # ---------------------------------------------------------------------- real papermill runs
 
 
+@pytest.mark.slow
 def test_sweep_runs_the_grid_reports_failures_and_resumes(tmp_path, capsys):
     notebook = _notebook(tmp_path / "nb.ipynb")
     out = tmp_path / "sweep"

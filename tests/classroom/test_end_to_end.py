@@ -4,6 +4,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from spml_lab import cli
 from spml_lab.classroom import end_to_end
 from spml_lab.data import datasets
@@ -19,6 +21,7 @@ def test_demo_configs_differ_only_in_relations_and_head():
     assert cfgs["spml"].max_steps == 10 and cfgs["spml"].annotation == "scribbles"
 
 
+@pytest.mark.slow
 def test_demo_trains_scores_and_draws_then_reloads(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--steps", "3", "--stage2-steps", "2", "--images", "2"]

@@ -50,6 +50,7 @@ def metrics(run):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_whole_batch(tmp_path):
     tiny = dict(crop_size=48, width=8, embedding_dim=8, kmeans_grid=(3, 3), max_steps=3)
     # no head dropout: its masks are drawn per process, so they cannot match one process's

@@ -186,6 +186,7 @@ def test_data_problems_are_named(tmp_path, monkeypatch):
         train.fit(TrainConfig(**TINY, data=str(tmp_path / "nowhere"), out_dir=str(tmp_path / "c")))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     steps = 40
     options = dict(TINY, max_steps=steps, checkpoint_every=5)
