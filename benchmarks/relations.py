@@ -279,7 +279,7 @@ def main():
               if not wanted or any(g == o or p.name.startswith(o) for o in wanted)]  # fmt: skip
     todo = [(g, seed, p) for g, p in chosen for seed in args.seeds
             if (p.dataset, p.kind, p.method, str(seed)) not in done]  # fmt: skip
-    order = "bacde"
+    order = "baced"  # the docstring's priority: b, a, c, e, d
     todo.sort(key=lambda t: (order.index(t[0]), t[1]))  # groups in priority, seed-major inside
     splits = {"train": form["train"], "val": form["val"], "test": form["test"]}
     roots = {}
