@@ -648,11 +648,12 @@ def fit(cfg, *, start_if_empty=True):
     run = Path(cfg.out_dir)
     owns_group = not (dist.is_available() and dist.is_initialized())
     device = distributed.setup(cfg.device) or resolve_device(cfg.device)  # torchrun or not
-    checkpoints.open_run(run, cfg, start_if_empty=start_if_empty)  # refused: no folder made
+    if not run.is_dir():  # nothing to read yet: a refusal here leaves no folder behind
+        checkpoints.open_run(run, cfg, start_if_empty=start_if_empty)
     main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     with run_folders.one_writer(run) if main else contextlib.nullcontext():
-        # read again as the folder's one writer: a run started at the same moment into the same
-        # folder has either been refused, or has finished and left its files to resume from
+        # read as the folder's one writer: a run started at the same moment into the same folder
+        # has either been refused, or has finished and left its files to resume from
         state = checkpoints.open_run(run, cfg, start_if_empty=start_if_empty)
         return _fit(cfg, run, state, device, owns_group)
 
