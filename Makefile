@@ -2,6 +2,7 @@
 #   make demo   set up .venv (torch, the package, the dense CRF) and run `spml-lab demo`: SPML and
 #               partial cross-entropy trained on the embedded scribbles, scored and drawn beside
 #               the shipped 1000-step runs (outputs/demo/spml_vs_baseline.png, results.md)
+#   make lab    set up the course (Jupyter, UMAP, widgets) and open JupyterLab on notebooks/
 #   make test   set up .venv with everything (Jupyter, UMAP, test tools; Debian's chromium for the
 #               widget test), lint, and run every test, doctest and notebook
 # On a GPU machine install your CUDA build of torch into .venv first, or pass TORCH=torch.
@@ -14,7 +15,7 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 CORE := $(VENV)/.core
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint browser data-samples sample-runs screenshots clean
+.PHONY: demo lab test test-fast lint browser data-samples sample-runs screenshots clean
 
 # the demo needs only the package and the CRF (a minute to install); the course and the tests
 # add Jupyter, UMAP, scikit-learn and the test tools on top
@@ -23,6 +24,15 @@ $(CORE): pyproject.toml
 	$(PIP) "$(TORCH)"
 	$(PIP) -e ".[crf]"
 	touch $(CORE)
+
+# the course alone: Jupyter, UMAP and the widgets, no test tools or browser
+LAB := $(VENV)/.lab
+$(LAB): $(CORE)
+	$(PIP) -e ".[crf,notebooks]"
+	touch $(LAB)
+
+lab: $(LAB)
+	$(BIN)/jupyter lab notebooks/
 
 $(STAMP): $(CORE)
 	$(PIP) -e ".[crf,notebooks,dev]"

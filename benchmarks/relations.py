@@ -87,12 +87,20 @@ import accuracy
 import bench_runs
 from accuracy import BASELINE, PARTS_RUN, TRAIN_ON, Plan
 
-from spml_lab.batch.claims import KINDS, cell_values, compare, summarise
+from spml_lab.batch.claims import (
+    KINDS,
+    STUDY,
+    STUDY_REUSES,
+    check_relations_study,
+    relation_effects,
+    summarise,
+)
+from spml_lab.classroom.figures import show_relation_effects
 from spml_lab.data import make_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
-OUT = RESULTS / "relations_cpu_reduced.csv"
-REUSED = RESULTS / "accuracy_cpu_reduced.csv"  # the cells the accuracy benchmark already ran
+OUT = RESULTS / STUDY
+REUSED = RESULTS / STUDY_REUSES  # the cells the accuracy benchmark already ran
 SEEDS = (0, 1, 2)
 # the mechanism tests' data: the objects scenes with one setting changed (H_occ, H_low)
 DATA = {
@@ -103,7 +111,6 @@ DATA = {
         **accuracy.DATA["objects"]["options"], "cooccurrence": 1.0}},
     "objects_sp48": {**accuracy.DATA["objects"], "superpixels": {"n_segments": 48}},
 }  # fmt: skip
-RELATIONS = ("low_level", "semantic_annotation", "cooccurrence", "feature_affinity")
 SHORTENED = ("scribbles_50", "scribbles_30")  # the label-sparsity cells (d)
 
 
@@ -148,63 +155,6 @@ def plans():
     return out
 
 
-def claims(rows, key="miou"):
-    """Check the study's claims on the test split: dicts with difference, se and verdict."""
-    values = cell_values(rows, "test", key)
-    out = []
-
-    def add(text, a, b, *, two_sided=False, words=("helps", "hurts")):
-        if not (values.get(a) and values.get(b)):
-            return
-        difference, se = compare(values[a], values[b])
-        if se is None:
-            verdict = "n/a (< 2 seeds)"
-        elif difference > 2 * se:
-            verdict = words[0] if two_sided else "PASS"
-        elif two_sided and -difference > 2 * se:
-            verdict = words[1]
-        else:
-            verdict = "no measurable effect" if two_sided else "FAIL"
-        n = min(len(values[a]), len(values[b]))
-        out.append({"claim": text, "metric": key, "difference": difference, "se": se, "n": n,
-                    "holds": verdict})  # fmt: skip
-
-    settings = sorted({(d, k) for d, k, m in values if m == "spml"})
-    for dataset, kind in settings:
-        for relation in RELATIONS:
-            add(f"{dataset}/{kind}: {relation}", (dataset, kind, "spml"),
-                (dataset, kind, f"no_{relation}"), two_sided=True)  # fmt: skip
-    for dataset, kind in settings:
-        cell = (dataset, kind, "spml")
-        add(f"{dataset}/{kind}: SPML > baseline_stage2", cell, (dataset, kind, "baseline_stage2"))
-        add(f"{dataset}/{kind}: baseline_stage2 > partial CE", (dataset, kind, "baseline_stage2"),
-            (dataset, kind, "baseline"))  # fmt: skip
-        add(f"{dataset}/{kind}: SPML > partial CE", cell, (dataset, kind, "baseline"))
-    if key == "miou":  # stage 2 against stage 1 within the same SPML runs
-        stage1 = cell_values(rows, "test", "miou_softmax_crf")
-        for dataset, kind in settings:
-            cell = (dataset, kind, "spml")
-            if values.get(cell) and stage1.get(cell):
-                values[(dataset, kind, "stage 1 softmax + CRF")] = stage1[cell]
-                add(f"{dataset}/{kind}: stage 2 + CRF > stage-1 softmax + CRF", cell,
-                    (dataset, kind, "stage 1 softmax + CRF"), two_sided=True,
-                    words=("stage 2 higher", "stage 1 higher"))  # fmt: skip
-    for name, dataset_a, dataset_b, kind, relation in (
-        ("H_occ", "objects_cooc1", "objects_cooc0", "tags", "cooccurrence"),
-        ("H_low", "objects_sp48", "objects", "points", "low_level"),
-    ):
-        cells = [(d, kind, m) for d in (dataset_a, dataset_b) for m in ("spml", f"no_{relation}")]
-        if all(len(values.get(c, [])) > 1 for c in cells):
-            effects = [compare(values[cells[i]], values[cells[i + 1]]) for i in (0, 2)]
-            difference = round(effects[0][0] - effects[1][0], 5)
-            se = round((effects[0][1] ** 2 + effects[1][1] ** 2) ** 0.5, 5)
-            out.append({"claim": f"{name}: {relation} effect on {kind}, {dataset_a} minus "
-                        f"{dataset_b}", "metric": key, "difference": difference, "se": se,
-                        "n": min(len(values[c]) for c in cells),
-                        "holds": "PASS" if difference > 2 * se else "FAIL"})  # fmt: skip
-    return out
-
-
 def plot(rows, path, title):
     """Relation x setting: the change of test mIoU when the relation is removed, with 2 SE."""
     import matplotlib
@@ -212,24 +162,13 @@ def plot(rows, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"helps": "tab:green", "hurts": "tab:red", "no measurable effect": "tab:grey"}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for ax, key in zip(axes, ("miou", "miou_knn"), strict=True):
-        effects = [c for c in claims(rows, key) if c["holds"] in colours and "stage" not in
-                   c["claim"]]  # fmt: skip
-        labels = [f"{c['claim'].replace(': ', ' -')} (n {c['n']})" for c in effects]
-        for y, effect in enumerate(effects):
-            # removing the relation changes mIoU by -difference
-            ax.errorbar(-effect["difference"], y, xerr=2 * effect["se"], fmt="o", capsize=3,
-                        color=colours[effect["holds"]])  # fmt: skip
-        ax.axvline(0, color="black", lw=0.8)
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.set_xlabel(f"test {key} without the relation minus with it (+- 2 SE)")
-        ax.set_title({"miou": "headline (stage 2 + CRF)", "miou_knn": "stage-1 kNN"}[key])
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in colours.items()]
-    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=3)
+        effects = relation_effects(check_relations_study(rows, key), metric=key)
+        name = {"miou": "headline (stage 2 + CRF)", "miou_knn": "stage-1 kNN"}[key]
+        show_relation_effects(effects, ax=ax, title=name)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -245,7 +184,7 @@ def report(out=OUT):
     rows = all_rows(out)
     summary = summarise(rows, keys=("miou", "miou_knn", "miou_softmax_crf"))
     bench_runs.write_csv(out.with_name(out.stem + "_summary.csv"), summary)
-    checked = claims(rows) + claims(rows, "miou_knn")
+    checked = check_relations_study(rows) + check_relations_study(rows, "miou_knn")
     bench_runs.write_csv(out.with_name(out.stem + "_claims.csv"), checked)
     if checked:
         seeds = ", ".join(sorted({str(r["seed"]) for r in rows}))

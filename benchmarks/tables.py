@@ -1,83 +1,184 @@
-"""Print the README's accuracy tables (markdown) from the committed benchmark CSVs.
+"""The markdown tables of the README and docs/, made from the committed benchmark CSVs.
 
-    python benchmarks/tables.py                      # accuracy_cpu_reduced*
-    python benchmarks/tables.py --tag cuda_full
+    python benchmarks/tables.py                 # print every table, under its name
+    python benchmarks/tables.py --check         # exit 1 unless each document holds its tables
+    python benchmarks/tables.py --tag cuda_full # the accuracy tables of another form
 
-The README's numbers are pasted from this output, so they are the CSVs' and nothing else.
+The documents' numbers are pasted from this output and `--check` (a test) keeps them equal, so
+they are the CSVs' and nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from a source checkout
+
+from spml_lab.batch import claims  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
 LABELS = {
     "spml": "SPML",
     "baseline": "partial CE",
+    "baseline_stage2": "partial CE + pipeline",
     "full": "full masks",
     "no_low_level": "SPML without low-level similarity",
     "no_semantic_annotation": "SPML without semantic annotation",
     "no_cooccurrence": "SPML without co-occurrence",
     "no_feature_affinity": "SPML without feature affinity",
 }
+RELATION_NAMES = {
+    "low_level": "low-level similarity",
+    "semantic_annotation": "semantic annotation",
+    "cooccurrence": "semantic co-occurrence",
+    "feature_affinity": "feature affinity",
+}
+PROBES = (
+    "position_r2",
+    "class_balanced_accuracy",
+    "segments_per_image",
+    "pixels_per_segment",
+    "pixels_per_segment_of_a_pixel",
+    "superpixels_per_image",
+    "pixels_per_superpixel",
+)
+# which document holds which tables (`--check`)
+DOCUMENTS = {
+    "README.md": ("relations",),
+    "docs/benchmarks.md": (
+        "accuracy_cells",
+        "accuracy_claims",
+        "accuracy_probes",
+        "relations",
+        "relations_knn",
+        "pipeline",
+        "predictors",
+        "sparsity",
+        "mechanisms",
+    ),
+}
 
 
-def read(path):
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 
 
-def cell(row, key):
+def _mean_std(row, key):
     mean, std = row[f"{key}_mean"], row[f"{key}_std"]
     if mean == "":
         return "—"
     return f"{float(mean):.3f} ± {float(std):.3f}" if std != "" else f"{float(mean):.3f}"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tag", default="cpu_reduced")
-    args = parser.parse_args()
-    base = RESULTS / f"accuracy_{args.tag}"
-    summary = read(base.with_name(base.name + "_summary.csv"))
-    rows = read(base.with_suffix(".csv"))
-    print("| scenes | annotation | method | test mIoU (stage 2 + CRF; CE: softmax + CRF) "
-          "| stage-1 kNN | seeds |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
-    for row in summary:
-        print(f"| {row['dataset']} | {row['kind']} | {LABELS.get(row['method'], row['method'])} "
-              f"| {cell(row, 'miou')} | {cell(row, 'miou_knn')} | {row['n']} |")  # fmt: skip
-    print()
-    print("| claim | metric | difference | 2 x se | verdict |")
-    print("|---|---|---|---|---|")
-    for claim in read(base.with_name(base.name + "_claims.csv")):
-        se = "—" if claim["se"] == "" else f"{2 * float(claim['se']):.3f}"
-        print(f"| {claim['claim']} | {claim['metric']} | {float(claim['difference']):+.3f} "
-              f"| {se} | {claim['holds']} |")  # fmt: skip
-    print()
-    keys = (
-        "position_r2",
-        "class_balanced_accuracy",
-        "segments_per_image",
-        "pixels_per_segment",
-        "pixels_per_segment_of_a_pixel",
-        "superpixels_per_image",
-        "pixels_per_superpixel",
-    )
-    print("| run | " + " | ".join(keys) + " |")
-    print("|---|" + "---|" * len(keys))
-    cells = {}
-    for row in rows:
+def _difference(claim):
+    return f"{float(claim['difference']):+.3f} (2 SE {2 * float(claim['se']):.3f})"
+
+
+def accuracy_tables(tag="cpu_reduced"):
+    """Return the accuracy benchmark's cells, claims and probes as markdown tables by name."""
+    name = f"accuracy_{tag}"
+    summary = claims.read_results(f"{name}_summary.csv", RESULTS)
+    cells = _table(
+        ("scenes", "annotation", "method", "test mIoU (stage 2 + CRF; CE: softmax + CRF)",
+         "stage-1 kNN", "seeds"),
+        [(r["dataset"], r["kind"], LABELS.get(r["method"], r["method"]), _mean_std(r, "miou"),
+          _mean_std(r, "miou_knn"), r["n"]) for r in summary],
+    )  # fmt: skip
+    checked = claims.read_results(f"{name}_claims.csv", RESULTS)
+    verdicts = _table(
+        ("claim", "metric", "difference", "2 x se", "verdict"),
+        [(c["claim"], c["metric"], f"{float(c['difference']):+.3f}",
+          "—" if c["se"] == "" else f"{2 * float(c['se']):.3f}", c["holds"]) for c in checked],
+    )  # fmt: skip
+    groups = {}
+    for row in claims.read_results(f"{name}.csv", RESULTS):
         if row["split"] == "test":
-            cells.setdefault((row["dataset"], row["kind"], row["method"]), []).append(row)
-    for (dataset, kind, method), group in cells.items():
+            groups.setdefault((row["dataset"], row["kind"], row["method"]), []).append(row)
+    probes = []
+    for (dataset, kind, method), group in groups.items():
         values = []
-        for key in keys:
+        for key in PROBES:
             numbers = [float(r[key]) for r in group if r.get(key, "") != ""]
             values.append(f"{sum(numbers) / len(numbers):.2f}" if numbers else "—")
-        print(f"| {dataset}/{kind}/{method} | " + " | ".join(values) + " |")
+        probes.append((f"{dataset}/{kind}/{method}", *values))
+    return {"accuracy_cells": cells, "accuracy_claims": verdicts,
+            "accuracy_probes": _table(("run", *PROBES), probes)}  # fmt: skip
+
+
+def relations_tables():
+    """Return the relations study's tables by name, from its committed summary and claims."""
+    checked = claims.read_results(claims.STUDY.replace(".csv", "_claims.csv"), RESULTS)
+    summary = claims.read_results(claims.STUDY.replace(".csv", "_summary.csv"), RESULTS)
+    tables = {}
+    for key, name in (("miou", "relations"), ("miou_knn", "relations_knn")):
+        rows = []
+        for relation in claims.RELATIONS:
+            effects = claims.relation_effects(checked, relation, key)
+            rows.append((RELATION_NAMES[relation], *(
+                "; ".join(f"{e['setting']} {e['change']:+.3f} ± {e['two_se']:.3f}"
+                          for e in effects if e["verdict"] == verdict) or "—"
+                for verdict in ("helps", "hurts", "no measurable effect"))))  # fmt: skip
+        tables[name] = _table(
+            ("relation", "helps (removing it lowers mIoU)", "hurts (removing it raises mIoU)",
+             "no measurable effect"), rows)  # fmt: skip
+    by_claim = {(c["claim"], c["metric"]): c for c in checked}
+    mean = {(r["dataset"], r["kind"], r["method"]): r for r in summary}
+    settings = [k[:2] for k in mean if k[2] == "baseline_stage2"]
+    tables["pipeline"] = _table(
+        ("setting", "SPML", "partial CE + pipeline", "partial CE", "SPML > CE + pipeline",
+         "CE + pipeline > partial CE"),
+        [(f"{d}/{k}", *(_mean_std(mean[d, k, m], "miou") for m in
+          ("spml", "baseline_stage2", "baseline")),
+          *(f"{_difference(c)} {c['holds']}" for c in
+            (by_claim[f"{d}/{k}: {t}", "miou"] for t in
+             ("SPML > baseline_stage2", "baseline_stage2 > partial CE"))))
+         for d, k in settings],
+    )  # fmt: skip
+    stage2 = [c for c in checked if c["claim"].endswith("stage 2 + CRF > stage-1 softmax + CRF")]
+    tables["predictors"] = _table(
+        ("setting", "stage 2 + CRF", "stage-1 softmax + CRF", "difference", "verdict"),
+        [(c["claim"].split(":")[0], _mean_std(mean[(*c["claim"].split(":")[0].split("/"),
+          "spml")], "miou"), _mean_std(mean[(*c["claim"].split(":")[0].split("/"), "spml")],
+          "miou_softmax_crf"), _difference(c), c["holds"]) for c in stage2],
+    )  # fmt: skip
+    full = float(mean["objects", "full", "full"]["miou_mean"])
+    tables["sparsity"] = _table(
+        ("labels", *(f"{LABELS[m]}: mIoU (share of full masks)" for m in
+                     ("spml", "baseline_stage2", "baseline")), "seeds"),
+        [(kind, *(f"{_mean_std(mean['objects', kind, m], 'miou')} "
+                  f"({float(mean['objects', kind, m]['miou_mean']) / full:.0%})"
+                  for m in ("spml", "baseline_stage2", "baseline")),
+          mean["objects", kind, "spml"]["n"])
+         for kind in ("scribbles", "scribbles_50", "scribbles_30", "points")],
+    )  # fmt: skip
+    tests = [c for c in checked if c["claim"].startswith("H_")]
+    tables["mechanisms"] = _table(
+        ("hypothesis", "metric", "difference of effects", "verdict"),
+        [(c["claim"], c["metric"], _difference(c), c["holds"]) for c in tests],
+    )  # fmt: skip
+    return tables
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tag", default="cpu_reduced", help="accuracy_{TAG}*.csv")
+    parser.add_argument("--check", action="store_true", help="each document holds its tables")
+    args = parser.parse_args()
+    tables = {**accuracy_tables(args.tag), **relations_tables()}
+    if not args.check:
+        for name, table in tables.items():
+            print(f"<!-- {name} -->\n{table}\n")
+        return
+    missing = [f"{document}: {name}" for document, names in DOCUMENTS.items()
+               for name in names if tables[name] not in (ROOT / document).read_text()]  # fmt: skip
+    if missing:
+        sys.exit("tables that differ from the committed CSVs (python benchmarks/tables.py "
+                 "prints them):\n  " + "\n  ".join(missing))  # fmt: skip
+    print(f"{sum(map(len, DOCUMENTS.values()))} tables equal the committed CSVs")
 
 
 if __name__ == "__main__":

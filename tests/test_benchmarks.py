@@ -85,36 +85,5 @@ def test_accuracy_claims_need_two_standard_errors():
     assert accuracy.check_claims(tight)[0]["holds"] == "PASS"
 
 
-def test_relations_study_verdicts_by_hand():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import relations
-
-    def rows(dataset, kind, method, values, stage1=None):
-        return [{"dataset": dataset, "kind": kind, "method": method, "seed": str(i),
-                 "split": "test", "miou": str(v), "miou_knn": "",
-                 "miou_softmax_crf": "" if stage1 is None else str(stage1[i])}
-                for i, v in enumerate(values)]  # fmt: skip
-
-    spread = [0.0, 0.01, 0.02]  # sd 0.01 per cell: se of a difference sqrt(2 / 3) * 0.01
-    cells = (
-        rows("objects", "tags", "spml", [0.50 + s for s in spread], [0.45 + s for s in spread])
-        + rows("objects", "tags", "no_cooccurrence", [0.56 + s for s in spread])  # hurts
-        + rows("objects", "tags", "no_low_level", [0.49 + s for s in spread])  # within 2 se
-        + rows("objects", "tags", "baseline_stage2", [0.40 + s for s in spread])
-        + rows("objects_cooc1", "tags", "spml", [0.60 + s for s in spread])
-        + rows("objects_cooc1", "tags", "no_cooccurrence", [0.50 + s for s in spread])
-        + rows("objects_cooc0", "tags", "spml", [0.50 + s for s in spread])
-        + rows("objects_cooc0", "tags", "no_cooccurrence", [0.50 + s for s in spread])
-    )
-    verdicts = {c["claim"]: (c["difference"], c["se"], c["holds"])
-                for c in relations.claims(cells)}  # fmt: skip
-    se = round((2 * 0.01**2 / 3) ** 0.5, 5)
-    assert verdicts["objects/tags: cooccurrence"] == (-0.06, se, "hurts")
-    assert verdicts["objects/tags: low_level"] == (0.01, se, "no measurable effect")
-    assert verdicts["objects/tags: SPML > baseline_stage2"] == (0.1, se, "PASS")
-    stage2 = verdicts["objects/tags: stage 2 + CRF > stage-1 softmax + CRF"]
-    assert stage2 == (0.05, se, "stage 2 higher")
-    assert verdicts["objects_cooc1/tags: cooccurrence"][2] == "helps"
-    # H_occ: effect 0.1 at cooc 1.0 against 0.0 at cooc 0.0, se of the difference of differences
-    h_occ = next(v for k, v in verdicts.items() if k.startswith("H_occ"))
-    assert h_occ == (0.1, round((2 * se**2) ** 0.5, 5), "PASS")
+def test_documented_tables_equal_the_committed_csvs():
+    assert "tables equal the committed CSVs" in run(ROOT / "benchmarks" / "tables.py", "--check")

@@ -6,11 +6,12 @@ runs them with injected ones, the way `spml-lab run-notebook` and batch sweeps d
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from spml_lab.batch import runner
+from spml_lab.batch import claims, runner
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -47,6 +48,47 @@ CI_PARAMETERS = {
 }
 
 
+# Lessons that show measured results: they read them from the committed CSVs at run time
+MEASURED = [n for n in CI_PARAMETERS if n[:2] in ("05", "06", "07", "08", "11", "12")]
+DECIMAL = re.compile(r"[+-]?\d+\.\d+")
+SETTINGS_IN_TEXT = {"0.95"}  # method settings a lesson may write: feature affinity's threshold
+
+
+def _committed_numbers():
+    """Every number of the committed study files, and what the notebooks derive from them."""
+    numbers = set()
+    for name in ("relations_cpu_reduced_claims.csv", "relations_cpu_reduced_summary.csv"):
+        for row in claims.read_results(name):
+            for value in row.values():
+                if DECIMAL.fullmatch(value or ""):
+                    numbers |= {float(value), -float(value), 2 * float(value)}
+    return numbers
+
+
+def _check_measured_outputs(name, cells):
+    """Every decimal printed by a cell tagged `measured` is a committed number (to rounding)."""
+    committed = _committed_numbers()
+    measured = [c for c in cells if "measured" in c["metadata"].get("tags", [])]
+    assert measured, f"{name} shows no measured result"
+    for cell in measured:
+        text = "".join("".join(o.get("text", "")) for o in cell["outputs"])
+        shown = [float(v) for v in DECIMAL.findall(text)]
+        assert shown, f"{name}: a measured cell printed no number"
+        for value in shown:
+            assert any(abs(value - c) <= 0.0005001 for c in committed), (
+                f"{name} shows {value}, which is no number of the committed study files"
+            )
+
+
+@pytest.mark.parametrize("name", MEASURED)
+def test_lessons_type_no_measured_number_in_their_text(name):
+    cells = json.loads((ROOT / "notebooks" / name).read_text())["cells"]
+    for cell in cells:
+        if cell["cell_type"] == "markdown":
+            typed = set(re.findall(r"\b0\.\d\d", "".join(cell["source"]))) - SETTINGS_IN_TEXT
+            assert not typed, f"{name}: markdown types {typed}; read them from the CSV instead"
+
+
 def _code_cells(path):
     return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
 
@@ -81,6 +123,8 @@ def test_runs_under_papermill_with_injected_parameters(path, tmp_path):
     cells = json.loads(executed.read_text())["cells"]
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in cells)
     assert list((tmp_path / "figures").glob("*.png")), f"{path.name} drew no figure"
+    if path.name in MEASURED:
+        _check_measured_outputs(path.name, cells)
 
 
 def test_unknown_parameter_is_refused(tmp_path):

@@ -18,8 +18,12 @@ and the scored columns (``miou``, ``miou_knn``); `benchmarks/accuracy.py` writes
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 from typing import NamedTuple
+
+import spml_lab
 
 __all__ = [
     "KINDS",
@@ -32,10 +36,26 @@ __all__ = [
     "paper_claims",
     "check_claims",
     "as_written",
+    "RELATIONS",
+    "MECHANISM_TESTS",
+    "results_folder",
+    "read_results",
+    "study_rows",
+    "check_relations_study",
+    "relation_effects",
 ]
 
 KINDS = ("tags", "boxes", "points", "scribbles")  # the weak annotations of the "objects" scenes
 ABLATIONS = ("low_level", "semantic_annotation", "cooccurrence")  # removed one at a time
+RELATIONS = ("low_level", "semantic_annotation", "cooccurrence", "feature_affinity")
+# The relations study's mechanism tests (benchmarks/relations.py, cell e): name, the setting
+# where the hypothesis expects the larger effect, the one it compares with, kind, relation.
+MECHANISM_TESTS = (
+    ("H_occ", "objects_cooc1", "objects_cooc0", "tags", "cooccurrence"),
+    ("H_low", "objects_sp48", "objects", "points", "low_level"),
+)
+STUDY = "relations_cpu_reduced.csv"  # the relations study's runs
+STUDY_REUSES = "accuracy_cpu_reduced.csv"  # whose "objects" rows the study reads, not reruns
 
 
 class Claim(NamedTuple):
@@ -81,7 +101,7 @@ def cell_values(rows, split="test", key="miou"):
     rows : sequence of dict
     split : str, optional
     key : str, optional
-        The score column; rows where it is ``""`` (not scored) are left out.
+        The score column; rows where it is ``""`` or absent (not scored) are left out.
 
     Returns
     -------
@@ -96,7 +116,7 @@ def cell_values(rows, split="test", key="miou"):
     """
     values = {}
     for row in rows:
-        if row["split"] == split and row[key] != "":
+        if row["split"] == split and row.get(key, "") != "":
             values.setdefault((row["dataset"], row["kind"], row["method"]), []).append(
                 float(row[key])
             )
@@ -279,3 +299,200 @@ def as_written(entries):
     [{'difference': '0.1', 'se': '', 'n': '3'}]
     """
     return [{k: "" if v is None else str(v) for k, v in entry.items()} for entry in entries]
+
+
+def results_folder():
+    """Return the folder of the committed benchmark results, ``benchmarks/results``.
+
+    The results are committed beside the benchmarks that wrote them, in the source checkout
+    (they are the project's evidence, not package data).
+
+    Raises
+    ------
+    FileNotFoundError
+        When spml_lab does not run from a source checkout.
+    """
+    folder = Path(spml_lab.__file__).resolve().parents[1] / "benchmarks" / "results"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no committed benchmark results at {folder}: they live in the source checkout "
+            "(git clone the project and install it with `pip install -e .`)"
+        )
+    return folder
+
+
+def read_results(name, folder=None):
+    """Read a committed results CSV: one dict of strings per row, as the benchmark wrote it.
+
+    Parameters
+    ----------
+    name : str or Path
+        File name in `folder`, or a path.
+    folder : Path, optional
+        Default `results_folder`.
+
+    Returns
+    -------
+    rows : list of dict of str to str
+    """
+    path = Path(name)
+    if not path.is_absolute():
+        path = (results_folder() if folder is None else Path(folder)) / path
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} does not exist")
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def study_rows(name=STUDY, folder=None):
+    """Every run of the relations study: the "objects" rows it reuses, then its own rows.
+
+    Parameters
+    ----------
+    name : str or Path, optional
+        The study's runs CSV (default the committed one).
+    folder : Path, optional
+        Where both CSVs are (default `results_folder`).
+
+    Returns
+    -------
+    rows : list of dict of str to str
+        The accuracy benchmark's "objects" rows (``STUDY_REUSES``: same data, recipe and code
+        path, so the study reads them instead of retraining), then the rows of `name`.
+    """
+    folder = Path(name).parent if Path(name).is_absolute() else folder
+    reused = [r for r in read_results(STUDY_REUSES, folder) if r["dataset"] == "objects"]
+    return reused + read_results(name, folder)
+
+
+def check_relations_study(rows, key="miou", split="test"):
+    """Check the relations study's claims: each difference, its standard error and verdict.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Per-run rows (`study_rows`).
+    key : str, optional
+        The score compared; with ``"miou"`` the claims also pit stage 2 + CRF against the
+        stage-1 head + CRF (``miou_softmax_crf``) of the same SPML runs.
+    split : str, optional
+
+    Returns
+    -------
+    checked : list of dict
+        ``claim``, ``metric``, ``difference``, ``se``, ``n`` and ``holds``, in this order of
+        claims, each only where its cells have scored runs:
+
+        * ``"{dataset}/{kind}: {relation}"``: difference = SPML - SPML without the relation;
+          ``holds`` is "helps" (difference > 2 se), "hurts" (< -2 se) or "no measurable
+          effect";
+        * ``"{setting}: SPML > baseline_stage2"`` (the relations beyond the pseudo-label
+          pipeline), ``"baseline_stage2 > partial CE"`` (the pipeline alone), ``"SPML >
+          partial CE"``: PASS or FAIL;
+        * ``"{setting}: stage 2 + CRF > stage-1 softmax + CRF"``: "stage 2 higher", "stage 1
+          higher" or "no measurable effect";
+        * each of `MECHANISM_TESTS` once all four of its cells have two runs: the relation's
+          effect in the first setting minus its effect in the second, se the root of the
+          two squared se's; PASS when the difference exceeds 2 se.
+
+    Examples
+    --------
+    >>> rows = [{"dataset": "objects", "kind": "tags", "method": m, "split": "test",
+    ...          "miou": str(v + s)} for m, v in (("spml", 0.5), ("no_cooccurrence", 0.6))
+    ...         for s in (0.0, 0.01, 0.02)]
+    >>> check_relations_study(rows)  # doctest: +NORMALIZE_WHITESPACE
+    [{'claim': 'objects/tags: cooccurrence', 'metric': 'miou', 'difference': -0.1,
+      'se': 0.00816, 'n': 3, 'holds': 'hurts'}]
+    """
+    values = cell_values(rows, split, key)
+    out = []
+
+    def add(text, a, b, *, two_sided=False, words=("helps", "hurts")):
+        if not (values.get(a) and values.get(b)):
+            return
+        difference, se = compare(values[a], values[b])
+        if se is None:
+            verdict = "n/a (< 2 seeds)"
+        elif difference > 2 * se:
+            verdict = words[0] if two_sided else "PASS"
+        elif two_sided and -difference > 2 * se:
+            verdict = words[1]
+        else:
+            verdict = "no measurable effect" if two_sided else "FAIL"
+        n = min(len(values[a]), len(values[b]))
+        out.append({"claim": text, "metric": key, "difference": difference, "se": se, "n": n,
+                    "holds": verdict})  # fmt: skip
+
+    settings = sorted({(d, k) for d, k, m in values if m == "spml"})
+    for dataset, kind in settings:
+        for relation in RELATIONS:
+            add(f"{dataset}/{kind}: {relation}", (dataset, kind, "spml"),
+                (dataset, kind, f"no_{relation}"), two_sided=True)  # fmt: skip
+    for dataset, kind in settings:
+        cell, pipeline = (dataset, kind, "spml"), (dataset, kind, "baseline_stage2")
+        add(f"{dataset}/{kind}: SPML > baseline_stage2", cell, pipeline)
+        add(f"{dataset}/{kind}: baseline_stage2 > partial CE", pipeline,
+            (dataset, kind, "baseline"))  # fmt: skip
+        add(f"{dataset}/{kind}: SPML > partial CE", cell, (dataset, kind, "baseline"))
+    if key == "miou":  # stage 2 against stage 1 within the same SPML runs
+        stage1 = cell_values(rows, split, "miou_softmax_crf")
+        for dataset, kind in settings:
+            cell = (dataset, kind, "spml")
+            if values.get(cell) and stage1.get(cell):
+                values[(dataset, kind, "stage 1 softmax + CRF")] = stage1[cell]
+                add(f"{dataset}/{kind}: stage 2 + CRF > stage-1 softmax + CRF", cell,
+                    (dataset, kind, "stage 1 softmax + CRF"), two_sided=True,
+                    words=("stage 2 higher", "stage 1 higher"))  # fmt: skip
+    for name, dataset_a, dataset_b, kind, relation in MECHANISM_TESTS:
+        cells = [(d, kind, m) for d in (dataset_a, dataset_b) for m in ("spml", f"no_{relation}")]
+        if all(len(values.get(c, [])) > 1 for c in cells):
+            effects = [compare(values[cells[i]], values[cells[i + 1]]) for i in (0, 2)]
+            difference = round(effects[0][0] - effects[1][0], 5)
+            se = round((effects[0][1] ** 2 + effects[1][1] ** 2) ** 0.5, 5)
+            out.append({"claim": f"{name}: {relation} effect on {kind}, {dataset_a} minus "
+                        f"{dataset_b}", "metric": key, "difference": difference, "se": se,
+                        "n": min(len(values[c]) for c in cells),
+                        "holds": "PASS" if difference > 2 * se else "FAIL"})  # fmt: skip
+    return out
+
+
+def relation_effects(checked, relation=None, metric="miou"):
+    """Each relation's measured effect per setting, as "what removing it changes".
+
+    Parameters
+    ----------
+    checked : sequence of dict
+        `check_relations_study` entries, or the rows of the study's ``_claims.csv``.
+    relation : str, optional
+        One of `RELATIONS`; default every relation.
+    metric : str, optional
+
+    Returns
+    -------
+    effects : list of dict
+        ``setting`` ("dataset/kind"), ``relation``, ``change`` (mIoU without the relation
+        minus with it: negative where the relation helps), ``two_se`` (2 standard errors),
+        ``n`` (seeds of the smaller cell) and ``verdict`` ("helps", "hurts" or "no measurable
+        effect"), in the order of `checked`.
+
+    Examples
+    --------
+    >>> checked = [{"claim": "parts/points: low_level", "metric": "miou", "difference": "0.15",
+    ...             "se": "0.0055", "n": "3", "holds": "helps"}]
+    >>> relation_effects(checked, "low_level")  # doctest: +NORMALIZE_WHITESPACE
+    [{'setting': 'parts/points', 'relation': 'low_level', 'change': -0.15, 'two_se': 0.011,
+      'n': 3, 'verdict': 'helps'}]
+    """
+    effects = []
+    for entry in checked:
+        setting, _, name = entry["claim"].partition(": ")
+        if entry["metric"] != metric or name not in RELATIONS:
+            continue
+        if (relation is not None and name != relation) or entry["se"] in (None, ""):
+            continue  # another relation, or a cell of one seed: no effect to report
+        effects.append({
+            "setting": setting, "relation": name, "change": -float(entry["difference"]),
+            "two_se": round(2 * float(entry["se"]), 5), "n": int(entry["n"]),
+            "verdict": entry["holds"],
+        })  # fmt: skip
+    return effects

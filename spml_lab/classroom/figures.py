@@ -7,7 +7,8 @@ that the notebooks stay thin:
 * `show_cams`: each image beside the class activation map of each of its tagged classes (03);
 * `show_curves`: a few numbers against one swept setting, one panel per number (03, 04);
 * `show_cells`: benchmark cells as one dot per seeded run with the mean +- std (12);
-* `show_claims`: each claim's difference of means with its 2-standard-error bar (12).
+* `show_claims`: each claim's difference of means with its 2-standard-error bar (12);
+* `show_relation_effects`: what removing each relation changes, per setting (05, 07, 08, 12).
 
 Every function returns the figure; the notebook shows and closes it.
 """
@@ -19,7 +20,9 @@ import numpy as np
 
 from spml_lab.pictures import viz
 
-__all__ = ["show_cams", "show_curves", "show_cells", "show_claims"]
+__all__ = ["show_cams", "show_curves", "show_cells", "show_claims", "show_relation_effects"]
+
+VERDICT_COLOURS = {"helps": "tab:green", "hurts": "tab:red", "no measurable effect": "tab:grey"}
 
 
 def show_cams(images, cams, tags, class_names, *, truth=None, colours=None, size=1.9):
@@ -193,3 +196,45 @@ def show_claims(checked, *, size=(7.5, 0.32)):
     ax.set_xlabel("difference of means (bar: ± 2 standard errors)")
     fig.tight_layout()
     return fig
+
+
+def show_relation_effects(effects, *, ax=None, title=None):
+    """Draw what removing each relation changes, one row per (setting, relation).
+
+    Parameters
+    ----------
+    effects : sequence of dict
+        `claims.relation_effects` entries: ``setting``, ``relation``, ``change``, ``two_se``,
+        ``n`` and ``verdict``.
+    ax : matplotlib.axes.Axes, optional
+        Draw into it (default: a new figure).
+    title : str, optional
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        A dot at each change of mIoU with a bar of 2 standard errors on each side, grouped by
+        relation (in the order each first appears), first entry on top: green where the
+        relation helps (the bar lies left of 0: mIoU falls without it), red where it hurts,
+        grey where the study could not tell.
+    """
+    order = list(dict.fromkeys(e["relation"] for e in effects))
+    effects = sorted(effects, key=lambda e: order.index(e["relation"]))  # stable within one
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 0.9 + 0.3 * len(effects)))
+    y = np.arange(len(effects))[::-1]  # first entry on top
+    for row, effect in zip(y, effects, strict=True):
+        ax.errorbar(effect["change"], row, xerr=effect["two_se"], fmt="o", capsize=3,
+                    color=VERDICT_COLOURS[effect["verdict"]])  # fmt: skip
+    ax.axvline(0, color="black", linewidth=0.8)
+    labels = [f"{e['setting']}: {e['relation'].replace('_', ' ')} (n {e['n']})" for e in effects]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_ylim(-0.7, len(effects) - 0.3)
+    ax.set_xlabel("mIoU without the relation minus with it (bar: ± 2 SE)", fontsize=8)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v)
+               for v, c in VERDICT_COLOURS.items()]  # fmt: skip
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.figure.tight_layout()
+    return ax.figure

@@ -86,3 +86,65 @@ def test_committed_benchmark_summary_and_claims_follow_from_its_runs():
     assert summary == _read(RESULTS / "accuracy_cpu_reduced_summary.csv")
     checked = claims.check_claims(rows) + claims.check_claims(rows, key="miou_knn")
     assert claims.as_written(checked) == _read(RESULTS / "accuracy_cpu_reduced_claims.csv")
+
+
+def test_relations_study_verdicts_by_hand():
+    def rows(dataset, kind, method, values, stage1=None):
+        return [{"dataset": dataset, "kind": kind, "method": method, "seed": str(i),
+                 "split": "test", "miou": str(v), "miou_knn": "",
+                 "miou_softmax_crf": "" if stage1 is None else str(stage1[i])}
+                for i, v in enumerate(values)]  # fmt: skip
+
+    spread = [0.0, 0.01, 0.02]  # sd 0.01 per cell: se of a difference sqrt(2 / 3) * 0.01
+    cells = (
+        rows("objects", "tags", "spml", [0.50 + s for s in spread], [0.45 + s for s in spread])
+        + rows("objects", "tags", "no_cooccurrence", [0.56 + s for s in spread])  # hurts
+        + rows("objects", "tags", "no_low_level", [0.49 + s for s in spread])  # within 2 se
+        + rows("objects", "tags", "baseline_stage2", [0.40 + s for s in spread])
+        + rows("objects_cooc1", "tags", "spml", [0.60 + s for s in spread])
+        + rows("objects_cooc1", "tags", "no_cooccurrence", [0.50 + s for s in spread])
+        + rows("objects_cooc0", "tags", "spml", [0.50 + s for s in spread])
+        + rows("objects_cooc0", "tags", "no_cooccurrence", [0.50 + s for s in spread])
+    )
+    verdicts = {c["claim"]: (c["difference"], c["se"], c["holds"])
+                for c in claims.check_relations_study(cells)}  # fmt: skip
+    se = round((2 * 0.01**2 / 3) ** 0.5, 5)
+    assert verdicts["objects/tags: cooccurrence"] == (-0.06, se, "hurts")
+    assert verdicts["objects/tags: low_level"] == (0.01, se, "no measurable effect")
+    assert verdicts["objects/tags: SPML > baseline_stage2"] == (0.1, se, "PASS")
+    stage2 = verdicts["objects/tags: stage 2 + CRF > stage-1 softmax + CRF"]
+    assert stage2 == (0.05, se, "stage 2 higher")
+    assert verdicts["objects_cooc1/tags: cooccurrence"][2] == "helps"
+    # H_occ: effect 0.1 at cooc 1.0 against 0.0 at cooc 0.0, se of the difference of differences
+    h_occ = next(v for k, v in verdicts.items() if k.startswith("H_occ"))
+    assert h_occ == (0.1, round((2 * se**2) ** 0.5, 5), "PASS")
+
+
+def test_committed_relations_claims_are_those_of_the_committed_runs():
+    rows = claims.study_rows()
+    checked = claims.check_relations_study(rows) + claims.check_relations_study(rows, "miou_knn")
+    assert claims.as_written(checked) == claims.read_results("relations_cpu_reduced_claims.csv")
+
+
+def test_relation_effect_is_the_change_when_removed_computed_by_hand():
+    rows = claims.study_rows()
+    (effect,) = [e for e in claims.relation_effects(claims.check_relations_study(rows), "low_level")
+                 if e["setting"] == "parts/points"]  # fmt: skip
+
+    def scores(method):
+        return [float(r["miou"]) for r in rows if (r["dataset"], r["kind"], r["method"],
+                r["split"]) == ("parts", "points", method, "test")]  # fmt: skip
+
+    with_it, without = scores("spml"), scores("no_low_level")
+    se = (statistics.variance(with_it) / 3 + statistics.variance(without) / 3) ** 0.5
+    assert effect["change"] == pytest.approx(statistics.mean(without) - statistics.mean(with_it),
+                                             abs=1e-5)  # fmt: skip
+    assert effect["two_se"] == pytest.approx(2 * se, abs=2e-5)
+    expected = "helps" if -effect["change"] > 2 * se else "hurts" if effect["change"] > 2 * se \
+        else "no measurable effect"  # fmt: skip
+    assert effect["verdict"] == expected
+
+
+def test_missing_results_file_is_named():
+    with pytest.raises(FileNotFoundError, match="no_such.csv"):
+        claims.read_results("no_such.csv")
