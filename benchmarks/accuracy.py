@@ -50,8 +50,9 @@ import torch
 
 from spml_lab.batch.claims import ABLATIONS, KINDS, check_claims, summarise
 from spml_lab.data import datasets
+from spml_lab.nets.build import resolve_device
 from spml_lab.prediction import cam
-from spml_lab.training import presets, train
+from spml_lab.training import presets, runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # the training recipe of every run is the "benchmark" preset, chosen with the baselines
@@ -180,7 +181,7 @@ def run_one(plan, data_root, run_dir, seed, form, device, splits, deadline, size
 
     `size` is the image side of `data_root` (default: `DATA` of the plan's dataset).
     """
-    if deadline is not None and time.time() > deadline and not (run_dir / "final.pt").is_file():
+    if deadline is not None and time.time() > deadline and not (run_dir / runs.FINAL).is_file():
         return None
     size = size or DATA[plan.dataset]["size"]
     cfg = bench_runs.base_config(
@@ -348,7 +349,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = str(train.resolve_device(args.device))
+    device = str(resolve_device(args.device))
     form_name = "reduced" if args.reduced else "full"
     form = dict(FORMS[form_name])
     for key in form:

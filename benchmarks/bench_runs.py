@@ -18,8 +18,9 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from spml_lab.data import make_data
+from spml_lab.method import label_maps
 from spml_lab.prediction import evaluate, predict, stage2
-from spml_lab.training import train
+from spml_lab.training import runs, train
 from spml_lab.training.config import TrainConfig
 
 __all__ = ["ensure_dataset", "score_run", "run_all", "BASELINE", "read_csv", "write_csv"]
@@ -124,7 +125,7 @@ def score_run(cfg, splits, methods, *, stage2_steps=0, stage2_lr=0.1):
         timing[key] = round(timing.get(key, 0.0) + seconds, 1)
         timing_path.write_text(json.dumps(timing) + "\n")
 
-    if not (run_dir / "final.pt").is_file():
+    if not (run_dir / runs.FINAL).is_file():
         tic = time.perf_counter()
         resume = (run_dir / "checkpoint.pt").is_file()
         if not resume:  # killed before its first checkpoint: its config and rows are all it left
@@ -134,7 +135,7 @@ def score_run(cfg, splits, methods, *, stage2_steps=0, stage2_lr=0.1):
                     (run_dir / partial).unlink()
         train.fit(cfg.replace(resume=resume))
         note("train_seconds", time.perf_counter() - tic)
-    if stage2_steps and not (run_dir / predict.STAGE2).is_file():
+    if stage2_steps and not (run_dir / runs.STAGE2).is_file():
         tic = time.perf_counter()
         stage2.fit_head(run_dir, steps=stage2_steps, lr=stage2_lr, seed=cfg.seed, device=cfg.device)
         note("stage2_seconds", time.perf_counter() - tic)
@@ -225,7 +226,8 @@ def segment_report(run_dir, batches=4, device="cpu"):
 
     from spml_lab.method import clustering
 
-    net, _, cfg, _ = train.load_final(run_dir, device=device)
+    run = runs.load_run(run_dir, device=device)
+    net, cfg = run.net, run.cfg
     dataset = train.build_dataset(cfg)
     if not dataset.has_superpixels:
         return {}
@@ -238,7 +240,7 @@ def segment_report(run_dir, batches=4, device="cpu"):
             images = torch.stack([it["image"] for it in items]).to(device)
             emb = net(images).permute(0, 2, 3, 1)  # (B, h, w, D), as a training step has it
             maps = {key: torch.stack([it[key] for it in items]) for key in ("label", "superpixel")}
-            labels, sp, valid = train.step_maps(maps, emb.shape[1:3], device=device)
+            labels, sp, valid = label_maps.step_maps(maps, emb.shape[1:3], device=device)
             segments = clustering.segment_batch(
                 emb, sp, labels, cfg.kmeans_grid, cfg.kmeans_iterations, valid=valid
             )
@@ -260,7 +262,7 @@ def probe_report(run_dir, split="test", images=32, device="cpu"):
     from spml_lab.nets import embedding_nets
     from spml_lab.pictures import embedding_stats
 
-    run = predict.load_run(run_dir, device=device)
+    run = runs.load_run(run_dir, device=device)
     truth = predict.dataset_for(run.cfg, split, "full")
     embeddings, labels = [], []
     with torch.no_grad():

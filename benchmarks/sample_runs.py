@@ -38,7 +38,7 @@ import bench_runs
 import torch
 
 from spml_lab.data import datasets
-from spml_lab.training import run_folders
+from spml_lab.training import run_folders, runs
 from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 
@@ -56,7 +56,7 @@ RUNS = {
 # the number each run is judged by, as in the benchmark: SPML's full pipeline, the baselines'
 # own head + CRF
 HEADLINE = {"spml": "stage2_crf", "other": "softmax_crf"}
-KEEP = ("config.yaml", "final.pt", "stage2.pt", "metrics.csv", "eval", "bench_timing.json")
+KEEP = (runs.CONFIG, runs.FINAL, runs.STAGE2, runs.METRICS, runs.EVAL_DIR, "bench_timing.json")
 
 
 def config(name, seed=0, device="cpu"):
@@ -131,11 +131,9 @@ def tidy(name):
         if path.name not in KEEP:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     relative = {"out_dir": folder.as_posix()}
-    TrainConfig.from_yaml(folder / "config.yaml").replace(**relative).to_yaml(
-        folder / "config.yaml"
-    )
-    for weights in ("final.pt", "stage2.pt"):
-        key = "config" if weights == "final.pt" else "run_config"
+    TrainConfig.from_yaml(folder / runs.CONFIG).replace(**relative).to_yaml(folder / runs.CONFIG)
+    for weights in (runs.FINAL, runs.STAGE2):
+        key = "config" if weights == runs.FINAL else "run_config"
         if (folder / weights).is_file():
             state = torch.load(folder / weights, map_location="cpu", weights_only=True)
             state[key] = {**state[key], **relative}

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from spml_lab.method.memory import PrototypeMemory
+from spml_lab.nets.build import build_model
 from spml_lab.training import config, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -157,7 +158,7 @@ def measure(cfg, device, *, steps=10, warmup=2, num_batches=4):
     """
     batches, num_classes = make_batches(cfg, num_batches, device)
     torch.manual_seed(cfg.seed)
-    net, head = train.build_model(cfg, num_classes)
+    net, head = build_model(cfg, num_classes)
     net, head = net.to(device).train(), head.to(device).train()
     if device.type == "cuda":  # as `train.fit`
         net = net.to(memory_format=torch.channels_last)

@@ -9,9 +9,9 @@ layer or the layers below it (checked by ``lint-imports``)::
     pictures/            viz, embedding_viz, embedding_stats, explorer, arrays
     prediction/          knn, probabilities, pseudo_labels, cam, stage2, predict, crf,
                          metrics, evaluate
-    training/            config, presets, train, checkpoints, run_folders
-    method/  nets/       clustering, losses, relations, memory, distributed /
-                         embedding_nets, heads, resnet
+    training/            config, presets, train, checkpoints, runs, run_folders
+    method/  nets/       clustering, losses, relations, memory, distributed, label_maps /
+                         embedding_nets, heads, resnet, build
     data/                textures, synthetic, annotations, superpixels, labelio, datasets,
                          make_data, voc_files, voc (spml-lab prepare voc)
     constants            IGNORE_INDEX and the annotation kinds

@@ -200,12 +200,14 @@ def _add_evaluate(commands):
         "dense ground truth (the 'full' annotation list). Writes RUN_DIR/eval/metrics.json "
         "and RUN_DIR/eval/per_class.csv and prints mIoU and pixel accuracy per method.",
     )
-    evaluate.add_argument("run_dir", help="a finished `spml-lab train` run folder")
+    evaluate.add_argument(
+        "run_dir", help="a finished `spml-lab train` run folder, or shipped:NAME (a shipped run)"
+    )
     evaluate.add_argument(
         "--out",
         default=None,
         help="folder for the scores instead of the run's eval*/ (needed for a shipped run, "
-        "embedded:NAME, which is read-only)",
+        "shipped:NAME, which is read-only)",
     )
     config.add_field_arguments(evaluate, EvaluateOptions, EvaluateOptions(**AT_THE_COMMAND_LINE))
     evaluate.set_defaults(run=_evaluate)
@@ -220,7 +222,9 @@ def _add_predict(commands):
         "each mask in the notebooks' class colours as <image stem>_mask.png. A mask never "
         "replaces an input: such a run is refused before anything is written.",
     )
-    predict.add_argument("checkpoint", help="a run folder or its final.pt")
+    predict.add_argument(
+        "checkpoint", help="a run folder or its final.pt, or shipped:NAME (a shipped run)"
+    )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG)")
     predict.add_argument(
         "--out", default=None, help="folder for the masks (default: beside each image)"
@@ -269,12 +273,14 @@ def _add_stage2(commands):
         "embedding frozen; writes RUN_DIR/stage2.pt (then `spml-lab evaluate` reports "
         "stage2_crf).",
     )
-    stage2.add_argument("run_dir", help="a finished `spml-lab train` run folder")
+    stage2.add_argument(
+        "run_dir", help="a finished `spml-lab train` run folder, or shipped:NAME (a shipped run)"
+    )
     stage2.add_argument(
         "--out",
         default=None,
         help="copy the run into this folder and write stage2.pt there (needed for a shipped "
-        "run, embedded:NAME, which is read-only)",
+        "run, shipped:NAME, which is read-only)",
     )
     config.add_field_arguments(stage2, Stage2Options, Stage2Options(**AT_THE_COMMAND_LINE))
     stage2.set_defaults(run=_stage2)
@@ -559,11 +565,12 @@ def _predict(args):
     from spml_lab.data import labelio
     from spml_lab.pictures import viz
     from spml_lab.prediction import predict
+    from spml_lab.training import runs
 
-    run = predict.load_run(args.checkpoint, device=args.device)
+    run = runs.load_run(args.checkpoint, device=args.device)
     head = run.head
     if args.head == "stage2" and run.stage2_head is None:
-        raise FileNotFoundError(f"--head stage2: {run.path / predict.STAGE2} not found")
+        raise FileNotFoundError(f"--head stage2: {run.path / runs.STAGE2} not found")
     if args.head != "stage1" and run.stage2_head is not None:
         head = run.stage2_head
 

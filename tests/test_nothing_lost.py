@@ -15,7 +15,7 @@ import pytest
 
 from spml_lab import cli
 from spml_lab.data import datasets
-from spml_lab.training import run_folders
+from spml_lab.training import run_folders, runs
 
 
 def _tree_digest(folder):
@@ -29,13 +29,13 @@ def _tree_digest(folder):
 
 @pytest.fixture
 def shipped_untouched():
-    before = _tree_digest(datasets.EMBEDDED_RUNS)
+    before = _tree_digest(runs.SHIPPED_RUNS)
     yield
-    assert _tree_digest(datasets.EMBEDDED_RUNS) == before, "a shipped run was written"
+    assert _tree_digest(runs.SHIPPED_RUNS) == before, "a shipped run was written"
 
 
 def test_evaluate_shipped_run_needs_out_and_writes_only_there(tmp_path, capsys, shipped_untouched):
-    args = ["evaluate", "embedded:full", "--max-images", "2", "--methods", "softmax"]
+    args = ["evaluate", "shipped:full", "--max-images", "2", "--methods", "softmax"]
     assert cli.main(args) == 2
     assert "read-only" in capsys.readouterr().err
     out = tmp_path / "scores"
@@ -46,7 +46,7 @@ def test_evaluate_shipped_run_needs_out_and_writes_only_there(tmp_path, capsys, 
 
 
 def test_evaluate_prints_the_folder_it_wrote(tmp_path, capsys):
-    run = run_folders.copy_run(datasets.run_folder("embedded:full"), tmp_path / "run")
+    run = run_folders.copy_run(runs.run_folder("shipped:full"), tmp_path / "run")
     args = ["evaluate", str(run), "--max-images", "1", "--methods", "softmax"]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
@@ -55,19 +55,19 @@ def test_evaluate_prints_the_folder_it_wrote(tmp_path, capsys):
 
 
 def test_stage2_of_a_shipped_run_writes_a_copy(tmp_path, capsys, shipped_untouched):
-    args = ["stage2", "embedded:full", "--steps", "2", "--max-images", "2"]
+    args = ["stage2", "shipped:full", "--steps", "2", "--max-images", "2"]
     assert cli.main(args) == 2
     assert "read-only" in capsys.readouterr().err
     out = tmp_path / "mine"
     assert cli.main([*args, "--out", str(out)]) == 0
     assert f"wrote {out / 'stage2.pt'}" in capsys.readouterr().out
-    shipped = datasets.run_folder("embedded:full")
+    shipped = runs.run_folder("shipped:full")
     assert (out / "final.pt").read_bytes() == (shipped / "final.pt").read_bytes()
     assert (out / "stage2.pt").is_file()
 
 
 def test_shipped_data_reached_by_another_path_is_refused(shipped_untouched):
-    sneaky = datasets.EMBEDDED_RUNS / ".." / "runs" / "full" / "eval"
+    sneaky = runs.SHIPPED_RUNS / ".." / "runs" / "full" / "eval"
     with pytest.raises(ValueError, match="read-only"):
         with run_folders.one_writer(sneaky):
             pass
@@ -76,7 +76,7 @@ def test_shipped_data_reached_by_another_path_is_refused(shipped_untouched):
 @pytest.mark.parametrize("name", ["../../somewhere/run", "/abs/run", "full/..", ""])
 def test_shipped_run_names_are_names(name, tmp_path):
     with pytest.raises(FileNotFoundError, match="no shipped run"):
-        datasets.run_folder(f"embedded:{name}")
+        runs.run_folder(f"shipped:{name}")
 
 
 @contextlib.contextmanager
@@ -174,10 +174,8 @@ def test_evaluate_split_test_prints_eval_test(tmp_path, capsys):
 def test_predict_names_a_final_pt_whose_class_count_is_text(tmp_path):
     import torch
 
-    from spml_lab.prediction import predict
-
-    run = run_folders.copy_run(datasets.run_folder("embedded:full"), tmp_path / "run")
+    run = run_folders.copy_run(runs.run_folder("shipped:full"), tmp_path / "run")
     state = torch.load(run / "final.pt", weights_only=True)
     torch.save({**state, "num_classes": "three"}, run / "final.pt")
     with pytest.raises(ValueError, match=r"final.pt: not a final.pt of spml-lab \(num_classes"):
-        predict.load_run(run)
+        runs.load_run(run)

@@ -16,7 +16,7 @@ from spml_lab.data import labelio
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.prediction import predict
 
-RUN = "embedded:baseline_scribbles"
+RUN = "shipped:baseline_scribbles"
 
 
 def photo(path, height=24, width=32, seed=0):

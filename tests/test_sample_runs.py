@@ -10,6 +10,7 @@ import pytest
 
 from spml_lab.data import datasets
 from spml_lab.prediction import evaluate
+from spml_lab.training import runs
 from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +22,8 @@ RUNS = sorted(sample_runs.RUNS)
 
 @pytest.mark.parametrize("name", RUNS)
 def test_shipped_run_rescores_to_its_recorded_miou(name, tmp_path):
-    folder = datasets.run_folder(f"embedded:{name}")
-    recorded = json.loads((folder / evaluate.EVAL_DIR / "metrics.json").read_text())
+    folder = runs.run_folder(f"shipped:{name}")
+    recorded = json.loads((folder / runs.EVAL_DIR / "metrics.json").read_text())
     assert recorded["images"] == len(datasets.embedded("objects", "val", "full"))
     again = evaluate.evaluate_run(folder, methods=recorded["methods"], out=tmp_path)
     for method in recorded["methods"]:
@@ -31,7 +32,7 @@ def test_shipped_run_rescores_to_its_recorded_miou(name, tmp_path):
 
 @pytest.mark.parametrize("name", RUNS)
 def test_shipped_run_is_the_command_s_config(name):
-    folder = datasets.EMBEDDED_RUNS / name
+    folder = runs.SHIPPED_RUNS / name
     shipped = TrainConfig.from_yaml(folder / "config.yaml")
     assert shipped.differences(sample_runs.config(name), ignore=RESUMABLE_CHANGES) == {}
     assert shipped.data == "embedded:objects" and not Path(shipped.out_dir).is_absolute()
@@ -54,12 +55,12 @@ def test_every_weight_file_in_the_repo_is_a_shipped_run():
 
 
 def test_shipped_runs_are_small_and_listed():
-    total = sum(p.stat().st_size for p in datasets.EMBEDDED_RUNS.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in runs.SHIPPED_RUNS.rglob("*") if p.is_file())
     assert total <= 10e6, f"data_samples/runs holds {total / 1e6:.1f} MB"
-    rows = sample_runs.bench_runs.read_csv(datasets.EMBEDDED_RUNS / "runs.csv")
+    rows = sample_runs.bench_runs.read_csv(runs.SHIPPED_RUNS / "runs.csv")
     assert [row["run"] for row in rows] == list(sample_runs.RUNS)
     for row in rows:
         recorded = json.loads(
-            (datasets.EMBEDDED_RUNS / row["run"] / evaluate.EVAL_DIR / "metrics.json").read_text()
+            (runs.SHIPPED_RUNS / row["run"] / runs.EVAL_DIR / "metrics.json").read_text()
         )
         assert float(row["val_miou"]) == round(recorded[row["headline"]]["miou"], 4)

@@ -221,5 +221,5 @@ def test_final_pt_weights_that_do_not_fit_its_config_are_named(finished_run, tmp
     state["num_classes"] += 1  # the head built for it has one more class than its weights
     state["class_names"] = [*state["class_names"], "extra"]
     torch.save(state, run / "final.pt")
-    with pytest.raises(ValueError, match=r"final\.pt: its 'head' weights do not fit"):
+    with pytest.raises(ValueError, match=r"final\.pt: the 'head' weights do not fit"):
         train.load_final(run)

@@ -12,9 +12,10 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["run_notebook", "export_figures", "write_summary"]
+# a run's final numbers, in the run folder's layout; `spml-lab sweep` collects it
+from spml_lab.training.runs import SUMMARY
 
-SUMMARY = "summary.json"  # a run's final numbers; `spml-lab sweep` collects it
+__all__ = ["run_notebook", "export_figures", "write_summary"]
 
 
 def run_notebook(notebook, out_dir, parameters=None, *, kernel_name=None, progress=True):
@@ -146,7 +147,10 @@ def write_summary(out_dir, /, **values):
 
     Notebooks call it once at the end (``runner.write_summary(OUT_DIR, miou=miou)``) so that
     `spml-lab sweep` can put their results in its table. The file is written to a temporary
-    name and renamed, so a killed run never leaves a half-written summary.
+    name and renamed, so a killed run never leaves a half-written summary. A ``notebook=NAME``
+    value (`spml_lab.training.runs.OWNER`) marks a finished run as that notebook's own: the
+    notebook may then replace it when it reruns with another config
+    (`spml_lab.training.run_folders.prepare_run_folder`); nothing else is ever replaced.
 
     Parameters
     ----------

@@ -17,9 +17,8 @@ import torch
 
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.data import datasets
-from spml_lab.method import clustering, relations
+from spml_lab.method import clustering, label_maps, relations
 from spml_lab.nets import embedding_nets
-from spml_lab.training import train
 from spml_lab.training.config import TrainConfig
 
 __all__ = [
@@ -159,7 +158,7 @@ def make_batch(
     embeddings = embedding_nets.embed(net, images)  # (B, h, w, D)
     # the labels and superpixels at the embedding resolution, as a training step sees them
     maps = {key: torch.stack([item[key] for item in items]) for key in ("label", "superpixel")}
-    labels, superpixels, valid = train.step_maps(maps, embeddings.shape[1:3])
+    labels, superpixels, valid = label_maps.step_maps(maps, embeddings.shape[1:3])
     tags = torch.stack([item["tags"] for item in items])
     segments = clustering.segment_batch(
         embeddings, superpixels, labels, grid, iterations, tags=tags, valid=valid

@@ -25,7 +25,7 @@ import numpy as np
 from spml_lab.data import datasets
 from spml_lab.pictures import viz
 from spml_lab.prediction import evaluate, metrics, predict, stage2
-from spml_lab.training import checkpoints, presets, run_folders, train
+from spml_lab.training import checkpoints, presets, run_folders, runs, train
 
 __all__ = ["DemoRow", "demo_configs", "run_demo", "SHIPPED"]
 
@@ -80,12 +80,12 @@ def demo_configs(out, *, steps=200, seed=0):
         "seed": seed,
         "device": "cpu",
     }
-    runs = Path(out) / "runs"
+    folder = Path(out) / "runs"
     return {
         "baseline": presets.preset_config(
-            "benchmark", **common, **presets.PARTIAL_CROSS_ENTROPY, out_dir=str(runs / "baseline")
+            "benchmark", **common, **presets.PARTIAL_CROSS_ENTROPY, out_dir=str(folder / "baseline")
         ),
-        "spml": presets.preset_config("benchmark", **common, out_dir=str(runs / "spml")),
+        "spml": presets.preset_config("benchmark", **common, out_dir=str(folder / "spml")),
     }
 
 
@@ -101,7 +101,7 @@ def _train(cfg, stage2_steps, progress):
 
 def _has_head(folder, steps):
     """Whether `folder` holds a stage-2 head of `steps` steps (else it is trained again)."""
-    path = folder / predict.STAGE2
+    path = folder / runs.STAGE2
     return path.is_file() and checkpoints.load_checkpoint(path)["settings"]["steps"] == steps
 
 
@@ -142,17 +142,17 @@ def run_demo(out="outputs/demo", *, steps=200, stage2_steps=100, seed=0, images=
         folder, seconds = _train(cfg, stage2_steps, progress)
         method = HEADLINE[key]
         scores = evaluate.evaluate_run(folder, methods=[method])
-        run = predict.load_run(folder)
+        run = runs.load_run(folder)
         name = f"{'SPML' if key == 'spml' else 'partial CE'}, {steps} steps"
         rows.append(DemoRow(name, str(folder), run.step, method, scores[method]["miou"], seconds))
         shown.append(evaluate.predict_methods(run, batch["image"], [method])[method])
     for name, key in SHIPPED.items():
         method = HEADLINE[key]
-        folder = datasets.EMBEDDED_RUNS / name
-        if not (folder / "final.pt").is_file():
+        folder = runs.SHIPPED_RUNS / name
+        if not (folder / runs.FINAL).is_file():
             continue  # a checkout without the shipped runs still gets the short comparison
-        recorded = json.loads((folder / evaluate.EVAL_DIR / "metrics.json").read_text())
-        run = predict.load_run(folder)
+        recorded = json.loads((folder / runs.EVAL_DIR / "metrics.json").read_text())
+        run = runs.load_run(folder)
         timing = _shipped_seconds(name)
         label = f"{'SPML' if name.startswith('spml') else 'partial CE'}, {run.step} steps (shipped)"
         rows.append(DemoRow(label, str(folder), run.step, method, recorded[method]["miou"], timing))
@@ -213,7 +213,7 @@ def _write_table(out, rows, num_images):
 
 def _shipped_seconds(name):
     """Training time of a shipped run as ``data_samples/runs/runs.csv`` records it."""
-    table = datasets.EMBEDDED_RUNS / "runs.csv"
+    table = runs.SHIPPED_RUNS / "runs.csv"
     if table.is_file():
         with table.open(newline="") as handle:
             for row in csv.DictReader(handle):

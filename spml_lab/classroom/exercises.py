@@ -29,7 +29,7 @@ import torch
 
 from spml_lab.classroom import demo
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
-from spml_lab.method import relations
+from spml_lab.method import losses, relations
 
 __all__ = [
     "SegmentFields",
@@ -195,40 +195,33 @@ def describe_pixel(batch, pixel, *, threshold=0.95):
 
 
 # --------------------------------------------------------------------------- reference answers
-# Each returns (positives, negatives). The last line of each adds the fallback: with no other
-# "same" segment, the pixel's own segment is its positive.
+# Each says which segments are "same" as the pixel and which take part at all, then hands them
+# to the rule every relation shares (`losses.segment_roles`): positives are the other "same"
+# segments, or the pixel's own one when there are none; negatives take part and are not "same".
 
 
 def _low_level(seg, me):
-    mine = seg.image == me.image  # superpixel ids mean nothing in another image
-    positives = mine & (seg.superpixel == me.superpixel) & (seg.index != me.segment)
-    negatives = mine & (seg.superpixel != me.superpixel)
-    positives = positives | ((seg.index == me.segment) & ~positives.any())
-    return positives, negatives
+    same = seg.superpixel == me.superpixel
+    takes_part = seg.image == me.image  # superpixel ids mean nothing in another image
+    return losses.segment_roles(same, takes_part, seg.index == me.segment)
 
 
 def _semantic_annotation(seg, me):
-    labelled = seg.label != 255  # unlabelled segments are neither positive nor negative
-    positives = (seg.label == me.label) & (seg.index != me.segment)
-    negatives = labelled & (seg.label != me.label)
-    positives = positives | ((seg.index == me.segment) & ~positives.any())
-    return positives, negatives
+    same = seg.label == me.label
+    takes_part = seg.label != 255  # unlabelled segments are neither positive nor negative
+    return losses.segment_roles(same, takes_part, seg.index == me.segment)
 
 
 def _cooccurrence(seg, me):
-    shared = (seg.tags[:, 1:] & me.tags[1:]).any(1)  # a common tag; background says nothing
-    positives = shared & (seg.index != me.segment)
-    negatives = ~shared
-    positives = positives | ((seg.index == me.segment) & ~positives.any())
-    return positives, negatives
+    same = (seg.tags[:, 1:] & me.tags[1:]).any(1)  # a common tag; background says nothing
+    takes_part = torch.ones_like(same)  # every segment: no tag in common makes a negative
+    return losses.segment_roles(same, takes_part, seg.index == me.segment)
 
 
 def _feature_affinity(seg, me):
-    known = seg.affinity != 255  # no close labelled segment: neither positive nor negative
-    positives = (seg.affinity == me.affinity) & (seg.index != me.segment)
-    negatives = known & (seg.affinity != me.affinity)
-    positives = positives | ((seg.index == me.segment) & ~positives.any())
-    return positives, negatives
+    same = seg.affinity == me.affinity
+    takes_part = seg.affinity != 255  # no close labelled segment: neither positive nor negative
+    return losses.segment_roles(same, takes_part, seg.index == me.segment)
 
 
 _SOLUTIONS = {
@@ -255,7 +248,7 @@ def solution(relation, seg, me, *, show=True):
     seg : SegmentFields
     me : PixelFields
     show : bool, optional
-        Print the code of the answer.
+        Print the code of the answer, and what the rule it ends with does.
 
     Returns
     -------
@@ -264,7 +257,16 @@ def solution(relation, seg, me, *, show=True):
     answer = _relation(relation)
     if show:
         print(inspect.getsource(answer))
+        print(_RULE)
     return answer(seg, me)
+
+
+# what `losses.segment_roles` does, printed under a reference answer
+_RULE = (
+    "# losses.segment_roles(same, takes_part, own), the rule of every relation:\n"
+    "#   positives = same & takes_part & ~own, or own alone when that is empty\n"
+    "#   negatives = takes_part & ~same"
+)
 
 
 # --------------------------------------------------------------------------- the pixels tried

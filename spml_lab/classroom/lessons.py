@@ -24,8 +24,8 @@ import numpy as np
 from spml_lab.classroom import demo
 from spml_lab.method import relations
 from spml_lab.pictures import viz
-from spml_lab.training.checkpoints import METRICS
 from spml_lab.training.config import TrainConfig
+from spml_lab.training.runs import METRICS
 
 __all__ = [
     "show_positives_negatives",

@@ -78,7 +78,6 @@ from spml_lab.data.voc_files import VOC_CLASSES
 
 __all__ = [
     "DATA_SAMPLES",
-    "EMBEDDED_RUNS",
     "DENSEPOSE_CLASSES",
     "DENSEPOSE_FLIP",
     "SegmentationList",
@@ -89,15 +88,13 @@ __all__ = [
     "read_metadata",
     "absolute_data",
     "data_fingerprint",
-    "run_folder",
     "voc2012",
 ]
 
 
-# the committed embedded samples live next to the package (repo root / data_samples)
+# the committed embedded samples live next to the package (repo root / data_samples); the
+# runs shipped beside them are the training layer's (`spml_lab.training.runs`)
 DATA_SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
-# the trained runs shipped with the samples (`make sample-runs`), named "embedded:NAME"
-EMBEDDED_RUNS = DATA_SAMPLES / "runs"
 
 # DensePose's 14 body parts + background, in SPML's order (spml/data/datasets/densepose_dataset.py)
 DENSEPOSE_CLASSES = (
@@ -492,44 +489,6 @@ def embedded(kind="objects", split="train", annotation="scribbles", **kwargs):
             f"`make data-samples` or `spml-lab make-data {root} --kind {kind}`"
         )
     return from_folder(root, split, annotation, **kwargs)
-
-
-def run_folder(run):
-    """Return a run's folder: ``"embedded:NAME"`` is a shipped run, anything else a path.
-
-    Parameters
-    ----------
-    run : str or Path
-        ``"embedded:spml_scribbles"`` (one of ``data_samples/runs/``: ``spml_scribbles``,
-        ``spml_points``, ``baseline_scribbles``, ``full``) or a run folder / ``final.pt``.
-
-    Returns
-    -------
-    path : Path
-
-    Raises
-    ------
-    FileNotFoundError
-        For an ``embedded:`` name that is not shipped (the message lists those that are).
-
-    Examples
-    --------
-    >>> run_folder("embedded:spml_scribbles").relative_to(DATA_SAMPLES).as_posix()
-    'runs/spml_scribbles'
-    >>> run_folder("runs/mine")
-    PosixPath('runs/mine')
-    """
-    if not str(run).startswith("embedded:"):
-        return Path(run)
-    name = str(run).split(":", 1)[1]
-    # a name, looked up in the list: "embedded:../x" or "embedded:/abs" must not reach a folder
-    # of the user's as if it were shipped (read-only) data
-    shipped = sorted(p.parent.name for p in EMBEDDED_RUNS.glob("*/final.pt"))
-    if name not in shipped:
-        raise FileNotFoundError(
-            f"no shipped run {name!r} (shipped: {shipped}); `make sample-runs` trains them"
-        )
-    return EMBEDDED_RUNS / name
 
 
 def absolute_data(data):

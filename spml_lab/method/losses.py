@@ -29,6 +29,8 @@ from torch.autograd.function import once_differentiable
 __all__ = [
     "pixel_segment_loss",
     "dense_pixel_segment_loss",
+    "relation_masks",
+    "segment_roles",
     "default_chunk_size",
     "valid_labels",
     "unique_rows",
@@ -726,6 +728,104 @@ def pixel_segment_loss(
         )
 
 
+def relation_masks(
+    labels,
+    prototype_labels,
+    segment_ids,
+    *,
+    ignore_index=255,
+    pixel_groups=None,
+    prototype_groups=None,
+):
+    """Return each pixel's positive and negative segments: the rule of the loss, as masks.
+
+    The one statement of the rule. `dense_pixel_segment_loss` sums over these masks,
+    `relations.positives_negatives` shows one row of them, and the classroom exercises check
+    a student's rule against them; `pixel_segment_loss` computes the same sets inside its
+    blocks, fused for speed, and is tested equal to the dense loss.
+
+    Parameters
+    ----------
+    labels : (P,) int tensor or (P, C) 0/1 tensor
+        Each pixel's label, or set of labels.
+    prototype_labels : (S,) int tensor or (S, C) 0/1 tensor
+        Each segment's label (set); same kind as `labels`.
+    segment_ids : (P,) int64 tensor
+        Each pixel's own segment ``o(i)``, an index into the segments.
+    ignore_index, pixel_groups, prototype_groups : optional
+        As `pixel_segment_loss`.
+
+    Returns
+    -------
+    positive : (P, S) bool tensor
+        ``same(i)`` without ``o(i)``, or ``o(i)`` alone when that is empty (the fallback).
+    negative : (P, S) bool tensor
+        ``diff(i)``: the segments that take part and are not "same". ``o(i)`` is among them
+        when its own label differs from the pixel's.
+
+    Notes
+    -----
+    "Same": equal labels, or label sets that share a label. A segment takes part for a pixel
+    unless its single label is unlabelled (it is then neither positive nor negative; an empty
+    label *set* is a known set, so a negative) or it lies in another group. A pixel that is
+    unlabelled takes no part: its rows are all False.
+
+    Examples
+    --------
+    >>> pos, neg = relation_masks(torch.tensor([1, 2]), torch.tensor([1, 1, 2]),
+    ...                           torch.tensor([0, 2]))
+    >>> pos.int().tolist(), neg.int().tolist()  # pixel 1: no other "same", so o(i) alone
+    ([[0, 1, 0], [0, 0, 1]], [[0, 0, 1], [1, 1, 0]])
+    """
+    multi_label = labels.ndim == 2
+    if multi_label:  # label sets: "same" when the two sets share a label
+        same = (labels.float() @ prototype_labels.float().T) > 0  # (P, S)
+        takes_part = torch.ones_like(same)
+    else:  # an unlabelled segment is neither a positive nor a negative
+        same = labels[:, None] == prototype_labels[None, :]  # (P, S)
+        takes_part = valid_labels(prototype_labels, False, ignore_index)[None, :].expand_as(same)
+    if pixel_groups is not None:  # e.g. low-level: only the segments of the pixel's own image
+        takes_part = takes_part & (pixel_groups[:, None] == prototype_groups[None, :])
+    own = F.one_hot(segment_ids.clamp(min=0), len(prototype_labels)).bool()  # (P, S): o(i)
+    positive, negative = segment_roles(same, takes_part, own)
+    pixel = valid_labels(labels, multi_label, ignore_index)[:, None]  # (P, 1)
+    return positive & pixel, negative & pixel
+
+
+def segment_roles(same, takes_part, own):
+    """Turn "same", "takes part" and the own segment into positives and negatives.
+
+    The step of `relation_masks` that every relation shares, once its labels have said which
+    segments are "same" as a pixel and which take part; the classroom's reference answers
+    end with it too.
+
+    Parameters
+    ----------
+    same : (..., S) bool tensor
+        Segments whose label agrees with the pixel's.
+    takes_part : (..., S) bool tensor
+        Segments that count for the pixel at all.
+    own : (..., S) bool tensor
+        The pixel's own segment ``o(i)`` (one True per pixel).
+
+    Returns
+    -------
+    positive : (..., S) bool tensor
+        ``same & takes_part`` without ``o(i)``, or ``o(i)`` alone when that is empty.
+    negative : (..., S) bool tensor
+        ``takes_part & ~same``.
+
+    Examples
+    --------
+    >>> same, part = torch.tensor([True, False, True]), torch.tensor([True, True, False])
+    >>> segment_roles(same, part, torch.tensor([True, False, False]))  # nothing but o(i)
+    (tensor([ True, False, False]), tensor([False,  True, False]))
+    """
+    positive = same & takes_part & ~own
+    positive = torch.where(positive.any(-1, keepdim=True), positive, own)  # else o(i) alone
+    return positive, takes_part & ~same
+
+
 def dense_pixel_segment_loss(
     embeddings,
     labels,
@@ -767,18 +867,10 @@ def dense_pixel_segment_loss(
     True
     """
     logits = concentration * embeddings @ prototypes.T  # (P, S): kappa v_i . u_s
-    if labels.ndim == 2:  # label sets: "same" when the two sets share a label
-        same = (labels.float() @ prototype_labels.float().T) > 0
-        takes_part = torch.ones_like(same)
-    else:  # an unlabelled segment is neither a positive nor a negative
-        same = labels[:, None] == prototype_labels[None, :]
-        takes_part = valid_labels(prototype_labels, False, ignore_index)[None, :].expand_as(same)
-    if pixel_groups is not None:  # e.g. low-level: only the segments of the pixel's own image
-        takes_part = takes_part & (pixel_groups[:, None] == prototype_groups[None, :])
-    own = F.one_hot(segment_ids.clamp(min=0), len(prototypes)).bool()  # (P, S): o(i)
-    positive = same & takes_part & ~own
-    positive = torch.where(positive.any(1, keepdim=True), positive, own)  # else o(i) alone
-    negative = takes_part & ~same
+    positive, negative = relation_masks(
+        labels, prototype_labels, segment_ids, ignore_index=ignore_index,
+        pixel_groups=pixel_groups, prototype_groups=prototype_groups,
+    )  # fmt: skip
 
     def log_sum_exp(mask):  # log sum_s exp(logits) over the mask; a finite fill keeps grads
         return torch.logsumexp(logits.masked_fill(~mask, torch.finfo(logits.dtype).min), 1)

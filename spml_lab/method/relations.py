@@ -27,7 +27,12 @@ import torch
 
 from spml_lab.constants import IGNORE_INDEX, SHORTENED_SCRIBBLES  # one "unlabelled"
 from spml_lab.method import clustering, distributed
-from spml_lab.method.losses import default_chunk_size, pixel_segment_loss, valid_labels
+from spml_lab.method.losses import (
+    default_chunk_size,
+    pixel_segment_loss,
+    relation_masks,
+    valid_labels,
+)
 
 __all__ = [
     "RELATIONS",
@@ -684,29 +689,14 @@ def positives_negatives(
         raise ValueError(f"pixel must lie in [0, {num_pixels}), got {pixel}")
     bank = _memory_bank(memory)
     total = segments.num_segments + (0 if bank is None else bank.prototypes.shape[0])
-    proto_labels, label = inputs.prototype_labels, inputs.labels[pixel]
-    if label.ndim == 1:  # label sets: any shared label; an empty prototype set is a negative
-        labelled = bool(label.any())
-        takes_part = torch.ones(len(proto_labels), dtype=torch.bool, device=label.device)
-        same = (proto_labels & label).any(1)
-    else:
-        ignore = inputs.ignore_index
-        labelled = bool(label >= 0) and (ignore is None or int(label) != ignore)
-        takes_part = proto_labels >= 0
-        if ignore is not None:
-            takes_part &= proto_labels != ignore
-        same = proto_labels == label
-    if inputs.pixel_groups is not None:
-        takes_part &= inputs.prototype_groups == inputs.pixel_groups[pixel]
-    same &= takes_part
-    negatives = takes_part & ~same
-    own = int(inputs.segment_ids[pixel])
-    positives = same.clone()
-    positives[own] = False
-    if not positives.any():
-        positives[own] = True  # the own segment is the fallback positive
-    if not labelled:
-        positives, negatives = torch.zeros_like(positives), torch.zeros_like(negatives)
+    row = slice(int(pixel), int(pixel) + 1)  # the pixel's row of the loss's masks
+    pixel_groups = None if inputs.pixel_groups is None else inputs.pixel_groups[row]
+    positives, negatives = relation_masks(
+        inputs.labels[row], inputs.prototype_labels, inputs.segment_ids[row],
+        ignore_index=inputs.ignore_index, pixel_groups=pixel_groups,
+        prototype_groups=inputs.prototype_groups,
+    )  # fmt: skip
+    positives, negatives = positives[0], negatives[0]
     pad = total - len(positives)  # low-level: the memory takes no part
     positives = torch.cat([positives, positives.new_zeros(pad)])
     return positives, torch.cat([negatives, negatives.new_zeros(pad)])

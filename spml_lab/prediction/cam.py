@@ -59,10 +59,11 @@ from tqdm.auto import tqdm
 
 from spml_lab import checks, constants
 from spml_lab.data import labelio
+from spml_lab.nets.build import resolve_device
 from spml_lab.nets.embedding_nets import imagenet_normalize, small_trunk
 from spml_lab.prediction import metrics
 from spml_lab.training import run_folders
-from spml_lab.training.train import epoch_order, poly_lr, resolve_device
+from spml_lab.training.train import epoch_order, poly_lr
 
 __all__ = [
     "TagClassifier",

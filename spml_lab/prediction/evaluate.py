@@ -1,6 +1,7 @@
 """From a trained run to masks and scores: load a run, predict, evaluate every method.
 
-SPML predicts in three ways from one trained embedding (stage 1, `spml_lab.training.train`):
+SPML predicts in three ways from one trained embedding (stage 1, `spml_lab.training.train`,
+loaded by `spml_lab.training.runs.load_run`):
 
 * ``knn``: segment the test image by k-means and label each segment by its k nearest
   prototypes of the *training* images, built from their weak labels (`build_bank`).
@@ -35,23 +36,21 @@ from spml_lab import checks
 from spml_lab.prediction import metrics
 from spml_lab.prediction.crf import dense_crf_batch
 from spml_lab.prediction.predict import (
-    STAGE2,
     build_bank,
     dataset_for,
     image_batches,
     knn_settings,
-    load_run,
     predict,
     predict_softmax,
     to_uint8,
 )
 from spml_lab.training import run_folders
 from spml_lab.training.config import option
+from spml_lab.training.runs import EVAL_DIR, STAGE2, load_run
 
 __all__ = ["METHODS", "EvaluateOptions", "evaluate_run", "eval_dir", "predict_methods"]
 
 METHODS = ("knn", "softmax", "softmax_crf", "stage2", "stage2_crf")
-EVAL_DIR = "eval"
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ def predict_methods(run, images, methods, *, bank=None, knn_options=None, crf_op
 
     Parameters
     ----------
-    run : predict.Run
+    run : runs.Run
     images : (B, 3, H, W) float tensor in [0, 1]
     methods : sequence of str
         Some of `METHODS` (``stage2*`` need ``run.stage2_head``, ``knn`` a `bank`).

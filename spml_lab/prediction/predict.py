@@ -1,4 +1,4 @@
-"""From a trained run to masks: load a run (stage 1 + optional stage-2 head) and predict.
+"""From a trained run to masks: predict with a loaded run (`spml_lab.training.runs.load_run`).
 
 * ``softmax``: the softmax head on the unit embeddings, upsampled and averaged over the image and
   its mirror image (`predict_softmax`), optionally refined by a dense CRF
@@ -6,14 +6,10 @@
 * ``knn``: segment the image by k-means and label each segment by its k nearest prototypes of
   the *training* images, built from their weak labels (`build_bank`).
 
-`load_run` checks what it loads and names the file and the keys when something does not fit.
 `spml_lab.prediction.evaluate` scores these predictions; ``spml-lab predict`` writes them as masks.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,17 +18,12 @@ from torch.utils.data import default_collate
 
 from spml_lab import checks
 from spml_lab.data import datasets, labelio
-from spml_lab.nets import embedding_nets, heads
+from spml_lab.method.label_maps import downsample_nearest
+from spml_lab.nets import embedding_nets
 from spml_lab.prediction import knn, probabilities
 from spml_lab.prediction.crf import dense_crf_batch
-from spml_lab.training import checkpoints, train
-from spml_lab.training.checkpoints import CONFIG, FINAL, load_checkpoint
-from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 
 __all__ = [
-    "STAGE2",
-    "Run",
-    "load_run",
     "dataset_for",
     "image_batches",
     "to_uint8",
@@ -45,177 +36,6 @@ __all__ = [
     "build_bank",
     "knn_settings",
 ]
-
-STAGE2 = "stage2.pt"  # the stage-2 head, written by `spml_lab.prediction.stage2.fit_head`
-
-
-@dataclass
-class Run:
-    """A finished stage-1 run, ready to predict with.
-
-    Attributes
-    ----------
-    path : Path
-        The run folder.
-    net : torch.nn.Module
-        Embedding network, in eval mode.
-    head : heads.SoftmaxHead
-        Stage-1 softmax head, in eval mode.
-    cfg : TrainConfig
-        The run's config.
-    num_classes : int
-    class_names : list of str or None
-    step : int
-        Training steps done.
-    stage2_head : heads.SoftmaxHead or None
-        The head of RUN_DIR/stage2.pt when it exists.
-    data_fingerprint : dict or None
-        What the run trained on (`datasets.data_fingerprint`); None for runs written before
-        runs recorded it.
-    """
-
-    path: Path
-    net: torch.nn.Module
-    head: torch.nn.Module
-    cfg: TrainConfig
-    num_classes: int
-    class_names: list | None
-    step: int
-    stage2_head: torch.nn.Module | None = None
-    data_fingerprint: dict | None = None
-
-    @property
-    def device(self):
-        """Device the network's weights live on."""
-        return next(self.net.parameters()).device
-
-
-def _read_checkpoint(path, needs):
-    """Load a checkpoint dict and check that it has the entries `needs`."""
-    state = load_checkpoint(path)  # names the file when it cannot be read
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(state).__name__}")
-    missing = [key for key in needs if key not in state]
-    if missing:
-        raise ValueError(f"{path}: not a checkpoint of this kind, it lacks entries {missing}")
-    return state
-
-
-def _load_weights(module, state, path, entry, what):
-    """`load_state_dict`, naming the first offending keys when the weights do not fit."""
-    expected = module.state_dict()
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: entry {entry!r} is not a state dict")
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} saved vs {tuple(v.shape)} built"
-        for k, v in expected.items()
-        if k in state and getattr(state[k], "shape", v.shape) != v.shape
-    ]
-    problems = [
-        f"{name} {items[:3]}{' ...' if len(items) > 3 else ''}"
-        for name, items in (("missing keys", missing), ("unexpected keys", unexpected))
-        if items
-    ] + (["shape mismatches " + "; ".join(shapes[:3])] if shapes else [])
-    if problems:
-        raise ValueError(
-            f"{path}: the {entry!r} weights do not fit the {what} its config builds: "
-            + ", ".join(problems)
-        )
-    module.load_state_dict(state)
-
-
-def load_run(run, *, device="cpu"):
-    """Load a finished run: network, stage-1 head, config and (if present) the stage-2 head.
-
-    Parameters
-    ----------
-    run : str or Path
-        The run folder, or its ``final.pt`` (then ``config.yaml`` and ``stage2.pt`` are
-        looked for beside it), or ``"embedded:NAME"``, a run shipped with the samples
-        (`datasets.run_folder`).
-    device : str or torch.device, optional
-        Where to put the weights (``"auto"``: CUDA when present).
-
-    Returns
-    -------
-    run : Run
-
-    Raises
-    ------
-    FileNotFoundError
-        If the folder or its ``final.pt`` does not exist.
-    ValueError
-        If ``final.pt`` cannot be read, its config differs from the folder's ``config.yaml``
-        (the folder mixes two runs), or a state dict does not fit the model its config
-        builds (the message names the file and the first offending keys).
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> cfg = TrainConfig(max_steps=1, crop_size=32, batch_size=2, width=8, embedding_dim=8,
-    ...                   progress=False, out_dir=tempfile.mkdtemp() + "/run")
-    >>> run = load_run(train.fit(cfg))
-    >>> run.step, run.num_classes, run.stage2_head is None
-    (1, 9, True)
-    """
-    path = datasets.run_folder(run)
-    if not path.exists():
-        raise FileNotFoundError(f"run folder not found: {path}")
-    folder, final = (path, path / FINAL) if path.is_dir() else (path.parent, path)
-    if not final.is_file():
-        raise FileNotFoundError(
-            f"{final} not found: {folder} holds no finished run (spml-lab train writes "
-            "final.pt when it ends)"
-        )
-    state = checkpoints.read_final(final)  # entries, their types, finite tensors, or the file named
-    cfg = TrainConfig.from_dict(state["config"], source=f"{final} config")
-    if (folder / CONFIG).is_file():
-        saved = TrainConfig.from_yaml(folder / CONFIG)
-        changed = saved.differences(cfg, ignore=RESUMABLE_CHANGES)
-        if changed:
-            raise ValueError(
-                f"{final} holds a config that differs from {folder / CONFIG} in "
-                + ", ".join(f"{k} ({b!r} vs {a!r})" for k, (a, b) in changed.items())
-                + ": the folder mixes two runs"
-            )
-    num_classes = state["num_classes"]
-    net, head = train.build_model(cfg, num_classes, load_pretrained=False)
-    _load_weights(net, state["model"], final, "model", f"{cfg.model!r} network")
-    _load_weights(head, state["head"], final, "head", "softmax head")
-    device = train.resolve_device(str(device))
-    stage2_head = None
-    if (folder / STAGE2).is_file():
-        stage2_head = _load_stage2_head(folder / STAGE2, cfg, num_classes).to(device).eval()
-    return Run(
-        path=folder,
-        net=net.to(device).eval(),
-        head=head.to(device).eval(),
-        cfg=cfg,
-        num_classes=num_classes,
-        class_names=state.get("class_names"),
-        step=int(state.get("step", 0)),
-        stage2_head=stage2_head,
-        data_fingerprint=state.get("data_fingerprint"),
-    )
-
-
-def _load_stage2_head(path, cfg, num_classes):
-    """Read stage2.pt and check that it was trained on this run's embedding."""
-    state = _read_checkpoint(path, ("head", "run_config"))
-    changed = TrainConfig.from_dict(state["run_config"], source=str(path)).differences(
-        cfg, ignore=RESUMABLE_CHANGES
-    )
-    if changed:
-        raise ValueError(
-            f"{path} was trained on the embedding of another run (config differs in "
-            f"{sorted(changed)}); rerun `spml-lab stage2` on this run"
-        )
-    head = heads.SoftmaxHead(cfg.embedding_dim, num_classes)  # eval mode: dropout unused
-    _load_weights(head, state["head"], path, "head", "softmax head")
-    return head
-
 
 # ---------------------------------------------------------------------- data
 
@@ -247,6 +67,7 @@ def dataset_for(cfg, split, annotation, fingerprint=None):
 
     Examples
     --------
+    >>> from spml_lab.training.config import TrainConfig
     >>> dataset_for(TrainConfig(), "val", "full").annotation
     'full'
     """
@@ -278,6 +99,7 @@ def image_batches(dataset, batch_size, max_images=None):
 
     Examples
     --------
+    >>> from spml_lab.training.config import TrainConfig
     >>> batches = image_batches(dataset_for(TrainConfig(), "val", "full"), 3, max_images=7)
     >>> [len(b["name"]) for b in batches]
     [3, 3, 1]
@@ -334,6 +156,7 @@ def predict_softmax(net, head, images, *, flip=True):
 
     Examples
     --------
+    >>> from spml_lab.nets import heads
     >>> net, head = embedding_nets.SmallEmbeddingNet(8, 8).eval(), heads.SoftmaxHead(8, 3)
     >>> probs = predict_softmax(net, head, torch.rand(2, 3, 16, 12))
     >>> tuple(probs.shape), bool(torch.allclose(probs.sum(1), torch.ones(2, 16, 12)))
@@ -403,6 +226,7 @@ def predict(
 
     Examples
     --------
+    >>> from spml_lab.nets import heads
     >>> net, head = embedding_nets.SmallEmbeddingNet(8, 8).eval(), heads.SoftmaxHead(8, 3)
     >>> labels = predict(net, head, torch.rand(1, 3, 16, 16), crf=True)
     >>> labels.shape, int(labels.max()) < 3
@@ -584,8 +408,8 @@ def build_bank(run, *, batch_size=8, max_images=None, knn_options=None):
 
     Parameters
     ----------
-    run : Run
-        From `load_run`.
+    run : runs.Run
+        From `spml_lab.training.runs.load_run`.
     batch_size : int, optional
     max_images : int, optional
         Use only the first training images.
@@ -609,7 +433,7 @@ def build_bank(run, *, batch_size=8, max_images=None, knn_options=None):
     with torch.no_grad():
         for batch in image_batches(dataset, batch_size, max_images):
             emb = embedding_nets.embed(run.net, batch["image"])
-            labels = train.downsample_nearest(batch["label"].to(emb.device), emb.shape[1:3])
+            labels = downsample_nearest(batch["label"].to(emb.device), emb.shape[1:3])
             banks.append(
                 knn.build_prototype_bank(
                     emb, labels, grid=settings["grid"], iterations=settings["iterations"]

@@ -21,10 +21,11 @@ from spml_lab import checks
 from spml_lab.constants import IGNORE_INDEX
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.prediction import metrics, pseudo_labels
-from spml_lab.prediction.predict import STAGE2, dataset_for, image_batches, load_run
+from spml_lab.prediction.predict import dataset_for, image_batches
 from spml_lab.training import run_folders, train
 from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import option
+from spml_lab.training.runs import STAGE2, load_run
 
 __all__ = [
     "PseudoLabelSteps",
@@ -116,8 +117,8 @@ def pseudo_label_steps(run, *, max_images=None, batch_size=8, flip=True, pseudo_
 
     Parameters
     ----------
-    run : predict.Run
-        A finished stage-1 run (`predict.load_run`).
+    run : runs.Run
+        A finished stage-1 run (`runs.load_run`).
     max_images : int, optional
         Use the first training images only.
     batch_size : int, optional
@@ -198,7 +199,7 @@ def fit_head(
     Parameters
     ----------
     run_dir : str or Path
-        A finished stage-1 run (`predict.load_run`).
+        A finished stage-1 run (`runs.load_run`).
     steps : int, optional
         SGD steps of the head.
     lr : float, optional

@@ -1,13 +1,7 @@
-"""A training run's folder: atomic checkpoints, RNG states, the metrics file, resume checks.
+"""A run's files: atomic checkpoints, what they must hold, RNG states, the metrics file.
 
-A run lives in one folder (``TrainConfig.out_dir``)::
-
-    config.yaml     the TrainConfig of the run
-    metrics.csv     step, lr, each enabled relation's loss, total, softmax_ce, images_per_s
-    checkpoint.pt   latest state, replaced atomically every checkpoint_every steps
-    final.pt        model + head + config, written at the end
-
-Checkpoints are plain state dicts written to a temporary file and renamed (a killed run never
+What the files of a run folder are called is `spml_lab.training.runs`; here is what is in
+them. Checkpoints are plain state dicts written to a temporary file and renamed (a killed run never
 leaves a half-written one) and read with ``weights_only=True`` (no code runs on load).
 """
 
@@ -21,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
-
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
@@ -32,15 +24,8 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "to_device",
-    "open_run",
     "MetricsFile",
-    "CONFIG",
-    "METRICS",
-    "CHECKPOINT",
-    "FINAL",
 ]
-
-CONFIG, METRICS, CHECKPOINT, FINAL = "config.yaml", "metrics.csv", "checkpoint.pt", "final.pt"
 
 # What checkpoint.pt and final.pt hold: entry -> type, or a dict for a nested entry. A file is
 # checked against them when read, so a foreign or damaged one is named with what is wrong, not
@@ -166,13 +151,13 @@ def read_final(path):
     """
     path = Path(path)
     state = load_checkpoint(path)
-    _check_entries(state, FINAL_ENTRIES, path, f"{FINAL} of spml-lab")
+    _check_entries(state, FINAL_ENTRIES, path, f"{path.name} of spml-lab")
     count, names = state["num_classes"], state["class_names"]
     problems = [] if count >= 1 else [f"num_classes is {count} (needs >= 1)"]
     if names is not None and (len(names) != count or not all(isinstance(n, str) for n in names)):
         problems.append(f"{len(names)} class_names for num_classes {count} (needs one string each)")
     if problems:
-        raise ValueError(f"{path}: not a {FINAL} of spml-lab ({'; '.join(problems)})")
+        raise ValueError(f"{path}: not a {path.name} of spml-lab ({'; '.join(problems)})")
     _check_finite(state, path, "retrain with a lower learning rate (--lr)")
     return state
 
@@ -311,81 +296,6 @@ def to_device(value, device):
     if isinstance(value, list):
         return [to_device(v, device) for v in value]
     return value
-
-
-# ---------------------------------------------------------------------- run folder
-
-
-def open_run(run, cfg, *, start_if_empty=True):
-    """Check the run folder; return the checkpoint to resume from, or None for a fresh run.
-
-    The one place that decides what ``cfg.resume`` does with a folder. A fresh run needs an
-    empty (or absent) folder; ``resume`` needs its ``checkpoint.pt`` (`read_checkpoint`) and a
-    config that matches it. A folder with run files but no checkpoint is refused either way:
-    a finished run (``final.pt``) is never trained again, and a run killed before its first
-    checkpoint is the user's to remove. Nothing is written here but stale temporary files
-    removed, so a refusal leaves the folder as it was (and an absent one absent).
-
-    Parameters
-    ----------
-    run : Path
-        The run folder (``cfg.out_dir``).
-    cfg : TrainConfig
-    start_if_empty : bool, optional
-        What ``resume`` does with a folder that holds no run at all: start one (True: "resume
-        if possible", so a notebook rerun resumes or starts alike) or refuse (False: an explicit
-        ``spml-lab train --resume``, where a typo in ``--out-dir`` or a relative path read from
-        another working folder must not start a fresh run unnoticed).
-
-    Returns
-    -------
-    state : dict or None
-        The checkpoint (`read_checkpoint`), or None for a fresh run.
-
-    Raises
-    ------
-    FileExistsError
-        A fresh run into a folder that holds a run; a resume of a finished run.
-    FileNotFoundError
-        A resume with no checkpoint to resume from (see `start_if_empty`).
-    ValueError
-        A damaged or foreign checkpoint, or a config that differs from the checkpoint's.
-    """
-    for stale in run.glob(".*.tmp"):  # left by a run killed while saving
-        stale.unlink()
-    if cfg.resume and (run / CHECKPOINT).is_file():
-        state = read_checkpoint(run / CHECKPOINT)  # names the file and what is wrong with it
-        saved = TrainConfig.from_dict(state["config"], source=f"{run / CHECKPOINT} config")
-        changed = saved.differences(cfg, ignore=RESUMABLE_CHANGES)
-        if changed:
-            raise ValueError(
-                f"cannot resume {run}: the config differs from its checkpoint's in "
-                + ", ".join(f"{k} ({a!r} there, {b!r} now)" for k, (a, b) in changed.items())
-            )
-        return state
-    taken = [name for name in (CONFIG, CHECKPOINT, FINAL, METRICS) if (run / name).exists()]
-    if taken and cfg.resume:  # a run folder without its checkpoint: nothing safe to resume
-        if (run / FINAL).exists():
-            raise FileExistsError(
-                f"cannot resume {run}: it holds a finished run ({FINAL}) but no {CHECKPOINT}; "
-                "a finished run is never trained again (choose another out_dir to retrain)"
-            )
-        raise FileNotFoundError(
-            f"cannot resume {run}: no {CHECKPOINT} in it (the run stopped before its first "
-            f"checkpoint); remove the folder's {', '.join(taken)} to start afresh"
-        )
-    if cfg.resume and not start_if_empty:
-        raise FileNotFoundError(
-            f"cannot resume {run}: no {CHECKPOINT} or {FINAL} there, so no run to continue "
-            "(check --out-dir, or the out_dir of the --config file); drop --resume "
-            "(resume=False) to start a fresh run there"
-        )
-    if taken and not cfg.resume:
-        raise FileExistsError(
-            f"TrainConfig.out_dir {str(run)!r} already holds a run ({', '.join(taken)}); pass "
-            "resume=True (--resume) to continue it, or choose another out_dir"
-        )
-    return None
 
 
 class MetricsFile:

@@ -45,7 +45,6 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,17 +56,15 @@ from tqdm import tqdm
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.data import datasets
 from spml_lab.method import clustering, distributed, relations
+
+# downsample_nearest: notebook 04 still calls it as `train.downsample_nearest`
+from spml_lab.method.label_maps import downsample_nearest, step_maps  # noqa: F401
 from spml_lab.method.memory import PrototypeMemory
-from spml_lab.nets import embedding_nets, heads
-from spml_lab.training import checkpoints, run_folders
-from spml_lab.training.checkpoints import (
-    CHECKPOINT,
-    CONFIG,
-    FINAL,
-    METRICS,
-    save_checkpoint,
-)
+from spml_lab.nets.build import build_model, resolve_device
+from spml_lab.training import checkpoints, run_folders, runs
+from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import TrainConfig
+from spml_lab.training.runs import CHECKPOINT, CONFIG, FINAL, METRICS
 
 __all__ = [
     "fit",
@@ -75,13 +72,8 @@ __all__ = [
     "train_step",
     "poly_lr",
     "param_groups",
-    "build_model",
     "build_dataset",
-    "resolve_device",
     "epoch_order",
-    "downsample_nearest",
-    "StepMaps",
-    "step_maps",
     "softmax_cross_entropy",
     "load_final",
 ]
@@ -159,7 +151,7 @@ def param_groups(net, head, cfg):
 
     Examples
     --------
-    >>> net, head = embedding_nets.SmallEmbeddingNet(8, 8), heads.SoftmaxHead(8, 3)
+    >>> net, head = build_model(TrainConfig(width=8, embedding_dim=8), 3)
     >>> [(g["name"], g["lr_mult"]) for g in param_groups(net, head, TrainConfig())]
     [('backbone', 1.0), ('backbone_bias', 2.0), ('head', 10.0), ('head_bias', 20.0)]
     """
@@ -182,31 +174,6 @@ def param_groups(net, head, cfg):
                     }
                 )
     return groups
-
-
-def build_model(cfg, num_classes, *, load_pretrained=True):
-    """Return ``(net, head)``: the embedding network and the softmax head of `cfg`.
-
-    Parameters
-    ----------
-    cfg : TrainConfig
-        ``model``, ``embedding_dim``, ``width`` and ``pretrained``.
-    num_classes : int
-        Classes C of the head, background included.
-    load_pretrained : bool, optional
-        Load ``cfg.pretrained`` into a ResNet backbone; a resumed run skips it, as its
-        checkpoint holds the weights (and the ImageNet file may have moved since).
-
-    Returns
-    -------
-    net : embedding_nets.SmallEmbeddingNet or embedding_nets.DeepLabEmbeddingNet
-    head : heads.SoftmaxHead
-    """
-    pretrained = cfg.pretrained if (load_pretrained and cfg.pretrained) else None
-    net = embedding_nets.build_embedding_net(
-        cfg.model, cfg.embedding_dim, width=cfg.width, pretrained=pretrained
-    )
-    return net, heads.SoftmaxHead(cfg.embedding_dim, num_classes, dropout=cfg.head_dropout)
 
 
 def build_dataset(cfg):
@@ -232,22 +199,6 @@ def build_dataset(cfg):
     return datasets.open_data(cfg.data, cfg.split, cfg.annotation, **options)
 
 
-def resolve_device(name):
-    """Turn ``"auto"`` into CUDA when present, else CPU; check that a named device exists.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"TrainConfig.device is {name!r} but CUDA is not available")
-    return device
-
-
 def epoch_order(num_items, seed, epoch):
     """Return the order in which epoch `epoch` visits the data: a permutation of (seed, epoch).
 
@@ -258,86 +209,6 @@ def epoch_order(num_items, seed, epoch):
     (True, [0, 1, 2, 3, 4])
     """
     return np.random.default_rng([seed, epoch]).permutation(num_items)
-
-
-def downsample_nearest(maps, size):
-    """Bring integer maps to the embedding resolution by nearest sampling.
-
-    Parameters
-    ----------
-    maps : (B, H, W) int tensor
-        Labels or superpixel ids.
-    size : (int, int)
-        Output (h, w).
-
-    Returns
-    -------
-    (B, h, w) tensor
-        Output pixel (i, j) is input pixel ``(floor(i H / h), floor(j W / w))``, as
-        ``F.interpolate(mode="nearest")``, in integer arithmetic (exact for any id).
-
-    Examples
-    --------
-    >>> downsample_nearest(torch.arange(16).view(1, 4, 4), (2, 2))
-    tensor([[[ 0,  2],
-             [ 8, 10]]])
-    """
-    height, width = maps.shape[-2:]
-    rows = torch.arange(size[0], device=maps.device) * height // size[0]
-    cols = torch.arange(size[1], device=maps.device) * width // size[1]
-    return maps.index_select(-2, rows).index_select(-1, cols)
-
-
-class StepMaps(NamedTuple):
-    """A batch's label maps at the embedding resolution, as a training step uses them.
-
-    Attributes
-    ----------
-    labels : (B, h, w) int64 tensor
-        Weak labels, nearest-sampled (`downsample_nearest`); 255 = unlabelled.
-    superpixels : (B, h, w) int64 tensor or None
-        Superpixel ids, with the crop padding's -1 replaced by 0 (None without superpixels).
-    valid : (B, h, w) bool tensor or None
-        Pixels that have a superpixel (False on crop padding): they stay out of k-means and
-        the losses (None without superpixels).
-    """
-
-    labels: torch.Tensor
-    superpixels: torch.Tensor | None
-    valid: torch.Tensor | None
-
-
-def step_maps(batch, size, *, device="cpu", superpixels=True):
-    """Bring a batch's labels and superpixels to the embedding resolution, as a step does.
-
-    Parameters
-    ----------
-    batch : dict
-        Collated items with ``label`` (B, H, W) and, when `superpixels`, ``superpixel``.
-    size : (int, int)
-        The embedding resolution (h, w).
-    device : str or torch.device, optional
-    superpixels : bool, optional
-        Whether the batch's superpixel maps are real (False: the list had none).
-
-    Returns
-    -------
-    maps : StepMaps
-
-    Examples
-    --------
-    >>> batch = {"label": torch.zeros(1, 4, 4, dtype=torch.long),
-    ...          "superpixel": torch.tensor([[[0, 0, 1, -1]] * 4])}
-    >>> maps = step_maps(batch, (2, 2))
-    >>> maps.superpixels.tolist(), maps.valid.tolist()
-    ([[[0, 1], [0, 1]]], [[[True, True], [True, True]]])
-    """
-    labels = downsample_nearest(batch["label"].to(device, non_blocking=True), size)
-    if not superpixels:
-        return StepMaps(labels, None, None)
-    small = downsample_nearest(batch["superpixel"].to(device, non_blocking=True), size)
-    valid = small >= 0  # crop padding has no superpixel: out of k-means and losses
-    return StepMaps(labels, small.clamp(min=0), valid)
 
 
 def softmax_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
@@ -370,13 +241,12 @@ def softmax_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
 
 
 def load_final(run, device="cpu"):
-    """Load the trained network and head of a finished run.
+    """Load a finished run as the tuple the relation lessons unpack: `runs.load_run`'s parts.
 
     Parameters
     ----------
     run : str or Path
-        The run folder (or its ``final.pt``), or ``"embedded:NAME"``, a shipped run
-        (`datasets.run_folder`).
+        As `runs.load_run`: a run folder, its ``final.pt``, or ``"shipped:NAME"``.
     device : str or torch.device, optional
 
     Returns
@@ -388,21 +258,11 @@ def load_final(run, device="cpu"):
 
     Raises
     ------
-    FileNotFoundError
-        If there is no final.pt.
-    ValueError
-        Naming the file and what is wrong: unreadable, foreign or damaged
-        (`checkpoints.read_final`), or weights that do not fit the network its config builds.
+    FileNotFoundError, ValueError
+        As `runs.load_run`, which does the loading and every check.
     """
-    path = datasets.run_folder(run)
-    final = path / FINAL if path.is_dir() else path
-    state = checkpoints.read_final(final)
-    cfg = TrainConfig.from_dict(state["config"], source=f"{final} config")
-    # the weights come from final.pt: the ImageNet file of cfg.pretrained may be long gone
-    net, head = build_model(cfg, state["num_classes"], load_pretrained=False)
-    _load_weights(net, state["model"], final, "model")
-    _load_weights(head, state["head"], final, "head")
-    return net.to(device).eval(), head.to(device).eval(), cfg, state["class_names"]
+    loaded = runs.load_run(run, device=device)
+    return loaded.net, loaded.head, loaded.cfg, loaded.class_names
 
 
 def _load_weights(module, weights, path, entry):
@@ -600,7 +460,7 @@ def fit(cfg, *, start_if_empty=True):
     start_if_empty : bool, optional
         With ``cfg.resume``: start a fresh run when ``out_dir`` holds none (True, "resume if
         possible", what a notebook rerun wants) or refuse (False, what ``spml-lab train
-        --resume`` asks for: a run to continue). `checkpoints.open_run` decides.
+        --resume`` asks for: a run to continue). `run_folders.open_run` decides.
 
     Returns
     -------
@@ -649,12 +509,12 @@ def fit(cfg, *, start_if_empty=True):
     owns_group = not (dist.is_available() and dist.is_initialized())
     device = distributed.setup(cfg.device) or resolve_device(cfg.device)  # torchrun or not
     if not run.is_dir():  # nothing to read yet: a refusal here leaves no folder behind
-        checkpoints.open_run(run, cfg, start_if_empty=start_if_empty)
+        run_folders.open_run(run, cfg, start_if_empty=start_if_empty)
     main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     with run_folders.one_writer(run) if main else contextlib.nullcontext():
         # read as the folder's one writer: a run started at the same moment into the same folder
         # has either been refused, or has finished and left its files to resume from
-        state = checkpoints.open_run(run, cfg, start_if_empty=start_if_empty)
+        state = run_folders.open_run(run, cfg, start_if_empty=start_if_empty)
         return _fit(cfg, run, state, device, owns_group)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from spml_lab import cli
 from spml_lab.classroom import end_to_end
-from spml_lab.data import datasets
+from spml_lab.training import runs
 
 
 def test_demo_configs_differ_only_in_relations_and_head():
@@ -28,7 +28,7 @@ def test_demo_trains_scores_and_draws_then_reloads(tmp_path, capsys):
     assert cli.main([*args, "--quiet"]) == 0
     assert (out / "spml_vs_baseline.png").stat().st_size > 10_000
     rows = json.loads((out / "results.json").read_text())
-    shipped = [n for n in end_to_end.SHIPPED if (datasets.EMBEDDED_RUNS / n / "final.pt").is_file()]
+    shipped = [n for n in end_to_end.SHIPPED if (runs.SHIPPED_RUNS / n / "final.pt").is_file()]
     assert [r["method"] for r in rows[:2]] == ["softmax_crf", "stage2_crf"]
     assert len(rows) == 2 + len(shipped)
     for row in rows:  # each score is what the run's own eval files say

@@ -608,3 +608,63 @@ def test_the_readable_dense_loss_equals_the_blockwise_one_with_gradients(case, r
     want = brute_force(v, labels, seg, u, plabels, 6.0)
     got = losses.dense_pixel_segment_loss(v.double(), labels, seg, u.double(), plabels, 6.0, "none")
     torch.testing.assert_close(got, want)
+
+
+def brute_force_sets(labels, seg, plabels, ignore_index=255, groups=None):
+    """Each pixel's positive and negative prototype sets, read off DESIGN.md one pair at a time."""
+    multi = labels.ndim == 2
+
+    def labelled(lab):
+        return any(lab) if multi else (lab >= 0 and lab != ignore_index)
+
+    def agree(a, b):
+        return any(x and y for x, y in zip(a, b, strict=True)) if multi else a == b
+
+    positive = torch.zeros(len(labels), len(plabels), dtype=torch.bool)
+    negative = torch.zeros_like(positive)
+    for i in range(len(labels)):
+        lab = labels[i].tolist()
+        if not labelled(lab):
+            continue  # takes no part: neither row has a member
+        same = []
+        for s in range(len(plabels)):
+            plab = plabels[s].tolist()
+            if (not multi and not labelled(plab)) or (
+                groups is not None and int(groups[0][i]) != int(groups[1][s])
+            ):
+                continue
+            if agree(lab, plab):
+                same.append(s)
+            else:
+                negative[i, s] = True
+        others = [s for s in same if s != int(seg[i])]
+        positive[i, others or [int(seg[i])]] = True
+    return positive, negative
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("case", [single_label_case, label_set_case])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_relation_masks_are_the_sets_of_the_formula(case, seed, grouped):
+    if grouped:
+        _, labels, seg, _, plabels, groups = grouped_case(case, seed)
+        options = {"pixel_groups": groups[0], "prototype_groups": groups[1]}
+    else:
+        (_, labels, seg, _, plabels), groups, options = case(seed), None, {}
+    got = losses.relation_masks(labels, plabels, seg, **options)
+    expected = brute_force_sets(labels, seg, plabels, groups=groups)
+    for mask, want in zip(got, expected, strict=True):
+        assert torch.equal(mask, want)
+    assert fallback_used(labels, seg, plabels).any()  # the cases reach the fallback
+
+
+@pytest.mark.parametrize("case", [single_label_case, label_set_case])
+def test_the_block_kernel_sums_over_relation_masks(case):
+    # the kernel decides the sets inside its blocks; its losses are those of the masks
+    v, labels, seg, u, plabels = case(3)
+    positive, negative = losses.relation_masks(labels, plabels, seg)
+    e = torch.exp(4.0 * v @ u.T)
+    pos, neg = (e * positive).sum(1), (e * negative).sum(1)
+    expected = torch.where(positive.any(1), torch.log((pos + neg) / pos), 0.0)
+    got = pixel_segment_loss(v, labels, seg, u, plabels, 4.0, reduction="none", chunk_size=7)
+    torch.testing.assert_close(got, expected)

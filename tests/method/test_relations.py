@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from spml_lab import constants
+from spml_lab.method import relations
 from spml_lab.method.clustering import Segments, build_segments
+from spml_lab.method.losses import pixel_segment_loss, relation_masks
 from spml_lab.method.memory import MemoryBank, PrototypeMemory
 from spml_lab.method.relations import (
     PAPER_SETTINGS,
@@ -711,3 +713,53 @@ def test_loss_path_reads_nothing_back_from_the_device(monkeypatch):
     )  # fmt: skip
     out["total"].backward()
     assert out["total"].device.type == "meta" and emb.grad.shape == emb.shape
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("relation", RELATIONS)
+def test_positives_negatives_agree_with_the_loss_on_random_segment_batches(relation, seed):
+    # the loss's block kernel decides the sets on its own (fused, sorted keys); each pixel's
+    # loss from positives_negatives' sets must equal the kernel's, so the sets are the same
+    emb, labels, tags, _, segments = random_batch(seed)
+    memory = filled_memory(THRESHOLD)
+    inputs = relations._relation_inputs(
+        relation, emb, labels, tags, segments, memory, THRESHOLD, location_weight=0.0
+    )
+    kappa = 3.0
+    kernel = pixel_segment_loss(
+        inputs.embeddings, inputs.labels, inputs.segment_ids, inputs.prototypes,
+        inputs.prototype_labels, kappa, "none", ignore_index=inputs.ignore_index,
+        pixel_groups=inputs.pixel_groups, prototype_groups=inputs.prototype_groups,
+    )  # fmt: skip
+    e = torch.exp(kappa * inputs.embeddings @ inputs.prototypes.T)  # (P, S)
+    compared = len(inputs.prototypes)  # low-level meets no memory: its sets are padded
+    taking_part = 0
+    for pixel in range(len(inputs.embeddings)):
+        pos, neg = positives_negatives(
+            relation, pixel, emb, labels, tags, segments, memory, threshold=THRESHOLD
+        )
+        assert not (pos[compared:].any() or neg[compared:].any())
+        pos_sum, neg_sum = e[pixel, pos[:compared]].sum(), e[pixel, neg[:compared]].sum()
+        expected = torch.log((pos_sum + neg_sum) / pos_sum) if pos.any() else 0.0
+        assert float(kernel[pixel]) == pytest.approx(float(expected), rel=1e-9, abs=1e-12)
+        taking_part += bool(pos.any())
+    assert 0 < taking_part  # the batch exercises the rule
+
+
+@pytest.mark.parametrize("relation", RELATIONS)
+def test_positives_negatives_is_a_row_of_relation_masks(relation):
+    emb, labels, tags, _, segments = random_batch(5)
+    memory = filled_memory(THRESHOLD)
+    inputs = relations._relation_inputs(
+        relation, emb, labels, tags, segments, memory, THRESHOLD, location_weight=0.0
+    )
+    masks = relation_masks(
+        inputs.labels, inputs.prototype_labels, inputs.segment_ids,
+        ignore_index=inputs.ignore_index, pixel_groups=inputs.pixel_groups,
+        prototype_groups=inputs.prototype_groups,
+    )  # fmt: skip
+    for pixel in range(len(inputs.embeddings)):
+        roles = positives_negatives(relation, pixel, emb, labels, tags, segments, memory,
+                                    threshold=THRESHOLD)  # fmt: skip
+        for mask, role in zip(masks, roles, strict=True):
+            assert torch.equal(role[: mask.shape[1]], mask[pixel]), pixel

@@ -1,17 +1,22 @@
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 import yaml
 from PIL import Image
 from sklearn.metrics import jaccard_score
 
 from spml_lab import cli
+from spml_lab.method import label_maps
+from spml_lab.nets.build import build_model
 from spml_lab.pictures import viz
 from spml_lab.prediction import evaluate, knn, predict
-from spml_lab.training import train
+from spml_lab.training import runs, train
 from spml_lab.training.config import TrainConfig
 
 # Tiny runs as in test_train.py: 64 px crops, 16 x 16 embeddings, a step in tens of ms.
@@ -44,7 +49,7 @@ def val_batch(count):
 
 
 def test_load_run_gives_eval_mode_weights_equal_to_load_final(run_dir):
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     net, head, cfg, names = train.load_final(run_dir)
     assert not run.net.training and not run.head.training
     assert run.cfg == cfg and run.class_names == names and run.step == 6
@@ -54,14 +59,14 @@ def test_load_run_gives_eval_mode_weights_equal_to_load_final(run_dir):
         ):
             assert torch.equal(a, b), k
     # the final.pt itself works as well as its folder
-    assert predict.load_run(run_dir / "final.pt").path == run_dir
+    assert runs.load_run(run_dir / "final.pt").path == run_dir
 
 
 def test_load_run_missing_folder_and_missing_final(tmp_path):
     with pytest.raises(FileNotFoundError, match="run folder not found: .*nowhere"):
-        predict.load_run(tmp_path / "nowhere")
+        runs.load_run(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="final.pt not found"):
-        predict.load_run(tmp_path)
+        runs.load_run(tmp_path)
 
 
 def test_load_run_rejects_a_config_yaml_from_another_run(copy_run):
@@ -69,7 +74,7 @@ def test_load_run_rejects_a_config_yaml_from_another_run(copy_run):
     values["lr"] = 0.5
     (copy_run / "config.yaml").write_text(yaml.safe_dump(values))
     with pytest.raises(ValueError, match=r"final.pt holds a config that differs .* lr"):
-        predict.load_run(copy_run)
+        runs.load_run(copy_run)
 
 
 def test_load_run_names_the_offending_keys_of_a_mismatched_state_dict(copy_run):
@@ -78,26 +83,26 @@ def test_load_run_names_the_offending_keys_of_a_mismatched_state_dict(copy_run):
     del state["model"]["embed.bias"]
     torch.save(state, copy_run / "final.pt")
     with pytest.raises(ValueError, match=r"final.pt.*'model'.*missing keys \['embed.bias'\]") as e:
-        predict.load_run(copy_run)
+        runs.load_run(copy_run)
     assert "unexpected keys ['extra.weight']" in str(e.value)
     state["model"]["embed.bias"] = torch.zeros(3)  # wrong shape (D = 8)
     del state["model"]["extra.weight"]
     torch.save(state, copy_run / "final.pt")
     with pytest.raises(ValueError, match=r"shape mismatches embed.bias \(3,\) saved vs \(8,\)"):
-        predict.load_run(copy_run)
+        runs.load_run(copy_run)
 
 
 def test_load_run_rejects_an_unreadable_final(copy_run):
     (copy_run / "final.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="final.pt: cannot read checkpoint"):
-        predict.load_run(copy_run)
+        runs.load_run(copy_run)
 
 
 # ---------------------------------------------------------------------- prediction
 
 
 def test_predict_softmax_is_the_flip_average_of_the_heads_softmax(run_dir):
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     images = val_batch(2)["image"]
     with torch.no_grad():
         emb, flipped = (run.net(x).permute(0, 2, 3, 1) for x in (images, images.flip(-1)))
@@ -109,7 +114,7 @@ def test_predict_softmax_is_the_flip_average_of_the_heads_softmax(run_dir):
 
 
 def test_predict_rejects_bad_input(run_dir):
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         predict.predict(run.net, run.head, torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match="method must be"):
@@ -119,14 +124,14 @@ def test_predict_rejects_bad_input(run_dir):
 
 
 def test_bank_comes_from_the_training_images_weak_labels(run_dir):
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     bank = predict.build_bank(run, max_images=6, knn_options=KNN)
     train_set = predict.dataset_for(run.cfg, "train", "scribbles")
     weak = torch.stack([train_set[i]["label"] for i in range(6)])
     # the same bank, built by hand from the same images at embedding resolution
     with torch.no_grad():
         emb = run.net(torch.stack([train_set[i]["image"] for i in range(6)])).permute(0, 2, 3, 1)
-    small = train.downsample_nearest(weak, emb.shape[1:3])
+    small = label_maps.downsample_nearest(weak, emb.shape[1:3])
     want = knn.build_prototype_bank(emb, small, grid=KNN["grid"])
     assert torch.equal(bank.labels, want.labels)
     torch.testing.assert_close(bank.prototypes, want.prototypes)
@@ -135,7 +140,7 @@ def test_bank_comes_from_the_training_images_weak_labels(run_dir):
 
 
 def test_knn_prediction_segments_test_images_as_the_bank_was_built(run_dir):
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     bank = predict.build_bank(run, max_images=6, knn_options=KNN)
     assert bank.settings == {"k": KNN["k"], "grid": KNN["grid"], "iterations": 10}
     images = val_batch(2)["image"]
@@ -172,7 +177,7 @@ def test_evaluate_run_matches_sklearn_on_the_same_predictions(copy_run):
     saved = json.loads((copy_run / "eval" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(results))
 
-    run = predict.load_run(copy_run)
+    run = runs.load_run(copy_run)
     batch = val_batch(7)
     bank = predict.build_bank(run, knn_options=KNN)
     predictions = {
@@ -198,6 +203,58 @@ def test_evaluate_run_matches_sklearn_on_the_same_predictions(copy_run):
             else:
                 assert got["per_class_iou"][name] == pytest.approx(value)
                 assert float(row[column]) == pytest.approx(value, abs=1e-6)
+
+
+def _layer_heights():
+    """Height of each package in the layer contract of pyproject.toml (0 = the top)."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    layers = pyproject["tool"]["importlinter"]["contracts"][0]["layers"]
+    return {
+        name.strip(): height
+        for height, line in enumerate(layers)
+        for name in line.replace(":", "|").split("|")
+    }
+
+
+def test_a_run_folders_walk_through_evaluate_run_climbs_at_most_4_times(copy_run, monkeypatch):
+    """Locating, loading, locking and writing a run: few returns to a higher layer.
+
+    Every spml_lab function evaluate_run calls is traced, except the scoring of the images
+    (`_evaluate`); the walk is the layer of the innermost spml_lab frame after each call and
+    return. A climb is a step of the walk to a higher layer. The bottom layer (constants,
+    checks) is left out: any layer checks its arguments there.
+    """
+    heights = _layer_heights()
+    bottom = max(heights.values())
+
+    def height(module):
+        parts = module.split(".")
+        return next(heights[".".join(parts[:n])] for n in range(len(parts), 0, -1)
+                    if ".".join(parts[:n]) in heights)  # fmt: skip
+
+    monkeypatch.setattr(evaluate, "_evaluate", lambda *a: {"methods": [], "class_names": []})
+    stack, walk = [], []
+
+    def profile(frame, event, arg):
+        module = frame.f_globals.get("__name__", "")
+        if event not in ("call", "return") or not module.startswith("spml_lab."):
+            return
+        if event == "call":
+            stack.append((height(module), f"{module}.{frame.f_code.co_name}"))
+        else:
+            stack.pop()
+        here = [entry for entry in stack if entry[0] != bottom]
+        if here and (not walk or walk[-1][0] != here[-1][0]):
+            walk.append(here[-1])
+
+    sys.setprofile(profile)
+    try:
+        evaluate.evaluate_run(copy_run, methods=["softmax"])
+    finally:
+        sys.setprofile(None)
+    climbs = [(a[1], b[1]) for a, b in zip(walk, walk[1:], strict=False) if b[0] < a[0]]
+    assert walk[0][1] == "spml_lab.prediction.evaluate.evaluate_run"
+    assert len(climbs) <= 4, climbs
 
 
 def test_evaluate_run_rejects_bad_methods_and_missing_stage2(run_dir):
@@ -248,7 +305,7 @@ def test_cli_predict_writes_masks_that_decode_to_the_predictions(run_dir, tmp_pa
     args = ["predict", str(run_dir / "final.pt"), *map(str, paths), "--out", str(out)]
     assert cli.main(args) == 0
     assert str(out / f"{batch['name'][0]}_mask.png") in capsys.readouterr().out
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     want = predict.predict(run.net, run.head, batch["image"], crf=True)
     colours = viz.palette(run.num_classes)
     for name, labels in zip(batch["name"], want, strict=True):
@@ -306,7 +363,7 @@ def test_a_run_pins_its_data_and_refuses_another_dataset_at_that_path(tmp_path, 
 
 def test_large_images_are_labelled_at_a_bounded_working_size():
     torch.manual_seed(0)
-    net, head = train.build_model(TrainConfig(width=8, embedding_dim=8), 3)
+    net, head = build_model(TrainConfig(width=8, embedding_dim=8), 3)
     net, head = net.eval(), head.eval()
     image = torch.rand(1, 3, 300, 200)
     labels = predict.predict(net, head, image, crf=True, max_side=100)
@@ -326,7 +383,7 @@ def test_evaluate_run_records_each_image_s_miou_and_can_write_elsewhere(copy_run
         copy_run, methods=["softmax", "softmax_crf"], max_images=5, batch_size=2, out=tmp_path
     )
     assert (tmp_path / "metrics.json").is_file() and not (copy_run / "eval").exists()
-    run = predict.load_run(copy_run)
+    run = runs.load_run(copy_run)
     batch = val_batch(5)
     labels = evaluate.predict_methods(run, batch["image"], ["softmax", "softmax_crf"])
     assert torch.equal(labels["softmax"], predict.predict(run.net, run.head, batch["image"]))

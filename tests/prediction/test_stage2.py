@@ -8,7 +8,7 @@ from sklearn.metrics import jaccard_score
 
 from spml_lab import cli
 from spml_lab.prediction import evaluate, predict, probabilities, pseudo_labels, stage2
-from spml_lab.training import train
+from spml_lab.training import runs, train
 from spml_lab.training.config import TrainConfig
 
 TINY = dict(crop_size=64, batch_size=2, width=8, embedding_dim=8, kmeans_grid=(3, 3))
@@ -48,7 +48,7 @@ def test_walk_size_keeps_small_maps_and_caps_large_ones():
 
 
 def test_pseudo_labels_only_name_tagged_classes(run_dir):
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     batch = train_batch(run)
     g = torch.Generator().manual_seed(0)
     # the images' own tags, and random tag sets that disagree with the images
@@ -62,7 +62,7 @@ def test_pseudo_labels_only_name_tagged_classes(run_dir):
 
 
 def test_pseudo_label_maps_are_the_pipeline_stages(run_dir):
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     batch = train_batch(run, 2)
     images, tags = batch["image"], batch["tags"]
     pseudo = pseudo_labels.from_head(run.net, run.head, images, tags, walk_steps=3)
@@ -94,7 +94,7 @@ def test_pseudo_label_maps_are_the_pipeline_stages(run_dir):
 
 
 def test_pseudo_labels_reject_bad_tags(run_dir):
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     with pytest.raises(ValueError, match=r"tags must be a \(1, 9\) bool tensor"):
         pseudo_labels.from_head(run.net, run.head, torch.rand(1, 3, 16, 16), torch.ones(1, 4))
 
@@ -109,7 +109,7 @@ def test_fit_head_writes_stage2_and_scores_the_pseudo_labels(fitted):
     # a fresh head starts near ln(C); 40 steps on the cached embeddings must lower it
     assert result.loss < 0.8 * math.log(9)
     # pseudo-label quality, recomputed here with scikit-learn
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     batch = train_batch(run)
     pseudo = pseudo_labels.from_head(run.net, run.head, batch["image"], batch["tags"]).labels
     truth = predict.dataset_for(run.cfg, "train", "full")
@@ -136,7 +136,7 @@ def test_evaluate_reports_stage2_crf_after_fit_head(fitted):
     run_dir, _ = fitted
     results = evaluate.evaluate_run(run_dir, methods=None, max_images=2, knn_options={"k": 3})
     assert results["methods"] == ["knn", "softmax", "softmax_crf", "stage2_crf"]
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     batch = next(predict.image_batches(predict.dataset_for(run.cfg, "val", "full"), 2, 2))
     pred = predict.predict(run.net, run.stage2_head, batch["image"], crf=True).numpy().ravel()
     target = batch["label"].numpy().ravel()
@@ -151,7 +151,7 @@ def test_load_run_rejects_a_stage2_head_of_another_run(fitted, tmp_path):
     state["run_config"]["embedding_dim"] = 16
     torch.save(state, copy / "stage2.pt")
     with pytest.raises(ValueError, match=r"stage2.pt was trained on .*another run.*embedding_dim"):
-        predict.load_run(copy)
+        runs.load_run(copy)
 
 
 def test_fit_head_rejects_bad_arguments(run_dir, tmp_path):
@@ -176,7 +176,7 @@ def test_cli_stage2(run_dir, tmp_path, capsys):
 
 def test_pseudo_label_steps_score_each_step_and_end_at_fit_head_s_labels(fitted):
     run_dir, result = fitted
-    run = predict.load_run(run_dir)
+    run = runs.load_run(run_dir)
     steps = stage2.pseudo_label_steps(run, max_images=IMAGES, batch_size=4)
     assert list(steps.miou) == ["softmax", "walked", "crf"]
     # the last step is the pseudo label itself, scored as fit_head scores it

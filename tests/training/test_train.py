@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from spml_lab.nets import embedding_nets, heads
+from spml_lab.nets.build import build_model
 from spml_lab.training import checkpoints, run_folders, train
 from spml_lab.training.config import TrainConfig
 
@@ -123,7 +124,7 @@ def test_training_makes_the_loss_finite_and_lower_on_a_fixed_batch(tmp_path):
     dataset = train.build_dataset(cfg)
     batch = default_collate([dataset[i] for i in range(8)])
     torch.manual_seed(1)
-    untrained = train.build_model(cfg, dataset.num_classes)
+    untrained = build_model(cfg, dataset.num_classes)
     trained = train.load_final(run)[:2]
     with torch.no_grad():
         before, _ = train.batch_losses(*untrained, batch, cfg)
@@ -241,7 +242,7 @@ def test_only_the_baseline_lets_the_head_loss_reach_the_network(trains_embedding
     dataset = train.build_dataset(cfg)
     batch = default_collate([dataset[i] for i in range(2)])
     torch.manual_seed(0)
-    net, head = train.build_model(cfg, dataset.num_classes)
+    net, head = build_model(cfg, dataset.num_classes)
     losses, _ = train.batch_losses(net, head, batch, cfg)
     losses["softmax_ce"].backward()  # the head's loss alone
     reached = sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None)
@@ -271,7 +272,7 @@ def test_the_head_loss_is_weighted_as_the_papers_stage_one():
         dataset = train.build_dataset(cfg)
         batch = default_collate([dataset[i] for i in range(2)])
         torch.manual_seed(0)
-        net, head = train.build_model(cfg, dataset.num_classes)
+        net, head = build_model(cfg, dataset.num_classes)
         optimizer = torch.optim.SGD(train.param_groups(net, head, cfg), lr=0.0)
         memory = train.PrototypeMemory(0)
         train.train_step(batch, net, head, optimizer, memory, cfg, torch.device("cpu"))
