@@ -18,15 +18,22 @@ varying segments. Batches wait in (pinned) host memory: the host-to-device copy 
 data loading is not.
 
     python benchmarks/train_speed.py --preset cpu      # small net, crop 128, batch 4, 2 threads
-    python benchmarks/train_speed.py --preset cuda     # ResNet-101 DeepLab, 512 px, batch 4, 16
+    python benchmarks/train_speed.py --preset cuda     # ResNet-101 DeepLab, 512 px, batch 4, 16,
+                                                       # fp32 and bf16 + channels-last
     python benchmarks/train_speed.py --preset cuda --cudnn-benchmark --steps 50
     python benchmarks/train_speed.py --preset cpu --steps 2 --warmup 1 --no-write   # a CI smoke run
 
-Hardware, as the trainer runs it: on CUDA the network is channels-last under bf16 autocast
-(`TrainConfig.amp`), the contrastive part float32; ``torch.backends.cudnn.benchmark`` is off
-unless ``--cudnn-benchmark``. Timing: warm-up steps of both kinds, then the two kinds in
-alternation (so that both see the same background load), ``torch.cuda.synchronize`` around each
-step; images/s = batch size / median step time. Peak memory: on CUDA
+Hardware: each precision of ``--precisions`` (`train.network_precision`): ``bf16``, what the
+trainer runs on CUDA (`TrainConfig.amp`), is the network channels-last under bf16 autocast, the
+contrastive part float32; ``fp32`` is everything float32 and contiguous. The cuda preset
+measures both, the cpu preset fp32 (``--precisions bf16`` runs CPU bf16 autocast: a check of
+the code path, not a speed anyone trains at). ``torch.backends.cudnn.benchmark`` is off unless
+``--cudnn-benchmark``. A configuration that runs out of GPU memory is a row with status
+``out of memory`` and no numbers; the others go on.
+
+Timing: warm-up steps of both kinds, then the two kinds in alternation (so that both see the
+same background load), ``torch.cuda.synchronize`` around each step; images/s = batch size /
+median step time. Peak memory: on CUDA
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` before each step (the
 maximum over the timed steps of each kind); on the CPU the process's peak resident set size
 (``resource.getrusage``, process-wide and never reset: read after the network-alone warm-up and
@@ -65,6 +72,7 @@ PRESETS = {
         "model": "small",
         "crop_size": 128,
         "batch_sizes": [4],
+        "precisions": ["fp32"],
         "embedding_dim": 32,
         "kmeans_grid": (4, 4),
     },
@@ -73,6 +81,7 @@ PRESETS = {
         "model": "resnet101",
         "crop_size": 512,
         "batch_sizes": [4, 16],
+        "precisions": ["fp32", "bf16"],
         "embedding_dim": 64,
         "kmeans_grid": (6, 6),
     },
@@ -119,17 +128,17 @@ def make_batches(cfg, count, device):
 
 
 # --------------------------------------------------------------------------------- steps
-def network_step(batch, net, head, optimizer, cfg, device):
+def network_step(batch, net, head, optimizer, cfg, device, precision):
     """Forward, head cross-entropy (reaching the network), backward, SGD: no contrastive part.
 
-    Moves and lays out the batch as `train.batch_losses` does, so both steps pay the same copy.
+    Moves and lays out the batch as `train.batch_losses` does at `precision` ("bf16" or
+    "fp32"), so both steps pay the same copy and run the network alike.
     """
     images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
-    if device.type == "cuda":
+    if precision == "bf16":
         images = images.contiguous(memory_format=torch.channels_last)
     labels = batch["label"].to(device, non_blocking=True)  # (B, H, W)
-    use_amp = cfg.amp and device.type == "cuda"
-    with torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
+    with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
         emb = net(images)  # (B, D, h, w)
         unit = F.normalize(emb, dim=1).permute(0, 2, 3, 1)  # (B, h, w, D), as heads take
         logits = head(unit, size=tuple(images.shape[-2:]))  # (B, C, H, W)
@@ -150,17 +159,20 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(cfg, device, *, steps=10, warmup=2, num_batches=4):
-    """Time the network-alone and the full step of `cfg` on `device`.
+def measure(cfg, device, *, steps=10, warmup=2, num_batches=4, precision=None):
+    """Time the network-alone and the full step of `cfg` on `device` at `precision`.
+
+    `precision` is "bf16" or "fp32" (default: `train.network_precision`, as training runs).
 
     Returns a dict with median seconds, images/s and peak memory (MiB) of each kind, the
     segments of the last batch and the prototypes in the memory.
     """
+    precision = precision or train.network_precision(cfg, device)
     batches, num_classes = make_batches(cfg, num_batches, device)
     torch.manual_seed(cfg.seed)
     net, head = build_model(cfg, num_classes)
     net, head = net.to(device).train(), head.to(device).train()
-    if device.type == "cuda":  # as `train.fit`
+    if precision == "bf16":  # as `train.fit` lays it out
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         train.param_groups(net, head, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0
@@ -171,11 +183,13 @@ def measure(cfg, device, *, steps=10, warmup=2, num_batches=4):
     superpixels = True  # the embedded samples have them
 
     def alone(k):
-        return network_step(batches[k % num_batches], net, head, optimizer, cfg, device)
+        return network_step(batches[k % num_batches], net, head, optimizer, cfg, device, precision)
 
     def full(k):
         batch = batches[k % num_batches]
-        return train.train_step(batch, net, head, optimizer, memory, cfg, device, superpixels)
+        return train.train_step(
+            batch, net, head, optimizer, memory, cfg, device, superpixels, precision=precision
+        )
 
     peaks = {"alone": 0.0, "full": 0.0}
     for k in range(warmup):  # also fills the memory bank: the timed full steps see 2 batches
@@ -207,7 +221,9 @@ def measure(cfg, device, *, steps=10, warmup=2, num_batches=4):
     finite = bool(torch.isfinite(torch.stack(losses)).all())
     median = {name: statistics.median(s) for name, s in seconds.items()}
     with torch.no_grad():
-        last = train.batch_losses(net, head, batches[0], cfg, memory, device=device)[1]
+        last = train.batch_losses(
+            net, head, batches[0], cfg, memory, device=device, precision=precision
+        )[1]
     return {
         "alone_s": median["alone"],
         "full_s": median["full"],
@@ -228,11 +244,14 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.get("status", "ok") == "ok"]
+    if not rows:
+        return
     r0 = rows[0]
-    labels = [f"batch {r['batch']}" for r in rows]
+    labels = [f"batch {r['batch']}\n{r.get('precision', '')}" for r in rows]
     xs = range(len(rows))
     width = 0.38
-    fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(max(9.0, 5 + 2.2 * len(rows)), 4.8))
+    fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(max(9.0, 5 + 1.6 * len(rows)), 4.8))
     for ax, key, unit in (
         (ax_speed, "img_s", "images / s (median step)"),
         (ax_mem, "peak_mib", f"peak memory, MiB ({r0['memory_kind']})"),
@@ -287,6 +306,9 @@ def main():
     parser.add_argument("--batch-sizes", type=int, nargs="*", help="default: the preset's")
     parser.add_argument("--crop", type=int, help="crop side in px; default: the preset's")
     parser.add_argument("--model", choices=["small", "resnet50", "resnet101"])
+    parser.add_argument(
+        "--precisions", nargs="*", choices=["fp32", "bf16"], help="default: the preset's"
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps of each kind")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps of each kind")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
@@ -319,61 +341,80 @@ def main():
         flush=True,
     )
     rows = []
-    for batch_size in args.batch_sizes or PRESETS[preset]["batch_sizes"]:
-        cfg = make_config(
-            preset, batch_size, crop_size=args.crop, model=args.model, device=str(device)
-        )
-        load = os.getloadavg()[0]
-        result = measure(cfg, device, steps=steps, warmup=warmup)
-        row = {
-            "device": name,
-            "threads": torch.get_num_threads(),
-            "model": cfg.model,
-            "crop": cfg.crop_size,
-            "batch": batch_size,
-            "amp_bf16": cfg.amp and device.type == "cuda",
-            "channels_last": device.type == "cuda",
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "steps": steps,
-            "warmup": warmup,
-            **result,
-            "ratio": result["full_img_s"] / result["alone_img_s"],
-            "extra_mib": result["full_peak_mib"] - result["alone_peak_mib"],
-            "memory_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
-            "load_before": round(load, 2),
-            "load_after": round(os.getloadavg()[0], 2),
-        }
-        row["speed_ok"] = row["ratio"] >= SPEED_TARGET
-        row["memory_ok"] = row["extra_mib"] <= MEMORY_TARGET_MIB
-        rows.append(row)
-        print(
-            f"  batch {batch_size}: alone {row['alone_img_s']:.1f} img/s, full "
-            f"{row['full_img_s']:.1f} img/s ({row['ratio']:.1%}), peak {row['alone_peak_mib']:.0f}"
-            f" -> {row['full_peak_mib']:.0f} MiB, {row['segments']} segments, "
-            f"{row['memory_prototypes']} in memory, load {load:.2f} -> {row['load_after']:.2f}",
-            flush=True,
-        )
+    precisions = args.precisions or PRESETS[preset]["precisions"]
+    batch_sizes = args.batch_sizes or PRESETS[preset]["batch_sizes"]
+    for precision in precisions:
+        for batch_size in batch_sizes:
+            cfg = make_config(
+                preset, batch_size, crop_size=args.crop, model=args.model, device=str(device)
+            )
+            load = os.getloadavg()[0]
+            row = {
+                "device": name,
+                "threads": torch.get_num_threads(),
+                "model": cfg.model,
+                "crop": cfg.crop_size,
+                "batch": batch_size,
+                "precision": precision,
+                "amp_bf16": precision == "bf16",
+                "channels_last": precision == "bf16",
+                "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                "steps": steps,
+                "warmup": warmup,
+            }
+            try:
+                result = measure(cfg, device, steps=steps, warmup=warmup, precision=precision)
+            except torch.cuda.OutOfMemoryError:  # a row that says so; the others still run
+                torch.cuda.empty_cache()
+                print(f"  {precision} batch {batch_size}: out of memory", flush=True)
+                rows.append({**row, "status": "out of memory"})
+                continue
+            row.update(result)
+            row.update(
+                ratio=result["full_img_s"] / result["alone_img_s"],
+                extra_mib=result["full_peak_mib"] - result["alone_peak_mib"],
+                memory_kind="cuda max allocated" if device.type == "cuda" else "process peak RSS",
+                load_before=round(load, 2),
+                load_after=round(os.getloadavg()[0], 2),
+            )
+            row["speed_ok"] = row["ratio"] >= SPEED_TARGET
+            row["memory_ok"] = row["extra_mib"] <= MEMORY_TARGET_MIB
+            row["status"] = "ok"
+            rows.append(row)
+            print(
+                f"  {precision} batch {batch_size}: alone {row['alone_img_s']:.1f} img/s, full "
+                f"{row['full_img_s']:.1f} img/s ({row['ratio']:.1%}), peak "
+                f"{row['alone_peak_mib']:.0f} -> {row['full_peak_mib']:.0f} MiB, "
+                f"{row['segments']} segments, {row['memory_prototypes']} in memory, load "
+                f"{load:.2f} -> {row['load_after']:.2f}",
+                flush=True,
+            )
+    done = [r for r in rows if r["status"] == "ok"]
     print(
-        f"{'model':>10} {'crop':>5} {'batch':>5} {'alone img/s':>12} {'full img/s':>11} "
-        f"{'ratio':>6} {'speed':>6} {'alone MiB':>10} {'full MiB':>9} {'extra':>7} {'memory':>6}"
+        f"{'model':>10} {'crop':>5} {'batch':>5} {'prec':>5} {'alone img/s':>12} "
+        f"{'full img/s':>11} {'ratio':>6} {'speed':>6} {'alone MiB':>10} {'full MiB':>9} "
+        f"{'extra':>7} {'memory':>6}"
     )
-    for r in rows:
+    for r in done:
         print(
-            f"{r['model']:>10} {r['crop']:>5} {r['batch']:>5} {r['alone_img_s']:>12.2f} "
+            f"{r['model']:>10} {r['crop']:>5} {r['batch']:>5} {r['precision']:>5} "
+            f"{r['alone_img_s']:>12.2f} "
             f"{r['full_img_s']:>11.2f} {r['ratio']:>6.1%} {'pass' if r['speed_ok'] else 'FAIL':>6} "
             f"{r['alone_peak_mib']:>10.0f} {r['full_peak_mib']:>9.0f} {r['extra_mib']:>7.0f} "
             f"{'pass' if r['memory_ok'] else 'FAIL':>6}"
         )
     print(
         f"targets: full >= {SPEED_TARGET:.0%} of network-alone images/s, full peak <= alone + "
-        f"{MEMORY_TARGET_MIB} MiB ({rows[0]['memory_kind']})"
+        f"{MEMORY_TARGET_MIB} MiB ({done[0]['memory_kind'] if done else 'none measured'})"
     )
     if args.no_write:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"train_speed_{device.type}"
+    fields = list(done[0] if done else rows[0])  # every column, the failed rows leave some out
+    fields += [k for r in rows for k in r if k not in fields]
     with open(args.out / f"{stem}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, args.out / f"{stem}.png")

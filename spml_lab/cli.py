@@ -5,6 +5,8 @@ Sub-commands are thin: each parses its arguments and calls one library function.
 * ``spml-lab make-data OUT``: write a synthetic dataset in the SPML list-file layout.
 * ``spml-lab prepare voc VOCDEVKIT --out DATA``: the same layout from a Pascal VOC download
   (`voc.prepare_voc`), optionally with SBD (``--sbd``) and ScribbleSup (``--scribbles``).
+* ``spml-lab prepare densepose DENSEPOSE_DIR --images COCO --out DATA``: the same layout from
+  the DensePose-COCO annotations and the COCO images (`densepose.prepare_densepose`).
 * ``spml-lab run-notebook NOTEBOOK``: execute a notebook with papermill, keep it and its figures.
 * ``spml-lab train [--config run.yaml] [--FIELD VALUE ...]``: stage-1 training (`train.fit`); one
   flag per `config.TrainConfig` field. Under ``torchrun --nproc-per-node N -m spml_lab.cli train``
@@ -355,6 +357,47 @@ def _add_prepare(commands):
     )
     voc.add_argument("--quiet", action="store_true", help="no progress bar")
     voc.set_defaults(run=_prepare_voc)
+    _add_prepare_densepose(targets)
+
+
+def _add_prepare_densepose(targets):
+    densepose = targets.add_parser(
+        "densepose",
+        help="DensePose-COCO: body parts of COCO persons, one point per annotated part",
+        description="Read the DensePose-COCO annotation files (densepose_coco_2014_*.json) and "
+        "the COCO 2014 images, and write the dataset folder OUT: 15 classes (background + 14 "
+        "body parts from dp_masks), points (one per annotated part of each person, from dp_x, "
+        "dp_y, dp_I), superpixels, splits train and val. An interrupted prepare continues "
+        "where it stopped; a finished one is skipped.",
+    )
+    densepose.add_argument(
+        "annotations", metavar="DENSEPOSE_DIR", help="folder of the densepose_coco_2014_*.json"
+    )
+    densepose.add_argument(
+        "--images", required=True, metavar="COCO_DIR",
+        help="COCO images: the folder holding train2014/ and val2014/",
+    )  # fmt: skip
+    densepose.add_argument("--out", required=True, help="dataset folder to write (new or empty)")
+    densepose.add_argument(
+        "--split", nargs=2, action="append", metavar=("NAME", "JSON"), default=None,
+        help="a split and its annotation file (in DENSEPOSE_DIR, or a path); repeat for more. "
+        "Default: train densepose_coco_2014_train.json, val densepose_coco_2014_minival.json",
+    )  # fmt: skip
+    densepose.add_argument(
+        "--workers", type=checks.flag(int, 1), default=None,
+        help="parallel processes (default: CPUs, at most 4)",
+    )  # fmt: skip
+    _add_superpixel_arguments(densepose, "watershed", "64 watershed seeds")
+    densepose.add_argument(
+        "--point-radius", type=checks.flag(int, 0), default=None,
+        help="disc radius of the points, kept to their part (default 3)",
+    )  # fmt: skip
+    densepose.add_argument(
+        "--skip-bad", action="store_true",
+        help="leave images with a bad file out and list them in OUT/bad_images.json",
+    )  # fmt: skip
+    densepose.add_argument("--quiet", action="store_true", help="no progress bar")
+    densepose.set_defaults(run=_prepare_densepose)
 
 
 def _add_demo(commands):
@@ -436,6 +479,30 @@ def _prepare_voc(args):
     print(f"{prepared.root}: {splits} images")
     if prepared.bad:
         print(f"left out {len(prepared.bad)} bad images: see {prepared.root / voc.BAD_REPORT}")
+    return 0
+
+
+def _prepare_densepose(args):
+    from pathlib import Path
+
+    from spml_lab.data import densepose, prepare_folder
+
+    pairs = args.split or densepose.DEFAULT_SPLITS.items()
+    annotations = {name: Path(args.annotations) / path for name, path in pairs}
+    options = None if args.superpixels is None else {"n_segments": args.superpixels}
+    radius = {} if args.point_radius is None else {"point_radius": args.point_radius}
+    prepared = densepose.prepare_densepose(
+        annotations, args.images, args.out, workers=args.workers,
+        superpixel_method=args.superpixel_method, superpixel_options=options,
+        skip_bad=args.skip_bad, progress=not args.quiet, **radius,
+    )  # fmt: skip
+    if prepared.skipped:
+        print(f"{prepared.root} is already prepared (dataset.json exists); nothing to do")
+    splits = ", ".join(f"{name} {count}" for name, count in prepared.splits.items())
+    print(f"{prepared.root}: {splits} images")
+    if prepared.bad:
+        report = prepared.root / prepare_folder.BAD_REPORT
+        print(f"left out {len(prepared.bad)} bad images: see {report}")
     return 0
 
 

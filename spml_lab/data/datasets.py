@@ -1,4 +1,4 @@
-"""Datasets: SPML list files, the synthetic folders `spml-lab make-data` writes, VOC2012, DensePose.
+"""Datasets: SPML list files and the dataset folders `spml-lab make-data` and `prepare` write.
 
 Every dataset here is one `SegmentationList`: a text file with one sample per line,
 
@@ -26,29 +26,9 @@ Layouts (``ROOT`` is what you pass as `root`)::
         ROOT/{points,scribbles,boxes}/{split}/{name}.png
         ROOT/lists/{split}_{annotation}.txt    annotation in full|points|scribbles|boxes|tags
 
-    VOC2012 as SPML uses it (ROOT = VOCdevkit; README "Data Preparation" and the list files
-    in SPML's datasets/voc12/, which you copy into ROOT or point `list_dir` at):
-        VOC2012/JPEGImages/{id}.jpg
-        VOC2012/segcls/{id}.png                ground truth, greyscale indices
-        sbd/dataset/clsimg/{id}.png            SBD ground truth of the train_aug images
-        VOC2012/hed/{id}.png                   HED-owt-ucm superpixels
-        VOC2012/scribble/dilate_3[_0.8|_0.5|_0.3]/{id}.png   ScribbleSup scribbles
-        VOC2012/scribble/dilate_6_0.0/{id}.png               points (0 % scribbles)
-        VOC2012/cam/seam_a6_th0.2/{id}.png     SEAM CAM labels from tags (< 0.2 -> 255)
-        VOC2012/cam/seambox_a6_th0.5/{id}.png  SEAM CAM in boxes (> 0.5), background outside
-      lists: panoptic_{split}_hed.txt (full; panoptic_val.txt for val),
-             scribble_{split}_d3_hed.txt, scribble_{split}_d3_{0.8,0.5,0.3}_hed.txt,
-             scribble_{split}_d6_0.0_hed.txt, seam_{split}_a6_th0.2_hed.txt,
-             seambox_{split}_a6_th0.5_hed.txt; split "train+" (10,582 images) or "val".
-
-    DensePose on COCO as SPML uses it (ROOT = the COCO folder; README and
-    bashscripts/densepose/train_spml_point.sh):
-        images/{train2014,val2014}/COCO_{split}_{id}.jpg
-        segcls/densepose/gray/{name}.png       15 part classes, ground truth
-        segcls/densepose_points/gray/{name}.png   point annotations
-        seginst/pmi_0.1_256/{name}.png         PMI-owt-ucm superpixels
-      lists: panoptic_{split}_points_pmi0.1_256.txt (points, split train2014),
-             panoptic_{split}.txt (full, e.g. minival2014, valminusminival2014, train2014_sub).
+    ``spml-lab prepare voc`` and ``prepare densepose`` write the same layout from the official
+    downloads (`voc`, `densepose`), images and labels without the split folder; their
+    ``dataset.json`` adds what the prepare decided (and DensePose's ``flip_classes``).
 
 SPML's evaluation lists repeat the label path in the superpixel column as a placeholder; a
 superpixel column equal to the label column is read as "no superpixels", so ground truth can
@@ -74,36 +54,22 @@ from torch.utils.data import Dataset
 
 from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS, SHORTENED_SCRIBBLES
 from spml_lab.data.labelio import read_id_png, read_image, read_label_png
-from spml_lab.data.voc_files import VOC_CLASSES
 
 __all__ = [
     "DATA_SAMPLES",
-    "DENSEPOSE_CLASSES",
-    "DENSEPOSE_FLIP",
     "SegmentationList",
-    "densepose",
     "embedded",
     "open_data",
     "from_folder",
     "read_metadata",
     "absolute_data",
     "data_fingerprint",
-    "voc2012",
 ]
 
 
 # the committed embedded samples live next to the package (repo root / data_samples); the
 # runs shipped beside them are the training layer's (`spml_lab.training.runs`)
 DATA_SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
-
-# DensePose's 14 body parts + background, in SPML's order (spml/data/datasets/densepose_dataset.py)
-DENSEPOSE_CLASSES = (
-    "background", "torso", "right_hand", "left_hand", "left_foot", "right_foot",
-    "right_thigh", "left_thigh", "right_leg", "left_leg", "left_arm", "right_arm",
-    "left_forearm", "right_forearm", "head",
-)  # fmt: skip
-# a mirrored person swaps left and right: class k becomes DENSEPOSE_FLIP[k]
-DENSEPOSE_FLIP = (0, 1, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 14)
 
 
 class _Sample(NamedTuple):
@@ -636,105 +602,5 @@ def from_folder(root, split="train", annotation="full", **kwargs):
         class_names=class_names,
         annotation=annotation,
         tags_only=annotation == "tags",
-        **kwargs,
-    )
-
-
-def _spml_list(list_dir, candidates, dataset):
-    for name in candidates:
-        if (list_dir / name).is_file():
-            return list_dir / name
-    raise FileNotFoundError(
-        f"SPML list file {candidates[0]} not found in {list_dir}; copy it from the SPML "
-        f"repository's datasets/{dataset}/ folder or pass list_dir="
-    )
-
-
-def voc2012(
-    root, split="train+", annotation="scribbles", *, list_dir=None, keep_fraction=1.0, **kwargs
-):
-    """Load PASCAL VOC 2012 in SPML's layout and list files (see the module notes).
-
-    Parameters
-    ----------
-    root : str or Path
-        The data root (VOCdevkit) holding ``VOC2012/`` and ``sbd/``.
-    split : str, optional
-        "train+" (VOC train + SBD, 10,582 images) or "val".
-    annotation : {"full", "points", "scribbles", "boxes", "tags"}, optional
-        Which SPML list: ground truth, points (dilate_6_0.0), scribbles (dilate_3), or for
-        boxes and tags the SEAM CAM pseudo labels SPML trains on (``tags`` are then derived
-        from the CAM labels, as SPML does). For pure image tags use ``"full"`` with
-        ``tags_only=True``.
-    list_dir : str or Path, optional
-        Folder holding SPML's ``datasets/voc12/*.txt``; default `root`.
-    keep_fraction : {1.0, 0.8, 0.5, 0.3}, optional
-        Scribble length (ScribbleSup's shortened scribbles).
-    **kwargs
-        Passed to `SegmentationList` (train, crop_size, ...).
-
-    Returns
-    -------
-    dataset : SegmentationList
-        21 classes.
-    """
-    root = Path(root)
-    list_dir = root if list_dir is None else Path(list_dir)
-    if annotation == "full":
-        names = [f"panoptic_{split}_hed.txt", f"panoptic_{split}.txt"]
-    elif annotation == "scribbles":
-        suffix = "" if keep_fraction == 1.0 else f"_{keep_fraction}"
-        names = [f"scribble_{split}_d3{suffix}_hed.txt"]
-    elif annotation == "points":
-        names = [f"scribble_{split}_d6_0.0_hed.txt"]
-    elif annotation == "tags":
-        names = [f"seam_{split}_a6_th0.2_hed.txt"]
-    elif annotation == "boxes":
-        names = [f"seambox_{split}_a6_th0.5_hed.txt"]
-    else:
-        raise ValueError(f"unknown annotation {annotation!r}; expected one of {ANNOTATIONS}")
-    list_file = _spml_list(list_dir, names, "voc12")
-    return SegmentationList(
-        root, list_file, len(VOC_CLASSES), class_names=VOC_CLASSES, annotation=annotation, **kwargs
-    )
-
-
-def densepose(root, split="train2014", annotation="points", *, list_dir=None, **kwargs):
-    """Load DensePose part segmentation on COCO in SPML's layout (see the module notes).
-
-    Parameters
-    ----------
-    root : str or Path
-        The data root holding ``images/``, ``segcls/`` and ``seginst/``.
-    split : str, optional
-        "train2014" for points; "minival2014", "valminusminival2014", "train2014_sub" for full.
-    annotation : {"points", "full"}, optional
-        Point annotations (with PMI superpixels) or dense part ground truth.
-    list_dir : str or Path, optional
-        Folder holding SPML's ``datasets/densepose/*.txt``; default `root`.
-    **kwargs
-        Passed to `SegmentationList`.
-
-    Returns
-    -------
-    dataset : SegmentationList
-        15 classes; flips swap left and right parts (``DENSEPOSE_FLIP``).
-    """
-    root = Path(root)
-    list_dir = root if list_dir is None else Path(list_dir)
-    if annotation == "points":
-        names = [f"panoptic_{split}_points_pmi0.1_256.txt"]
-    elif annotation == "full":
-        names = [f"panoptic_{split}.txt"]
-    else:
-        raise ValueError(f"DensePose has annotations 'points' and 'full', not {annotation!r}")
-    list_file = _spml_list(list_dir, names, "densepose")
-    kwargs.setdefault("flip_classes", DENSEPOSE_FLIP)
-    return SegmentationList(
-        root,
-        list_file,
-        len(DENSEPOSE_CLASSES),
-        class_names=DENSEPOSE_CLASSES,
-        annotation=annotation,
         **kwargs,
     )

@@ -49,20 +49,27 @@ holding anything else, or a prepare with other settings, is never written into.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import multiprocessing
-import os
 import shutil
 import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from spml_lab import checks
 from spml_lab.data import annotations, labelio, superpixels
+from spml_lab.data.prepare_folder import (
+    BAD_REPORT,
+    atomic_write,
+    bad_record,
+    claim,
+    default_workers,
+    finish,
+    finished_splits,
+    run_jobs,
+    write_lists,
+)
 from spml_lab.data.voc_files import (
     VOC_CLASSES,
     about_file,
@@ -84,9 +91,6 @@ SUPERPIXELS = {"method": "watershed", "options": {"n_segments": 64}}
 SCRIBBLE_RADIUS = 3  # SPML's scribble/dilate_3
 POINT_RADIUS = 6  # SPML's scribble/dilate_6_0.0
 PREPARE_VERSION = 1  # bump when the files written change, so old folders are not resumed
-BAD_REPORT = "bad_images.json"
-# what to do about a damaged file of this module's in a prepared folder
-_REDO = "restore the file, or delete the folder and prepare again"
 
 
 class Prepared(NamedTuple):
@@ -96,18 +100,6 @@ class Prepared(NamedTuple):
     splits: dict  # split -> number of images listed
     bad: list  # {"id", "file", "reason"} of each image left out (skip_bad)
     skipped: bool  # True: the folder was already prepared, nothing was done
-
-
-def default_workers():
-    """Worker processes of a prepare: the CPUs this process may use, at most 4.
-
-    Examples
-    --------
-    >>> 1 <= default_workers() <= 4
-    True
-    """
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return max(1, min(4, available or os.cpu_count() or 1))
 
 
 # --------------------------------------------------------------------------- folders
@@ -201,14 +193,6 @@ def _outputs(out, image_id, with_scribbles):
     return files
 
 
-def _atomic(target, write):
-    """Call ``write(temporary_path)``, then rename it to `target`: a file that exists is whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-    write(partial)
-    os.replace(partial, target)
-
-
 def _read_image(path):
     """(H, W, 3) uint8 RGB pixels of a JPEG, with the file named on any failure."""
     if not Path(path).is_file():
@@ -273,20 +257,15 @@ def _prepare_one(job):
         semantic, instance = _read_truth(job, image.shape[:2])
         labels = _weak_labels(job, semantic, instance)
     except (FileNotFoundError, ValueError) as error:
-        return {
-            "id": job.image_id,
-            "file": getattr(error, "path", None),
-            "error": type(error).__name__,
-            "reason": str(error),
-        }
+        return bad_record(job.image_id, error)
     sp = job.settings["superpixels"]
     segments = superpixels.segment(image, sp["method"], **sp["options"])
-    _atomic(files["semantic"], lambda p: labelio.write_label_png(p, semantic))
-    _atomic(files["superpixels"], lambda p: labelio.write_id_png(p, segments))
+    atomic_write(files["semantic"], lambda p: labelio.write_label_png(p, semantic))
+    atomic_write(files["superpixels"], lambda p: labelio.write_id_png(p, segments))
     for name, label in labels.items():
-        _atomic(files[name], lambda p, label=label: labelio.write_label_png(p, label))
+        atomic_write(files[name], lambda p, label=label: labelio.write_label_png(p, label))
     # the image last: its presence is not what marks an image done, all files together are
-    _atomic(files["images"], lambda p: shutil.copyfile(job.jpeg, p))
+    atomic_write(files["images"], lambda p: shutil.copyfile(job.jpeg, p))
     return None
 
 
@@ -323,101 +302,6 @@ def _jobs(voc_dir, sbd_dir, scribble_dir, out, splits, settings):
                 settings=settings,
             )
     return list(jobs.values())
-
-
-def _claim(out, settings):
-    """Check that `out` is empty, or a prepare with the same settings; write prepare.json.
-
-    Returns True when `out` holds a finished prepare (its dataset.json exists).
-    """
-    manifest = out / "prepare.json"
-    if manifest.is_file():
-        earlier = _read_json(manifest, dict, f"the settings of the prepare that wrote {out}")
-        changed = sorted(
-            k for k in set(earlier) | set(settings) if earlier.get(k) != settings.get(k)
-        )
-        if changed:
-            raise FileExistsError(
-                f"{out} holds a prepare with other settings ({', '.join(changed)} differ: "
-                f"{ {k: earlier.get(k) for k in changed} }); prepare into another folder or "
-                "delete this one"
-            )
-        return (out / "dataset.json").is_file()
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(
-            f"{out} is not empty and holds no earlier prepare (no prepare.json): choose an "
-            "empty or new folder"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic(manifest, lambda p: p.write_text(json.dumps(settings, indent=2, sort_keys=True)))
-    return False
-
-
-def _read_json(path, kind, what):
-    """Read a JSON file this module wrote; a damaged one is named, with what it held."""
-    try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); it records {what}: {_REDO}") from None
-    if not isinstance(value, kind):
-        article = "a JSON object" if kind is dict else "a JSON list"
-        raise ValueError(
-            f"{path}: not {article} (got {type(value).__name__}); it records {what}: {_REDO}"
-        )
-    return value
-
-
-def _run(jobs, workers, progress, skip_bad):
-    """Run `_prepare_one` over `jobs`; return the bad-image records (raise without skip_bad)."""
-    bad = []
-    bar = tqdm(total=len(jobs), desc="prepare voc", unit="img", disable=not progress)
-
-    def collect(record):
-        bar.update(1)
-        if record is None:
-            return
-        if not skip_bad:
-            raise (FileNotFoundError if record["error"] == "FileNotFoundError" else ValueError)(
-                f"{record['reason']} (image {record['id']}; --skip-bad leaves bad images out "
-                "and lists them in bad_images.json)"
-            )
-        bad.append(record)
-
-    try:
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                collect(_prepare_one(job))
-        else:
-            # spawn, not fork: the parent may hold torch's threads, which a fork would copy
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-                futures = [pool.submit(_prepare_one, job) for job in jobs]
-                try:
-                    for future in concurrent.futures.as_completed(futures):
-                        collect(future.result())
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-    finally:
-        bar.close()
-    return sorted(bad, key=lambda record: record["id"])
-
-
-def _write_lists(out, splits, annotations_written, bad_ids):
-    """``lists/{split}_{annotation}.txt``; return the number of images of each split."""
-    counts = {}
-    (out / "lists").mkdir(exist_ok=True)
-    for split, ids in splits.items():
-        kept = [i for i in ids if i not in bad_ids]
-        if not kept:
-            raise ValueError(f"split {split!r} has no image left after leaving out bad images")
-        counts[split] = len(kept)
-        for annotation in annotations_written:
-            folder = LABEL_FOLDERS[annotation]
-            lines = "".join(f"images/{i}.jpg {folder}/{i}.png superpixels/{i}.png\n" for i in kept)
-            _atomic(out / "lists" / f"{split}_{annotation}.txt", lambda p, t=lines: p.write_text(t))
-    return counts
 
 
 def prepare_voc(
@@ -519,23 +403,20 @@ def prepare_voc(
         "seed": int(seed),
     }  # what decides the files written; skip_bad does not, so a strict run can be continued
     splits = split_ids(voc_dir, sbd_dir)
-    if _claim(out, settings):
-        meta = _read_json(out / "dataset.json", dict, f"what the prepare of {out} wrote")
-        report = out / BAD_REPORT
-        bad = _read_json(report, list, "the images left out") if report.is_file() else []
-        if not isinstance(meta.get("splits"), dict):
-            raise ValueError(f"{out / 'dataset.json'}: has no splits object; {_REDO}")
-        return Prepared(out, meta["splits"], bad, True)
+    if claim(out, settings):
+        return Prepared(out, *finished_splits(out), True)
     jobs = _jobs(voc_dir, sbd_dir, scribble_dir, out, splits, settings)
     todo = [job for job in jobs if not _done(job)]
-    bad = _run(todo, workers, progress, skip_bad)
+    bad = run_jobs(
+        _prepare_one, todo, workers=workers, progress=progress, skip_bad=skip_bad,
+        desc="prepare voc",
+    )  # fmt: skip
     if skip_bad:
-        _atomic(out / BAD_REPORT, lambda p: p.write_text(json.dumps(bad, indent=2) + "\n"))
+        atomic_write(out / BAD_REPORT, lambda p: p.write_text(json.dumps(bad, indent=2) + "\n"))
     written = ["full", "points", "boxes", "tags"] + (["scribbles"] if scribble_dir else [])
-    counts = _write_lists(out, splits, written, {record["id"] for record in bad})
-    meta = _metadata(settings, counts, jobs, bad, skip_bad)
-    # dataset.json last: its presence means the prepare finished
-    _atomic(out / "dataset.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    folders = {annotation: LABEL_FOLDERS[annotation] for annotation in written}
+    counts = write_lists(out, splits, folders, {record["id"] for record in bad})
+    finish(out, _metadata(settings, counts, jobs, bad, skip_bad))
     return Prepared(out, counts, bad, False)
 
 

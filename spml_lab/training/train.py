@@ -69,6 +69,7 @@ from spml_lab.training.runs import CHECKPOINT, CONFIG, FINAL, METRICS
 __all__ = [
     "fit",
     "batch_losses",
+    "network_precision",
     "train_step",
     "poly_lr",
     "param_groups",
@@ -344,7 +345,26 @@ def _stop_if_not_finite(bad, first, step, run, last_saved):
     )
 
 
-def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixels=True):
+def network_precision(cfg, device):
+    """Return how the network runs on `device`, ``"bf16"`` or ``"fp32"`` (decided here only).
+
+    ``"bf16"``: the images and the network channels-last (NHWC convolutions, what bf16 tensor
+    cores run fastest), the network and the head under bf16 autocast; the k-means, prototypes
+    and relations stay float32 either way. ``"bf16"`` on CUDA when ``cfg.amp``, else
+    ``"fp32"``; the speed benchmark and its CPU tests ask `batch_losses` for either explicitly.
+
+    Examples
+    --------
+    >>> from spml_lab.training.config import TrainConfig
+    >>> network_precision(TrainConfig(), "cpu"), network_precision(TrainConfig(), "cuda:0")
+    ('fp32', 'bf16')
+    """
+    return "bf16" if cfg.amp and torch.device(device).type == "cuda" else "fp32"
+
+
+def batch_losses(
+    net, head, batch, cfg, memory=None, *, device="cpu", superpixels=True, precision=None
+):
     """Compute the losses of one batch as a training step does (no optimizer step).
 
     Parameters
@@ -360,6 +380,9 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
     device : str or torch.device, optional
     superpixels : bool, optional
         Whether the batch's superpixel maps are real (False: the list had none).
+    precision : {"bf16", "fp32"}, optional
+        How the network runs (`network_precision`; default: as `fit` runs it on `device`).
+        ``"bf16"`` also works on the CPU, where bf16 autocast exists too.
 
     Returns
     -------
@@ -370,12 +393,15 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
         enabled (the baselines), which need none.
     """
     device = torch.device(device)
+    precision = precision or network_precision(cfg, device)
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
     images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
-    if device.type == "cuda":
+    if precision == "bf16":
         images = images.contiguous(memory_format=torch.channels_last)
     labels = batch["label"].to(device, non_blocking=True)  # (B, H, W)
     tags = batch["tags"].to(device, non_blocking=True)  # (B, C)
-    amp = torch.autocast("cuda", torch.bfloat16) if cfg.amp and device.type == "cuda" else None
+    amp = torch.autocast(device.type, torch.bfloat16) if precision == "bf16" else None
     with amp or contextlib.nullcontext():
         emb = net(images)  # (B, D, h, w)
     # k-means means, prototypes and loss logits in float32: the network is the heavy part
@@ -413,7 +439,9 @@ def batch_losses(net, head, batch, cfg, memory=None, *, device="cpu", superpixel
     return losses, segments
 
 
-def train_step(batch, net, head, optimizer, memory, cfg, device, superpixels=True):
+def train_step(
+    batch, net, head, optimizer, memory, cfg, device, superpixels=True, *, precision=None
+):
     """Run one SGD step of `fit` (what the speed benchmark times).
 
     Parameters
@@ -429,6 +457,8 @@ def train_step(batch, net, head, optimizer, memory, cfg, device, superpixels=Tru
     device : torch.device
     superpixels : bool, optional
         Whether the batch carries superpixels.
+    precision : {"bf16", "fp32"}, optional
+        How the network runs (`batch_losses`; default `network_precision`).
 
     Returns
     -------
@@ -437,8 +467,9 @@ def train_step(batch, net, head, optimizer, memory, cfg, device, superpixels=Tru
         metrics.csv columns), detached: reading them is left to the caller.
     """
     losses, segments = batch_losses(
-        net, head, batch, cfg, memory, device=device, superpixels=superpixels
-    )
+        net, head, batch, cfg, memory, device=device, superpixels=superpixels,
+        precision=precision,
+    )  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     # the paper's stage-1 loss: relations + (cross-entropy + L_ann) x w_ann, whose L_ann x w_ann
     # is already in the total; the baselines weigh their cross-entropy 1 (`cfg.head_weight`)
@@ -590,7 +621,7 @@ class _TrainingLoop:
             net = distributed.convert_batchnorm(net, device)
             head = distributed.convert_batchnorm(head, device)
         self.net, self.head = net.to(device).train(), head.to(device).train()
-        if device.type == "cuda":  # NHWC convolutions: what bf16 tensor cores run fastest
+        if network_precision(cfg, device) == "bf16":  # NHWC, as batch_losses lays out images
             self.net = self.net.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
             param_groups(self.net, self.head, cfg), lr=cfg.lr, momentum=cfg.momentum,

@@ -21,80 +21,6 @@ def _random_sample(rng, height, width, num_classes):
     return image, label, superpixel
 
 
-@pytest.fixture
-def voc_root(tmp_path):
-    """A 3-image VOCdevkit in SPML's layout, with SPML's list file names and line format."""
-    rng = np.random.default_rng(0)
-    ids = ["2007_000032", "2007_000039", "2011_003275"]
-    for name in ids:
-        image, label, superpixel = _random_sample(rng, 20, 30, 21)
-        _write_image(tmp_path / "VOC2012" / "JPEGImages" / f"{name}.jpg", image)
-        labelio.write_label_png(tmp_path / "VOC2012" / "segcls" / f"{name}.png", label, False)
-        labelio.write_label_png(tmp_path / "sbd" / "dataset" / "clsimg" / f"{name}.png", label)
-        scribble = np.full_like(label, 255)
-        scribble[5:7, 3:20] = label[5:7, 3:20]
-        for folder in ("dilate_3", "dilate_3_0.3", "dilate_6_0.0"):
-            labelio.write_label_png(
-                tmp_path / "VOC2012" / "scribble" / folder / f"{name}.png", scribble
-            )
-        cam = np.where(rng.random(label.shape) < 0.5, label, 255).astype(np.uint8)
-        for folder in ("seam_a6_th0.2", "seambox_a6_th0.5"):
-            labelio.write_label_png(tmp_path / "VOC2012" / "cam" / folder / f"{name}.png", cam)
-        # HED-owt-ucm superpixels are 8-bit greyscale in SPML's files
-        labelio.write_label_png(
-            tmp_path / "VOC2012" / "hed" / f"{name}.png", (superpixel % 256).astype(np.uint8), False
-        )
-
-    def write(list_name, label_dir, hed=True, names=ids):
-        lines = [
-            f"VOC2012/JPEGImages/{n}.jpg {label_dir}/{n}.png "
-            + (f"VOC2012/hed/{n}.png" if hed else f"{label_dir}/{n}.png")
-            for n in names
-        ]
-        (tmp_path / list_name).write_text("\n".join(lines) + "\n")
-
-    write("scribble_train+_d3_hed.txt", "VOC2012/scribble/dilate_3")
-    write("scribble_train+_d3_0.3_hed.txt", "VOC2012/scribble/dilate_3_0.3")
-    write("scribble_train+_d6_0.0_hed.txt", "VOC2012/scribble/dilate_6_0.0")
-    write("seam_train+_a6_th0.2_hed.txt", "VOC2012/cam/seam_a6_th0.2")
-    write("seambox_train+_a6_th0.5_hed.txt", "VOC2012/cam/seambox_a6_th0.5")
-    write("panoptic_train+_hed.txt", "sbd/dataset/clsimg")
-    write("panoptic_val.txt", "VOC2012/segcls", hed=False, names=ids[:2])  # SPML's val format
-    return tmp_path
-
-
-@pytest.fixture
-def densepose_root(tmp_path):
-    """A 2-image DensePose-on-COCO tree in SPML's layout."""
-    rng = np.random.default_rng(1)
-    names = ["COCO_train2014_000000000009", "COCO_train2014_000000000025"]
-    for name in names:
-        image, label, superpixel = _random_sample(rng, 16, 24, 15)
-        _write_image(tmp_path / "images" / "train2014" / f"{name}.jpg", image)
-        points = np.full_like(label, 255)
-        points[8, 2:6] = 2  # right hand, on the left half
-        labelio.write_label_png(
-            tmp_path / "segcls" / "densepose_points" / "gray" / f"{name}.png", points
-        )
-        labelio.write_label_png(tmp_path / "segcls" / "densepose" / "gray" / f"{name}.png", label)
-        labelio.write_id_png(tmp_path / "seginst" / "pmi_0.1_256" / f"{name}.png", superpixel)
-    (tmp_path / "panoptic_train2014_points_pmi0.1_256.txt").write_text(
-        "".join(
-            f"images/train2014/{n}.jpg segcls/densepose_points/gray/{n}.png "
-            f"seginst/pmi_0.1_256/{n}.png\n"
-            for n in names
-        )
-    )
-    (tmp_path / "panoptic_minival2014.txt").write_text(
-        "".join(
-            f"images/train2014/{n}.jpg segcls/densepose/gray/{n}.png "
-            f"segcls/densepose/gray/{n}.png\n"
-            for n in names
-        )
-    )
-    return tmp_path
-
-
 def _make_data_folder(root, num=3, size=24):
     """What `spml-lab make-data` writes, by hand: dataset.json, folders, lists."""
     rng = np.random.default_rng(2)
@@ -145,85 +71,45 @@ def _png_list(root, image, label, superpixel=None, name="x"):
 # ------------------------------------------------------------------ layouts
 
 
-def test_voc2012_scribbles(voc_root):
-    data = datasets.voc2012(voc_root, "train+", "scribbles")
-    assert len(data) == 3 and data.num_classes == 21 and data.class_names[15] == "person"
+def test_an_item_holds_the_listed_files_and_the_tags_of_its_label(tmp_path):
+    image, label, superpixel = _random_sample(np.random.default_rng(0), 20, 30, 21)
+    superpixel = superpixel * 3  # ids above 255 (16-bit files) survive
+    data = datasets.SegmentationList(tmp_path, _png_list(tmp_path, image, label, superpixel), 21)
     item = data[0]
-    assert item["name"] == "2007_000032" and item["index"] == 0
-    assert item["image"].shape == (3, 20, 30) and item["image"].dtype == torch.float32
-    assert 0 <= item["image"].min() and item["image"].max() <= 1
-    assert item["label"].dtype == torch.int64 and item["label"].shape == (20, 30)
-    assert set(item["label"].unique().tolist()) - set(range(21)) == {255}
-    assert item["superpixel"].dtype == torch.int64 and (item["superpixel"] >= 0).all()
-    expected_tags = torch.zeros(21, dtype=torch.bool)
-    expected_tags[item["label"][item["label"] != 255].unique()] = True
-    assert torch.equal(item["tags"], expected_tags)
+    assert item["name"] == "x_img" and item["index"] == 0
+    assert item["image"].dtype == torch.float32 and item["image"].shape == (3, 20, 30)
+    np.testing.assert_allclose(item["image"].numpy(), image.transpose(2, 0, 1) / 255, atol=1e-6)
+    assert item["label"].dtype == torch.int64
+    np.testing.assert_array_equal(item["label"].numpy(), label)
+    assert item["superpixel"].dtype == torch.int64 and item["superpixel"].max() > 255
+    np.testing.assert_array_equal(item["superpixel"].numpy(), superpixel)
+    assert item["tags"].tolist() == [c in np.unique(label) for c in range(21)]
 
 
-@pytest.mark.parametrize(
-    ("annotation", "options", "folder"),
-    [
-        ("scribbles", {"keep_fraction": 0.3}, "scribble/dilate_3_0.3"),
-        ("points", {}, "scribble/dilate_6_0.0"),
-        ("tags", {}, "cam/seam_a6_th0.2"),
-        ("boxes", {}, "cam/seambox_a6_th0.5"),
-    ],
-)
-def test_voc2012_annotation_lists(voc_root, annotation, options, folder):
-    data = datasets.voc2012(voc_root, "train+", annotation, **options)
-    assert data.annotation == annotation
-    expected = labelio.read_label_png(voc_root / "VOC2012" / folder / "2007_000039.png")
-    np.testing.assert_array_equal(data[1]["label"].numpy(), expected)
+def test_a_superpixel_column_repeating_the_label_means_no_superpixels(tmp_path):
+    # SPML's evaluation lists put the label path in the superpixel column as a placeholder
+    image, label, _ = _random_sample(np.random.default_rng(0), 8, 8, 3)
+    list_file = _png_list(tmp_path, image, label)
+    list_file.write_text("x_img.png x_lab.png x_lab.png\n")
+    data = datasets.SegmentationList(tmp_path, list_file, 3)
+    assert not data.has_superpixels and (data[0]["superpixel"] == -1).all()
 
 
-def test_voc2012_full_train_and_val(voc_root):
-    train = datasets.voc2012(voc_root, "train+", "full")
-    assert train.list_file.name == "panoptic_train+_hed.txt" and train.has_superpixels
-    val = datasets.voc2012(voc_root, "val", "full")
-    assert val.list_file.name == "panoptic_val.txt" and len(val) == 2
-    # SPML's val list repeats the label path as superpixel placeholder: read as "none"
-    assert not val.has_superpixels and (val[0]["superpixel"] == -1).all()
-    labels = labelio.read_label_png(voc_root / "VOC2012" / "segcls" / "2007_000032.png")
-    np.testing.assert_array_equal(val[0]["label"].numpy(), labels)
-
-
-def test_voc2012_list_dir_and_missing_list(voc_root, tmp_path_factory):
-    elsewhere = tmp_path_factory.mktemp("lists")
-    (elsewhere / "scribble_train+_d3_hed.txt").write_text(
-        (voc_root / "scribble_train+_d3_hed.txt").read_text()
-    )
-    assert len(datasets.voc2012(voc_root, annotation="scribbles", list_dir=elsewhere)) == 3
-    with pytest.raises(FileNotFoundError, match=r"scribble_train\+_d3_0\.5_hed\.txt not found"):
-        datasets.voc2012(voc_root, annotation="scribbles", keep_fraction=0.5)
-    with pytest.raises(ValueError, match="unknown annotation 'polygons'"):
-        datasets.voc2012(voc_root, annotation="polygons")
-
-
-def test_densepose_points_and_full(densepose_root):
-    data = datasets.densepose(densepose_root, "train2014", "points")
-    assert len(data) == 2 and data.num_classes == 15 and data.class_names[2] == "right_hand"
-    item = data[1]
-    assert item["name"] == "COCO_train2014_000000000025"
-    assert item["image"].shape == (3, 16, 24)
-    assert set(item["label"].unique().tolist()) == {2, 255}
-    assert item["superpixel"].max() > 255  # 16-bit PMI ids survive
-    full = datasets.densepose(densepose_root, "minival2014", "full")
-    assert not full.has_superpixels and full[0]["label"].max() < 15
-    with pytest.raises(ValueError, match="'points' and 'full'"):
-        datasets.densepose(densepose_root, annotation="scribbles")
-
-
-def test_densepose_flip_swaps_left_and_right(densepose_root):
-    data = datasets.densepose(densepose_root, "train2014", "points", train=True, flip=True)
-    plain = datasets.densepose(densepose_root, "train2014", "points")[0]
+def test_flip_classes_swap_left_and_right_in_a_mirrored_item(tmp_path):
+    label = np.full((6, 8), 255, dtype=np.uint8)
+    label[2, 1:3] = 1  # a "right" part on the left half
+    image = np.random.default_rng(1).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    list_file = _png_list(tmp_path, image, label)
+    data = datasets.SegmentationList(tmp_path, list_file, 3, train=True, flip_classes=[0, 2, 1])
+    plain = datasets.SegmentationList(tmp_path, list_file, 3)[0]
     seen = set()
     for epoch in range(12):
         data.set_epoch(epoch)
         item = data[0]
         flipped = torch.equal(item["image"], plain["image"].flip(-1))
-        if flipped:  # right hand (2) on the left becomes left hand (3) on the right
-            assert torch.equal(item["label"] == 3, (plain["label"] == 2).flip(-1))
-            assert not (item["label"] == 2).any()
+        if flipped:  # right (1) on the left becomes left (2) on the right
+            assert torch.equal(item["label"] == 2, (plain["label"] == 1).flip(-1))
+            assert not (item["label"] == 1).any()
         else:
             assert torch.equal(item["label"], plain["label"])
         seen.add(flipped)
