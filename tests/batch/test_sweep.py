@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spml_lab import cli
-from spml_lab.batch import runner, sweep
+from spml_lab.batch import runner, sweep, sweep_run
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
@@ -75,14 +75,14 @@ def test_run_names_are_readable_safe_and_distinct():
 
 
 def test_collect_metrics_prefers_summary_json_then_last_csv_row(tmp_path):
-    assert sweep.collect_metrics(tmp_path) == {}
+    assert sweep_run.collect_metrics(tmp_path) == {}
     (tmp_path / "metrics.csv").write_text("step,lr,total\n10,0.1,2.5\n20,0.05,1.25\n")
-    assert sweep.collect_metrics(tmp_path) == {"step": 20, "lr": 0.05, "total": 1.25}
+    assert sweep_run.collect_metrics(tmp_path) == {"step": 20, "lr": 0.05, "total": 1.25}
     runner.write_summary(tmp_path, miou=0.5)
-    assert sweep.collect_metrics(tmp_path) == {"miou": 0.5}
+    assert sweep_run.collect_metrics(tmp_path) == {"miou": 0.5}
     (tmp_path / "summary.json").write_text('{"per_class": [0.1, 0.2]}')
     with pytest.raises(ValueError, match="summary.json: must be a flat object"):
-        sweep.collect_metrics(tmp_path)
+        sweep_run.collect_metrics(tmp_path)
 
 
 def test_write_summary_converts_scalars_and_refuses_arrays(tmp_path):
