@@ -368,7 +368,8 @@ def _run_sweep(notebook, grid, out_dir, force, kernel_name, echo, jobs, devices,
         return runs
     if executor != "inline":
         where = f" on {', '.join(devices)}" if devices else ""
-        echo(f"{len(tasks)} runs, {jobs} at a time{where}, {executor} executor")
+        count = f"{len(tasks)} run{'s' if len(tasks) > 1 else ''}"
+        echo(f"{count}, {jobs} at a time{where}, {executor} executor")
     # threads of this process record runs as they start and end: one writes the table at a time
     table = filelock.FileLock(out_dir / f".{TABLE}.lock")
 
