@@ -189,6 +189,8 @@ def _add_sweep(commands):
         "that another sweep owns (that sweep's runs of the same names are replaced)",
     )
     sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
+    from spml_lab.batch import parallel as executors  # stdlib imports only: cheap here
+
     parallel = sweep.add_argument_group("parallel runs")
     parallel.add_argument(
         "--jobs",
@@ -209,16 +211,22 @@ def _add_sweep(commands):
     )
     parallel.add_argument(
         "--executor",
-        choices=["inline", "local", "slurm"],
+        choices=executors.EXECUTORS,
         default=None,
         help="inline: this process, one run at a time; local: a process per run (submitit's "
         "local executor); slurm: a Slurm job per run, at most --jobs at a time, logs in "
         "OUT/submitit (default: inline for one job, else local)",
     )
     slurm = sweep.add_argument_group("Slurm (with --executor slurm)")
-    slurm.add_argument("--slurm-partition", default=None, help="partition of every job")
     slurm.add_argument(
-        "--slurm-time", type=int, default=None, metavar="MINUTES", help="time limit of a run"
+        "--slurm-partition", default=None, metavar="NAME", help="partition of every job"
+    )
+    slurm.add_argument(
+        "--slurm-time",
+        type=int,
+        default=None,
+        metavar="MINUTES",
+        help="time limit of each run (required with --executor slurm)",
     )
     slurm.add_argument("--slurm-gpus-per-node", type=int, default=None, metavar="N")
     slurm.add_argument(
@@ -227,7 +235,7 @@ def _add_sweep(commands):
         default=[],
         metavar="KEY=VALUE",
         help="any other submitit SlurmExecutor parameter, e.g. cpus_per_task=8, account=lab, "
-        "mem_gb=32 (repeat for more)",
+        "mem=32G (repeat for more)",
     )
     sweep.set_defaults(run=_sweep)
 

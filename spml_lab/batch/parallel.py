@@ -48,6 +48,7 @@ __all__ = [
     "pinned",
     "make_executor",
     "dispatch",
+    "describe_failure",
 ]
 
 EXECUTORS = ("inline", "local", "slurm")
