@@ -166,7 +166,10 @@ def _add_sweep(commands):
         "status, time and final metrics (the run's summary.json, else the last row of its "
         "metrics.csv). Runs finished by an earlier sweep into OUT are skipped. OUT belongs to "
         "the notebook that swept it (OUT/sweep.json): another notebook, or a grid that "
-        "leaves out its runs, is refused unless --force. Exit status 1 if a run failed.",
+        "leaves out its runs, is refused unless --force. Exit status 1 if a run failed. "
+        "With --jobs N, N runs go side by side, each pinned to one of --devices (round-robin) "
+        "and to 1/N of the CPU threads; --executor slurm submits each run as a Slurm job "
+        "through submitit.",
     )
     sweep.add_argument("notebook", help="notebook to run (give it before the -p options)")
     sweep.add_argument(
@@ -188,6 +191,54 @@ def _add_sweep(commands):
         "that another sweep owns (that sweep's runs of the same names are replaced)",
     )
     sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
+    from spml_lab.batch import parallel as executors  # stdlib imports only: cheap here
+
+    parallel = sweep.add_argument_group("parallel runs")
+    parallel.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="runs at a time; each gets 1/N of the CPU threads (OMP_NUM_THREADS when set, else "
+        "the cores) (default: one per --devices, else 1)",
+    )
+    parallel.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        metavar="DEVICE",
+        help="cpu or cuda:N, each once; the --jobs slots take them round-robin and a run sees "
+        "only its GPU (CUDA_VISIBLE_DEVICES; a DEVICE notebook parameter is set to cuda:0 or "
+        "cpu); --jobs must be a multiple of their number",
+    )
+    parallel.add_argument(
+        "--executor",
+        choices=executors.EXECUTORS,
+        default=None,
+        help="inline: this process, one run at a time; local: a process per run (submitit's "
+        "local executor); slurm: a Slurm job per run, at most --jobs at a time, logs in "
+        "OUT/submitit (default: inline for one job, else local)",
+    )
+    slurm = sweep.add_argument_group("Slurm (with --executor slurm)")
+    slurm.add_argument(
+        "--slurm-partition", default=None, metavar="NAME", help="partition of every job"
+    )
+    slurm.add_argument(
+        "--slurm-time",
+        type=int,
+        default=None,
+        metavar="MINUTES",
+        help="time limit of each run (required with --executor slurm)",
+    )
+    slurm.add_argument("--slurm-gpus-per-node", type=int, default=None, metavar="N")
+    slurm.add_argument(
+        "--slurm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other submitit SlurmExecutor parameter, e.g. cpus_per_task=8, account=lab, "
+        "mem=32G (repeat for more)",
+    )
     sweep.set_defaults(run=_sweep)
 
 
@@ -569,14 +620,16 @@ def _sweep(args):
     import functools
     from pathlib import Path
 
-    from spml_lab.batch import sweep
+    from spml_lab.batch import parallel, sweep
 
     grid = []
     for name, *values in args.parameter:
         if not values:
             raise ValueError(f"-p {name}: give at least one value (-p NAME V1 V2 ...)")
         grid.append((name, [_literal(value) for value in values]))
+    slurm = _slurm_options(args)
     if args.dry_run:
+        parallel.check_options(args.jobs, args.devices, args.executor, slurm)
         runs = sweep.plan(args.notebook, grid, args.out, force=args.force)
         for run in runs:
             print(f"{run.name}: {'skipped (done)' if run.done else 'would run'}")
@@ -589,6 +642,10 @@ def _sweep(args):
         force=args.force,
         kernel_name=args.kernel,
         echo=functools.partial(print, flush=True),  # progress shows at once, even when piped
+        jobs=args.jobs,
+        devices=args.devices,
+        executor=args.executor,
+        slurm=slurm,
     )
     print()
     print(sweep.format_table(runs))
@@ -600,6 +657,27 @@ def _sweep(args):
         print(f"spml-lab sweep: {len(failed)} of {len(runs)} runs failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _slurm_options(args):
+    """Collect the --slurm-* flags as submitit SlurmExecutor parameters."""
+    options = {
+        name: value
+        for name, value in (
+            ("partition", args.slurm_partition),
+            ("time", args.slurm_time),
+            ("gpus_per_node", args.slurm_gpus_per_node),
+        )
+        if value is not None
+    }
+    for item in args.slurm_option:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ValueError(f"--slurm-option {item!r}: give KEY=VALUE, e.g. cpus_per_task=8")
+        if key in options:
+            raise ValueError(f"--slurm-option {key}: given twice (or also as --slurm-{key})")
+        options[key] = _literal(value)
+    return options
 
 
 def _evaluate(args):

@@ -7,11 +7,12 @@ on a copy of it and checks that a refused sweep leaves each file as it was.
 import json
 import shutil
 
+import filelock
 import nbformat
 import pytest
 
 from spml_lab import cli
-from spml_lab.batch import runner, sweep
+from spml_lab.batch import runner, sweep, sweep_run
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
@@ -107,6 +108,53 @@ def test_a_corrupt_sweep_json_is_named(swept, sweep_copy):
     (sweep_copy / "sweep.json").write_text("{not json")
     with pytest.raises(ValueError, match="sweep.json: not valid JSON"):
         sweep.plan(swept / "first.ipynb", {"A": [1]}, sweep_copy)
+
+
+def test_a_run_that_ended_after_its_sweep_was_killed_is_kept(swept, sweep_copy):
+    # a killed sweep leaves its row "running" while the run's own process (a submitit job)
+    # goes on and records the result in the run's marker
+    table = (sweep_copy / "summary.csv").read_text()
+    (sweep_copy / "summary.csv").write_text(table.replace(",ok,", ",running,"))
+    first = swept / "first.ipynb"
+    [run] = sweep.plan(first, {"A": [1]}, sweep_copy)
+    assert (run.done, run.status, run.metrics) == (True, "ok", {"score": 1})
+    assert (
+        run.seconds
+        == json.loads((sweep_copy / "A=1/sweep_run.json").read_text())["result"]["seconds"]
+    )
+    # without a recorded result (killed with the sweep) it runs again
+    marker = json.loads((sweep_copy / "A=1/sweep_run.json").read_text())
+    (sweep_copy / "A=1/sweep_run.json").write_text(json.dumps({**marker, "result": None}))
+    assert [run.done for run in sweep.plan(first, {"A": [1]}, sweep_copy)] == [False]
+
+
+def test_a_run_still_running_elsewhere_is_refused_even_with_force(swept, sweep_copy, capsys):
+    lock = filelock.FileLock(sweep_run.lock_path(sweep_copy, "A=1"))
+    lock.acquire()  # as the process of a job that outlived its sweep holds it
+    try:
+        before = _files(sweep_copy)
+        first = str(swept / "first.ipynb")
+        args = ["sweep", first, "-p", "A", "1", "--out", str(sweep_copy), "--force"]
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert "A=1 is still being run by process" in err and "wait for it to end" in err
+        assert _files(sweep_copy) == before
+        task = sweep_run.Task(
+            name="A=1",
+            notebook=swept / "first.ipynb",
+            folder=sweep_copy / "A=1",
+            parameters={"A": 1},
+            kernel_name=None,
+            lock=sweep_run.lock_path(sweep_copy, "A=1"),
+            sets_out_dir=True,
+            sets_device=False,
+        )
+        with pytest.raises(FileExistsError, match="is already being run by process"):
+            sweep_run.execute_run(task)  # nor can a job that starts anyway touch it
+        assert _files(sweep_copy) == before
+    finally:
+        lock.release()
+    assert [run.done for run in sweep.plan(swept / "first.ipynb", {"A": [1]}, sweep_copy)] == [True]
 
 
 # ---------------------------------------------------------------------- run-notebook

@@ -9,14 +9,24 @@ the order given), each with papermill (`runner.run_notebook`) in its own run fol
       A=1,B=x/                   a run folder, named after its values
         NOTEBOOK.ipynb           the executed copy
         figures/*.png            its figures
-        sweep_run.json           notebook and values of the run (marks the folder as the sweep's)
+        sweep_run.json           notebook, values and device of the run (marks the folder as the
+                                 sweep's), and its result once it ends
         summary.json             written by the notebook (`runner.write_summary`), or
         metrics.csv              written by the trainer when the notebook trains into OUT_DIR
+      .locks/A=1,B=x.lock        held by the process running that run
+      submitit/                  submitit's pickles and each job's log (--executor local, slurm)
 
 If the notebook has an ``OUT_DIR`` parameter, each run gets its folder there, so whatever it
-writes lands beside its executed copy. A run that fails is recorded and the others go on;
-``summary.csv`` is rewritten after every run, so a killed sweep keeps what finished, and a
-second call with the same arguments skips the runs already done.
+writes lands beside its executed copy; a ``DEVICE`` parameter gets the run's device when the
+sweep is given ``devices``. A run that fails is recorded and the others go on; ``summary.csv``
+is rewritten as each run starts and ends, so a killed sweep keeps what finished, and a second
+call with the same arguments skips the runs already done, also those that finished after the
+sweep was killed (their ``sweep_run.json`` says so). A run still held by a process of an
+earlier sweep (a submitit job outlives the sweep that started it) is refused, not rerun.
+
+``jobs`` runs go side by side, each pinned to a device or a share of the CPU threads, in
+processes of submitit's local executor or as Slurm jobs (`parallel`); each run's process does
+what `sweep_run.execute_run` says. This module plans the runs and keeps the table.
 
 A sweep folder belongs to one notebook. A sweep of another notebook, or a grid that leaves out
 runs of the earlier one (``summary.csv`` would lose them), is refused unless ``force``: the
@@ -31,12 +41,13 @@ import itertools
 import json
 import os
 import re
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spml_lab.batch import runner
+import filelock
+
+from spml_lab.batch import parallel, runner, sweep_run
+from spml_lab.batch.sweep_run import DEVICE, FIXED, MARKER, Task, execute_run
 from spml_lab.training import run_folders
 
 __all__ = [
@@ -44,14 +55,12 @@ __all__ = [
     "expand_grid",
     "run_name",
     "plan",
-    "collect_metrics",
     "run_sweep",
     "format_table",
 ]
 
-TABLE, MARKER, METRICS = "summary.csv", "sweep_run.json", "metrics.csv"
+TABLE = "summary.csv"
 OWNER = "sweep.json"  # {"notebook": absolute path, "grid": {name: values}, "runs": [names]}
-FIXED = ("run", "status", "seconds", "error")  # columns every row has besides its parameters
 MAX_NAME = 120  # characters; keeps DIR/<run>/<notebook> well under path-length limits
 
 
@@ -183,7 +192,8 @@ def plan(notebook, grid, out_dir, *, force=False):
     Returns
     -------
     runs : list of Trial
-        In grid order; ``done`` runs keep the status and metrics of their earlier row.
+        In grid order; ``done`` runs keep the status and metrics of their earlier row, or of
+        their ``sweep_run.json`` when they finished after the table was last written.
 
     Raises
     ------
@@ -192,7 +202,8 @@ def plan(notebook, grid, out_dir, *, force=False):
     FileExistsError
         Unless `force`: if `out_dir` holds a sweep of another notebook, or one whose runs
         this grid leaves out, or a run folder of another notebook; the message names the
-        folder, its owner and this sweep.
+        folder, its owner and this sweep. Even with `force`: if a run to do is still being
+        run by another process.
     ValueError
         If a parameter is not in the notebook's ``parameters`` cell, ``OUT_DIR`` is swept,
         the grid is malformed, a run folder was not made by a sweep, or ``sweep.json`` is
@@ -221,79 +232,62 @@ def plan(notebook, grid, out_dir, *, force=False):
     for values in combinations:
         run = Trial(run_name(values), values, out_dir / run_name(values))
         row = previous.get(run.name)
-        if row and row["status"] == "ok" and _finished(run.folder / notebook.name):
+        finished = sweep_run.finished(run.folder / notebook.name)
+        recorded = None if force else sweep_run.recorded(run.folder, notebook)
+        if row and row["status"] == "ok" and finished:
             run.done, run.status, run.error = True, "ok", ""
             run.seconds = float(row["seconds"]) if row.get("seconds") else None
             skip = {*FIXED, *values}
             run.metrics = {
-                k: _number(v) for k, v in row.items() if k not in skip and v not in ("", None)
+                k: sweep_run.parse_number(v)
+                for k, v in row.items()
+                if k not in skip and v not in ("", None)
             }
+        elif recorded and recorded.get("status") == "ok" and finished:
+            # it ended after its sweep stopped writing the table (a job outlives its sweep)
+            run.done, run.status, run.error = True, "ok", ""
+            run.seconds, run.metrics = recorded.get("seconds"), dict(recorded.get("metrics", {}))
         elif _foreign(run.folder):  # refuse before anything runs, not half-way through
             raise ValueError(
                 f"{run.folder} exists and was not made by a sweep (no {MARKER}); "
                 "remove it or choose another output folder"
             )
-        elif not force and (maker := _maker(run.folder)) and not _same_notebook(maker, notebook):
+        elif (
+            not force
+            and (maker := sweep_run.maker(run.folder))
+            and not sweep_run.same_notebook(maker, notebook)
+        ):
             raise FileExistsError(  # e.g. left by a sweep that --force took the folder from
                 f"{run.folder} holds a run of {maker} ({MARKER}), not of {notebook}; sweep "
                 "into another --out folder, or pass --force (force=True) to replace it"
+            )
+        if not run.done and (holder := sweep_run.holder(out_dir, run.name)):
+            raise FileExistsError(  # rerunning it would delete the folder under that process
+                f"{run.folder} is still being run by {holder}, perhaps a job of an earlier "
+                "sweep that was stopped; wait for it to end, or stop it, then sweep again"
             )
         runs.append(run)
     return runs
 
 
-def collect_metrics(run_dir):
-    """Read a run's final numbers: its ``summary.json``, else its last ``metrics.csv`` row.
-
-    Parameters
-    ----------
-    run_dir : str or Path
-        A run folder.
-
-    Returns
-    -------
-    metrics : dict
-        Name -> value (numbers parsed from the CSV); empty when the run wrote neither file.
-
-    Raises
-    ------
-    ValueError
-        If ``summary.json`` is not a flat JSON object.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> _ = runner.write_summary(folder, miou=0.25)
-    >>> collect_metrics(folder)
-    {'miou': 0.25}
-    """
-    run_dir = Path(run_dir)
-    summary = run_dir / runner.SUMMARY
-    if summary.is_file():
-        try:
-            values = json.loads(summary.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{summary}: not valid JSON ({error})") from None
-        flat = isinstance(values, dict) and not any(
-            isinstance(v, (dict, list)) for v in values.values()
-        )
-        if not flat:
-            raise ValueError(f"{summary}: must be a flat object of numbers and strings")
-        return values
-    if (run_dir / METRICS).is_file():
-        with open(run_dir / METRICS, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        return {k: _number(v) for k, v in rows[-1].items()} if rows else {}
-    return {}
-
-
-def run_sweep(notebook, grid, out_dir, *, force=False, kernel_name=None, echo=print):
+def run_sweep(
+    notebook,
+    grid,
+    out_dir,
+    *,
+    force=False,
+    kernel_name=None,
+    echo=print,
+    jobs=None,
+    devices=None,
+    executor=None,
+    slurm=None,
+):
     """Run `notebook` once per combination of `grid` and tabulate the results.
 
     Runs already finished by an earlier sweep into `out_dir` are skipped (unless `force`);
-    any other run starts from an empty folder. ``summary.csv`` is rewritten before and after
-    every run. A failing run is recorded and the sweep goes on.
+    any other run starts from an empty folder. ``summary.csv`` is rewritten as each run
+    starts and ends. A failing run is recorded and the sweep goes on.
 
     Parameters
     ----------
@@ -310,7 +304,20 @@ def run_sweep(notebook, grid, out_dir, *, force=False, kernel_name=None, echo=pr
     kernel_name : str, optional
         Jupyter kernel; default: the notebook's.
     echo : callable, optional
-        Receives one progress line per run.
+        Receives one progress line per run, as it ends.
+    jobs : int, optional
+        Runs at a time; default: one per device, else 1.
+    devices : list of str, optional
+        ``"cpu"`` or ``"cuda:N"``, each once; the ``jobs`` slots take them round-robin, and a
+        run sees only its slot's GPU (``CUDA_VISIBLE_DEVICES``; a ``DEVICE`` parameter of the
+        notebook is set to ``"cuda:0"`` or ``"cpu"``). Each run also gets ``1 / jobs`` of the
+        CPU threads (`parallel.thread_budget`).
+    executor : {"inline", "local", "slurm"}, optional
+        Where runs execute (see `parallel`); default ``"inline"`` for one job, else
+        ``"local"`` (submitit's local executor).
+    slurm : dict, optional
+        `submitit.SlurmExecutor` parameters for ``executor="slurm"``: ``time`` (minutes,
+        required), ``partition``, ``gpus_per_node``, ``cpus_per_task``, ``account``...
 
     Returns
     -------
@@ -320,57 +327,84 @@ def run_sweep(notebook, grid, out_dir, *, force=False, kernel_name=None, echo=pr
     Raises
     ------
     ValueError, FileNotFoundError, FileExistsError
-        As `plan`, before anything is written: a folder another sweep owns is refused
-        unless `force`, and `out_dir/sweep.json` names this notebook and grid before the
-        first run.
+        As `plan` and `parallel.check_options`, before anything is written: a folder another
+        sweep owns is refused unless `force`, and `out_dir/sweep.json` names this notebook
+        and grid before the first run.
+    KeyboardInterrupt
+        After marking the runs in flight ``interrupted`` and cancelling their jobs.
     """
+    options = parallel.check_options(jobs, devices, executor, slurm)
     notebook, out_dir = Path(notebook), Path(out_dir)
-    plan(notebook, grid, out_dir, force=force)  # its refusals come before anything is written
+    runs = plan(notebook, grid, out_dir, force=force)  # its refusals come before any write
+    if options[1] and DEVICE in runs[0].parameters:
+        raise ValueError(f"{DEVICE} cannot be swept with --devices: the sweep sets it per run")
     with run_folders.one_writer(out_dir):  # a second sweep into the folder is refused
-        return _run_sweep(notebook, grid, out_dir, force, kernel_name, echo)
+        return _run_sweep(notebook, grid, out_dir, force, kernel_name, echo, *options)
 
 
-def _run_sweep(notebook, grid, out_dir, force, kernel_name, echo):
+def _run_sweep(notebook, grid, out_dir, force, kernel_name, echo, jobs, devices, executor, slurm):
     runs = plan(notebook, grid, out_dir, force=force)  # again, now as the folder's one writer
-    declares_out_dir = "OUT_DIR" in runner.parameter_names(notebook)
     _write_owner(out_dir, notebook, grid, [run.name for run in runs])  # before the first run
-    for index, run in enumerate(runs, 1):
-        label = f"[{index}/{len(runs)}] {run.name}"
+    known = runner.parameter_names(notebook)
+    labels = {run.name: f"[{i}/{len(runs)}] {run.name}" for i, run in enumerate(runs, 1)}
+    for run in runs:
         if run.done:
-            echo(f"{label}: skipped (done)")
-            continue
-        shutil.rmtree(run.folder, ignore_errors=True)  # a rerun never sees stale results
-        run.folder.mkdir(parents=True)
-        marker = {"notebook": str(notebook.resolve()), "parameters": run.parameters}
-        (run.folder / MARKER).write_text(json.dumps(marker, default=repr))
-        run.status = "running"  # what a killed sweep leaves in the table
-        _write_table(runs, out_dir / TABLE)
-        values = dict(run.parameters)
-        if declares_out_dir:  # absolute: papermill runs the kernel in the notebook's folder
-            values["OUT_DIR"] = str(run.folder.resolve())
-        start = time.perf_counter()
-        try:
-            runner.run_notebook(
-                notebook, run.folder, values, kernel_name=kernel_name, progress=False
-            )
-            run.status = "ok"
-        except KeyboardInterrupt:
-            run.status, run.error = "interrupted", "KeyboardInterrupt"
+            echo(f"{labels[run.name]}: skipped (done)")
+    todo = {run.name: run for run in runs if not run.done}
+    tasks = [
+        Task(
+            name=run.name,
+            notebook=notebook.resolve(),
+            folder=run.folder.resolve(),
+            parameters=run.parameters,
+            kernel_name=kernel_name,
+            lock=sweep_run.lock_path(out_dir, run.name).resolve(),
+            sets_out_dir="OUT_DIR" in known,
+            sets_device=DEVICE in known,
+        )
+        for run in todo.values()
+    ]
+    if not tasks:
+        return runs
+    if executor != "inline":
+        where = f" on {', '.join(devices)}" if devices else ""
+        count = f"{len(tasks)} run{'s' if len(tasks) > 1 else ''}"
+        echo(f"{count}, {jobs} at a time{where}, {executor} executor")
+    # threads of this process record runs as they start and end: one writes the table at a time
+    table = filelock.FileLock(out_dir / f".{TABLE}.lock")
+
+    def started(task, slot):
+        with table:
+            todo[task.name].status = "running"  # what a killed sweep leaves in the table
             _write_table(runs, out_dir / TABLE)
-            raise
-        except Exception as error:  # any failure is the run's, not the sweep's
-            run.status, run.error = "failed", _describe(error)
-        run.seconds = round(time.perf_counter() - start, 1)
-        try:  # a failed run may still have logged metrics before it stopped
-            run.metrics = collect_metrics(run.folder)
-        except ValueError as error:
-            run.status, run.error = "failed", str(error)
-        clashes = sorted(set(run.metrics) & {*FIXED, *run.parameters})
-        if clashes:  # they would overwrite the table's own columns
-            run.status, run.metrics = "failed", {}
-            run.error = f"metric names {clashes} clash with summary.csv columns; rename them"
-        _write_table(runs, out_dir / TABLE)
-        echo(f"{label}: {run.status} ({run.seconds:.1f} s){'  ' + run.error if run.error else ''}")
+
+    def finished(task, result, error):
+        run = todo[task.name]
+        with table:
+            if error is None:
+                run.status, run.seconds = result["status"], result["seconds"]
+                run.error, run.metrics = result["error"], result["metrics"]
+            else:  # the run's process failed outside the notebook (a job killed, a lock held)
+                run.status, run.error = "failed", parallel.describe_failure(error)
+            _write_table(runs, out_dir / TABLE)
+        seconds = "" if run.seconds is None else f" ({run.seconds:.1f} s)"
+        echo(f"{labels[run.name]}: {run.status}{seconds}{'  ' + run.error if run.error else ''}")
+
+    slots = parallel.slots(jobs, devices, executor=executor)
+    submitter = None
+    if executor != "inline":
+        submitter = parallel.make_executor(executor, out_dir / parallel.SUBMITIT_FOLDER, slurm)
+    try:
+        parallel.dispatch(
+            execute_run, tasks, slots=slots, executor=submitter, started=started, finished=finished
+        )
+    except KeyboardInterrupt:
+        with table:
+            for run in todo.values():
+                if run.status == "running":
+                    run.status, run.error = "interrupted", "KeyboardInterrupt"
+            _write_table(runs, out_dir / TABLE)
+        raise
     return runs
 
 
@@ -443,7 +477,7 @@ def _check_owner(out_dir, notebook, grid, names):
     owner = _read_owner(out_dir)
     if owner is None:
         return
-    others = [nb for nb in owner["notebooks"] if not _same_notebook(nb, notebook)]
+    others = [nb for nb in owner["notebooks"] if not sweep_run.same_notebook(nb, notebook)]
     if others:
         raise FileExistsError(
             f"{out_dir} holds a sweep of {others[0]} ({owner['source']}); a sweep of "
@@ -489,7 +523,7 @@ def _read_owner(out_dir):
     # a folder of a sweep from before sweep.json: the table lists its runs, each run's
     # marker names its notebook
     runs = [row["run"] for row in _read_table(out_dir / TABLE) if row.get("run")]
-    notebooks = sorted({m for folder in out_dir.glob("*") if (m := _maker(folder))})
+    notebooks = sorted({m for folder in out_dir.glob("*") if (m := sweep_run.maker(folder))})
     if not runs and not notebooks:
         return None
     return {"notebooks": notebooks, "runs": runs, "grid": None, "source": f"its {MARKER} files"}
@@ -501,31 +535,7 @@ def _write_owner(out_dir, notebook, grid, names):
         "grid": {name: list(values) for name, values in _pairs(grid)},
         "runs": names,
     }
-    path = out_dir / OWNER
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(owner, indent=1, default=repr) + "\n")
-    os.replace(tmp, path)
-
-
-def _maker(folder):
-    """Return the notebook a run folder's marker names; None without a (readable) marker."""
-    try:
-        notebook = json.loads((folder / MARKER).read_text())["notebook"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return notebook if isinstance(notebook, str) else None
-
-
-def _same_notebook(recorded, notebook):
-    """Tell whether a recorded notebook path is `notebook`.
-
-    Sweeps record absolute paths; older ones recorded the path as typed, relative to a
-    folder now unknown, so for those the file name decides.
-    """
-    recorded = Path(recorded)
-    if recorded.resolve() == Path(notebook).resolve():
-        return True
-    return not recorded.is_absolute() and recorded.name == Path(notebook).name
+    sweep_run.write_json(out_dir / OWNER, owner)
 
 
 def _read_table(path):
@@ -539,29 +549,8 @@ def _metric_names(runs):
     return sorted({m for run in runs for m in run.metrics})
 
 
-def _finished(executed):
-    """Tell whether papermill ran `executed` to the end without an exception."""
-    try:
-        meta = json.loads(executed.read_text())["metadata"]["papermill"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return meta.get("end_time") is not None and not meta.get("exception")
-
-
 def _foreign(folder):
     return folder.exists() and any(folder.iterdir()) and not (folder / MARKER).is_file()
-
-
-def _describe(error):
-    """First line of an error; for a notebook cell error, the cell as Jupyter numbers it."""
-    from papermill.exceptions import PapermillExecutionError
-
-    if isinstance(error, PapermillExecutionError):
-        first = (error.evalue or "").strip().splitlines()[:1]
-        text = f"{error.ename}: {first[0]}" if first else error.ename
-        return f"In [{error.exec_count}]: {text}"
-    first = str(error).strip().splitlines()[:1]
-    return f"{type(error).__name__}: {first[0]}" if first else type(error).__name__
 
 
 def _reads_as_literal(text):
@@ -572,15 +561,6 @@ def _reads_as_literal(text):
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return False
     return True
-
-
-def _number(text):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except (TypeError, ValueError):
-            pass
-    return text
 
 
 def _cell(value):

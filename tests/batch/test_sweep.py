@@ -1,13 +1,19 @@
 import csv
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
 
 from spml_lab import cli
-from spml_lab.batch import runner, sweep
+from spml_lab.batch import runner, sweep, sweep_run
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
@@ -75,14 +81,14 @@ def test_run_names_are_readable_safe_and_distinct():
 
 
 def test_collect_metrics_prefers_summary_json_then_last_csv_row(tmp_path):
-    assert sweep.collect_metrics(tmp_path) == {}
+    assert sweep_run.collect_metrics(tmp_path) == {}
     (tmp_path / "metrics.csv").write_text("step,lr,total\n10,0.1,2.5\n20,0.05,1.25\n")
-    assert sweep.collect_metrics(tmp_path) == {"step": 20, "lr": 0.05, "total": 1.25}
+    assert sweep_run.collect_metrics(tmp_path) == {"step": 20, "lr": 0.05, "total": 1.25}
     runner.write_summary(tmp_path, miou=0.5)
-    assert sweep.collect_metrics(tmp_path) == {"miou": 0.5}
+    assert sweep_run.collect_metrics(tmp_path) == {"miou": 0.5}
     (tmp_path / "summary.json").write_text('{"per_class": [0.1, 0.2]}')
     with pytest.raises(ValueError, match="summary.json: must be a flat object"):
-        sweep.collect_metrics(tmp_path)
+        sweep_run.collect_metrics(tmp_path)
 
 
 def test_write_summary_converts_scalars_and_refuses_arrays(tmp_path):
@@ -184,3 +190,144 @@ def test_a_run_that_cannot_start_is_reported_too(tmp_path):
     )
     assert runs[0].status == "failed" and "no-such-kernel" in runs[0].error
     assert _table(tmp_path / "out" / "summary.csv")[1][0]["status"] == "failed"
+
+
+# ---------------------------------------------------------------------- parallel runs
+
+
+def _parallel_notebook(path):
+    """Parameters A, DEVICE, OUT_DIR; fails for A == 3; reports its pinning as metrics.
+
+    Given a device (only the parallel sweep gives one), a run waits until two runs have
+    started: it finishes only when two ran side by side.
+    """
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": KERNELSPEC})
+    parameters = nbformat.v4.new_code_cell('A = 1\nDEVICE = "auto"\nOUT_DIR = "unused"')
+    parameters.metadata["tags"] = ["parameters"]
+    barrier = (
+        "import os, pathlib, time\n"
+        'started = pathlib.Path(OUT_DIR).parent.parent / "started"\n'
+        'if DEVICE != "auto":\n'
+        "    started.mkdir(exist_ok=True)\n"
+        "    (started / str(A)).touch()\n"
+        "    deadline = time.time() + 180\n"
+        "    while len(list(started.iterdir())) < 2:\n"
+        "        assert time.time() < deadline, 'no other run started beside this one'\n"
+        "        time.sleep(0.2)"
+    )
+    report = (
+        "from spml_lab.batch import runner\n"
+        "runner.write_summary(OUT_DIR, score=A * 10, device=DEVICE,\n"
+        '    threads=os.environ["OMP_NUM_THREADS"],\n'
+        '    visible=os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), parent=os.getppid())'
+    )
+    nb.cells = [
+        parameters,
+        nbformat.v4.new_code_cell(barrier),
+        nbformat.v4.new_code_cell('if A == 3:\n    raise ValueError("three")'),
+        nbformat.v4.new_code_cell(report),
+    ]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_two_runs_side_by_side_give_the_table_of_one_at_a_time(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the threads the sweep shares out
+    notebook = _parallel_notebook(tmp_path / "nb.ipynb")
+    args = ["sweep", str(notebook), "-p", "A", "1", "2", "3", "4"]
+    assert cli.main([*args, "--out", str(tmp_path / "serial")]) == 1
+    parallel_args = ["--jobs", "2", "--devices", "cpu", "--executor", "local"]
+    assert cli.main([*args, "--out", str(tmp_path / "side"), *parallel_args]) == 1
+    printed = capsys.readouterr()
+    assert printed.err.count("1 of 4 runs failed") == 2
+    assert "4 runs, 2 at a time on cpu, local executor" in printed.out
+
+    serial, side = _table(tmp_path / "serial/summary.csv"), _table(tmp_path / "side/summary.csv")
+    assert side[0] == serial[0]  # same columns
+    shared = ["run", "A", "status", "error", "score"]
+    assert [[r[c] for c in shared] for r in side[1]] == [[r[c] for c in shared] for r in serial[1]]
+    assert [r["status"] for r in side[1]] == ["ok", "ok", "failed", "ok"]
+    assert re.fullmatch(r"In \[\d+\]: ValueError: three", side[1][2]["error"])
+    ok = [0, 1, 3]
+    # one at a time: this process's view; side by side: one slot each, half the threads
+    assert [serial[1][i]["threads"] for i in ok] == ["4"] * 3
+    assert [serial[1][i]["device"] for i in ok] == ["auto"] * 3
+    assert [side[1][i]["threads"] for i in ok] == ["2"] * 3
+    assert [(side[1][i]["device"], side[1][i]["visible"]) for i in ok] == [("cpu", "")] * 3
+    # each side-by-side run had a process of its own (submitit's), not this one
+    parents = {side[1][i]["parent"] for i in ok}
+    assert len(parents) == 3 and str(os.getpid()) not in parents
+    assert {serial[1][i]["parent"] for i in ok} == {str(os.getpid())}
+    marker = json.loads((tmp_path / "side/A=2/sweep_run.json").read_text())
+    assert marker["device"] == "cpu" and marker["result"]["metrics"]["score"] == 20
+
+
+@pytest.mark.slow
+def test_a_killed_parallel_sweep_resumes_with_what_finished(tmp_path, capsys):
+    notebook = tmp_path / "nb.ipynb"
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": KERNELSPEC})
+    parameters = nbformat.v4.new_code_cell('A = 1\nOUT_DIR = "unused"')
+    parameters.metadata["tags"] = ["parameters"]
+    hold = (  # run A=4 holds until the test releases it, so the kill finds it running
+        "import os, pathlib, time\n"
+        "root = pathlib.Path(OUT_DIR).parent.parent\n"
+        "if A == 4:\n"
+        '    (root / f"kernel-{os.getpid()}").touch()\n'
+        '    while not (root / "release").exists():\n'
+        "        time.sleep(0.2)\n"
+        "from spml_lab.batch import runner\n"
+        "runner.write_summary(OUT_DIR, score=A * 10)"
+    )
+    nb.cells = [parameters, nbformat.v4.new_code_cell(hold)]
+    nbformat.write(nb, notebook)
+    out = tmp_path / "out"
+    args = ["sweep", str(notebook), "-p", "A", "1", "2", "3", "4", "--jobs", "2", "--out", str(out)]
+    command = [sys.executable, "-m", "spml_lab.cli", *args]
+    sweep_process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:  # wait for A=1..3 to finish while A=4 holds
+        deadline = time.time() + 300
+        while True:
+            rows = _table(out / "summary.csv")[1] if (out / "summary.csv").is_file() else []
+            statuses = [row["status"] for row in rows]
+            if statuses[:3] == ["ok"] * 3 and list(tmp_path.glob("kernel-*")):
+                break
+            assert sweep_process.poll() is None and time.time() < deadline, statuses
+            time.sleep(0.5)
+    finally:  # the sweep, its submitit processes: all of it, as a batch system stops a job
+        os.killpg(sweep_process.pid, signal.SIGKILL)
+        sweep_process.wait()
+    assert statuses == ["ok", "ok", "ok", "running"]
+    # the kernel left behind sees its parent gone and stops (ipykernel polls for it)
+    kernel = int(next(tmp_path.glob("kernel-*")).name.split("-")[1])
+    deadline = time.time() + 30
+    while _alive(kernel) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _alive(kernel)
+    stamps = {a: (out / f"A={a}" / "nb.ipynb").stat().st_mtime_ns for a in (1, 2, 3)}
+
+    (tmp_path / "release").touch()
+    assert cli.main(args) == 0
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert progress == [
+        "[1/4] A=1: skipped (done)",
+        "[2/4] A=2: skipped (done)",
+        "[3/4] A=3: skipped (done)",
+        *[line for line in progress if line.startswith("[4/4] A=4: ok (")],
+    ]
+    assert {a: (out / f"A={a}" / "nb.ipynb").stat().st_mtime_ns for a in (1, 2, 3)} == stamps
+    rows = _table(out / "summary.csv")[1]
+    assert [(r["run"], r["status"], r["score"]) for r in rows] == [
+        (f"A={a}", "ok", str(a * 10)) for a in (1, 2, 3, 4)
+    ]
+
+
+def _alive(pid):
+    """Tell whether process `pid` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
