@@ -87,3 +87,7 @@ def test_accuracy_claims_need_two_standard_errors():
 
 def test_documented_tables_equal_the_committed_csvs():
     assert "tables equal the committed CSVs" in run(ROOT / "benchmarks" / "tables.py", "--check")
+
+
+def test_sweep_speed_benchmark_runs_in_miniature():
+    assert "'jobs': 2" in run(ROOT / "benchmarks" / "sweep_speed.py", "--quick")
