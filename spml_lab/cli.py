@@ -25,7 +25,7 @@ import argparse
 import ast
 import sys
 
-from spml_lab import checks
+from spml_lab import checks, devices
 
 __all__ = ["main", "build_parser"]
 
@@ -253,7 +253,7 @@ def _add_predict(commands):
         help="refuse images with more pixels, a guard against decompression bombs (default: "
         "Pillow's limit, 178,956,970 = 2 x PIL.Image.MAX_IMAGE_PIXELS)",
     )
-    predict.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
+    predict.add_argument("--device", default=devices.DEFAULT, help=devices.HELP)
     predict.set_defaults(run=_predict)
 
 
@@ -305,7 +305,7 @@ def _add_cam_labels(commands):
         "needed when the images differ in size, as VOC's do (default: whole images)",
     )
     cam.add_argument("--seed", type=int, default=0)
-    cam.add_argument("--device", default="cpu", help="cpu, cuda (default: cpu)")
+    cam.add_argument("--device", default=devices.DEFAULT, help=devices.HELP)
     cam.set_defaults(run=_cam_labels)
 
 

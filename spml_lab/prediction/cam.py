@@ -57,12 +57,12 @@ from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
-from spml_lab import checks, constants
+from spml_lab import checks, constants, devices
 from spml_lab.data import labelio
 from spml_lab.nets.embedding_nets import imagenet_normalize, small_trunk
 from spml_lab.prediction import metrics
 from spml_lab.training import run_folders
-from spml_lab.training.train import epoch_order, poly_lr, resolve_device
+from spml_lab.training.train import epoch_order, poly_lr
 
 __all__ = [
     "TagClassifier",
@@ -190,7 +190,7 @@ def train_tag_classifier(
     seed=0,
     width=64,
     dilations=(1, 2),
-    device="cpu",
+    device=devices.DEFAULT,
     progress=False,
 ):
     """Train a `TagClassifier` on image tags with multi-label binary cross-entropy.
@@ -212,7 +212,7 @@ def train_tag_classifier(
     width, dilations : optional
         The `TagClassifier`'s trunk.
     device : str or torch.device, optional
-        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        Where to train (`devices.resolve_device`); default ``"auto"``, CUDA when present.
     progress : bool, optional
         Show a progress bar.
 
@@ -241,7 +241,7 @@ def train_tag_classifier(
     checks.in_range("lr", lr, 1e-12, kind=float)
     if len(dataset) < batch_size:
         raise ValueError(f"batch_size ({batch_size}) exceeds the {len(dataset)} images of dataset")
-    device = resolve_device(str(device))
+    device = devices.resolve_device(device)
     num_classes = len(dataset[0]["tags"])
     with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's RNG
         torch.manual_seed(seed)

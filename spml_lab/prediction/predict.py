@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from spml_lab import checks
+from spml_lab import checks, devices
 from spml_lab.data import datasets, labelio
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.prediction import knn, probabilities
@@ -126,7 +126,7 @@ def _load_weights(module, state, path, entry, what):
     module.load_state_dict(state)
 
 
-def load_run(run, *, device="cpu"):
+def load_run(run, *, device=devices.DEFAULT):
     """Load a finished run: network, stage-1 head, config and (if present) the stage-2 head.
 
     Parameters
@@ -136,7 +136,7 @@ def load_run(run, *, device="cpu"):
         looked for beside it), or ``"embedded:NAME"``, a run shipped with the samples
         (`datasets.run_folder`).
     device : str or torch.device, optional
-        Where to put the weights (``"auto"``: CUDA when present).
+        Where to put the weights (`devices.resolve_device`; ``"auto"``: CUDA when present).
 
     Returns
     -------
@@ -184,7 +184,7 @@ def load_run(run, *, device="cpu"):
     net, head = train.build_model(cfg, num_classes, load_pretrained=False)
     _load_weights(net, state["model"], final, "model", f"{cfg.model!r} network")
     _load_weights(head, state["head"], final, "head", "softmax head")
-    device = train.resolve_device(str(device))
+    device = devices.resolve_device(device)
     stage2_head = None
     if (folder / STAGE2).is_file():
         stage2_head = _load_stage2_head(folder / STAGE2, cfg, num_classes).to(device).eval()

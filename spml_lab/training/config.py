@@ -24,9 +24,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
+from spml_lab import devices
 from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS, SHORTENED_SCRIBBLES
 from spml_lab.method.relations import RELATIONS, RelationSetting, paper_settings
 
@@ -229,9 +229,7 @@ class TrainConfig:
     max_steps: int = option(300, "optimisation steps (paper: 30,000)")
     seed: int = option(0, "seeds weights, data order and augmentation (paper: 235)")
     # ---- hardware and bookkeeping
-    device: str = option(
-        "auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
-    )
+    device: str = option(devices.DEFAULT, devices.HELP)
     amp: bool = option(True, "bf16 autocast of the network on CUDA (ignored on CPU)")
     checkpoint_every: int = option(100, "steps between checkpoints (paper: snapshot_step)")
     log_every: int = option(10, "steps between metrics.csv rows and progress updates (paper: 100)")
@@ -464,11 +462,7 @@ class TrainConfig:
         for name in ("checkpoint_every", "log_every"):
             need(getattr(self, name) >= 1, name, ">= 1")
         need(self.out_dir.strip() != "", "out_dir", "a folder path")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                need(False, "device", "'auto' or a torch device such as 'cpu' or 'cuda:0'")
+        devices.check_device(self.device, argument="TrainConfig.device")
 
 
 def _coerce(spec, value):

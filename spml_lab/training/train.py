@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.data import datasets
+from spml_lab.devices import resolve_device  # kept here too: notebooks call train.resolve_device
 from spml_lab.method import clustering, distributed, relations
 from spml_lab.method.memory import PrototypeMemory
 from spml_lab.nets import embedding_nets, heads
@@ -230,22 +231,6 @@ def build_dataset(cfg):
         "cache": cfg.cache_data,
     }
     return datasets.open_data(cfg.data, cfg.split, cfg.annotation, **options)
-
-
-def resolve_device(name):
-    """Turn ``"auto"`` into CUDA when present, else CPU; check that a named device exists.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"TrainConfig.device is {name!r} but CUDA is not available")
-    return device
 
 
 def epoch_order(num_items, seed, epoch):
@@ -647,7 +632,9 @@ def fit(cfg, *, start_if_empty=True):
     cfg = cfg.replace(data=datasets.absolute_data(cfg.data), out_dir=out_dir)
     run = Path(cfg.out_dir)
     owns_group = not (dist.is_available() and dist.is_initialized())
-    device = distributed.setup(cfg.device) or resolve_device(cfg.device)  # torchrun or not
+    device = distributed.setup(cfg.device) or resolve_device(  # torchrun's, or this process's
+        cfg.device, argument="TrainConfig.device"
+    )
     if not run.is_dir():  # nothing to read yet: a refusal here leaves no folder behind
         checkpoints.open_run(run, cfg, start_if_empty=start_if_empty)
     main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
