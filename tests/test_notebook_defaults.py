@@ -1,0 +1,34 @@
+"""Notebook parameters that teach a library default hold that default, not a copy that drifts.
+
+A `parameters` cell holds literals only (papermill overrides them), so a lesson that shows the
+library's setting writes its value out; these tests keep each such literal equal to the one
+definition it mirrors.
+"""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from spml_lab import constants
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def parameters(name):
+    """The literal assignments of a notebook's parameters cell, as Python values."""
+    cell = json.loads((NOTEBOOKS / name).read_text())["cells"][0]
+    tree = ast.parse("".join(cell["source"]))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body}
+
+
+@pytest.mark.parametrize(
+    "notebook, name, default",
+    [
+        ("04_segments.ipynb", "KMEANS_GRID", list(constants.KMEANS_GRID)),
+        ("04_segments.ipynb", "KMEANS_ITERATIONS", constants.KMEANS_ITERATIONS),
+    ],
+)
+def test_a_lesson_shows_the_library_default(notebook, name, default):
+    assert parameters(notebook)[name] == default
