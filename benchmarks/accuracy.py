@@ -64,7 +64,7 @@ FORMS = {
     # or to `--only parts` in a session of their own)
     "reduced": {"train": 400, "val": 100, "test": 200, "steps": _BENCHMARK.max_steps,
                 "batch": _BENCHMARK.batch_size, "width": _BENCHMARK.width,
-                "cam_steps": 300, "stage2_steps": 300, "datasets": ("objects",)},
+                "cam_steps": cam.CLASSIFIER_STEPS, "stage2_steps": 300, "datasets": ("objects",)},
     # a GPU
     "full": {"train": 2000, "val": 500, "test": 500, "steps": 3000, "batch": 8, "width": 64,
              "cam_steps": 1500, "stage2_steps": 1000, "datasets": ("objects", "parts")},
@@ -158,9 +158,8 @@ def ensure_cam_labels(root, steps, width, seed, device):
         return json.loads(quality_path.read_text())
     tic = time.perf_counter()
     tags = datasets.from_folder(root, "train", "tags")
-    net = cam.train_tag_classifier(
-        tags, steps=steps, batch_size=8, lr=2e-3, seed=seed, width=width, device=device
-    )
+    # the classifier's batch and learning rate are cam's defaults (CLASSIFIER_*)
+    net = cam.train_tag_classifier(tags, steps=steps, seed=seed, width=width, device=device)
     quality = {"classifier_steps": steps}
     truth = datasets.from_folder(root, "train", "full")
     for kind in ("tags", "boxes"):
@@ -381,7 +380,8 @@ def main():
             work / dataset, dataset, splits, 0, spec["options"], spec["superpixels"], spec["size"]
         )
     if any(p.kind in ("tags", "boxes") for p in chosen):
-        quality = ensure_cam_labels(roots["objects"], form["cam_steps"], 32, 0, device)
+        width = cam.CLASSIFIER_WIDTH
+        quality = ensure_cam_labels(roots["objects"], form["cam_steps"], width, 0, device)
         print(f"CAM pseudo labels: {json.dumps(quality)}", flush=True)
     jobs, names = [], []
     for seed in args.seeds:  # seed-major: a session cut short has whole seeds

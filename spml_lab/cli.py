@@ -281,6 +281,8 @@ def _add_stage2(commands):
 
 
 def _add_cam_labels(commands):
+    from spml_lab.prediction import cam as labels  # the classifier's defaults: CLASSIFIER_*
+
     cam = commands.add_parser(
         "cam-labels",
         help="CAM pseudo labels of a data folder's tags or boxes (annotation cam_tags/cam_boxes)",
@@ -291,12 +293,14 @@ def _add_cam_labels(commands):
     cam.add_argument("data", help="a folder written by `spml-lab make-data`")
     cam.add_argument("--kind", choices=("tags", "boxes"), default="tags")
     cam.add_argument("--splits", nargs="+", default=["train"], help="splits to label")
-    cam.add_argument("--steps", type=checks.flag(int, 1), default=300,
+    cam.add_argument("--steps", type=checks.flag(int, 1), default=labels.CLASSIFIER_STEPS,
                      help="classifier steps (%(default)s)")  # fmt: skip
-    cam.add_argument("--batch-size", type=checks.flag(int, 1), default=8, help="images per step")
-    cam.add_argument("--lr", type=checks.flag(float, 1e-12), default=2e-3,
-                     help="Adam learning rate")  # fmt: skip
-    cam.add_argument("--width", type=checks.flag(int, 2), default=32, help="classifier channels")
+    cam.add_argument("--batch-size", type=checks.flag(int, 1), default=labels.CLASSIFIER_BATCH_SIZE,
+                     help="images per step (%(default)s)")  # fmt: skip
+    cam.add_argument("--lr", type=checks.flag(float, 1e-12), default=labels.CLASSIFIER_LR,
+                     help="Adam learning rate (%(default)s)")  # fmt: skip
+    cam.add_argument("--width", type=checks.flag(int, 2), default=labels.CLASSIFIER_WIDTH,
+                     help="classifier channels (%(default)s)")  # fmt: skip
     cam.add_argument(
         "--crop-size",
         type=checks.flag(int, 16),

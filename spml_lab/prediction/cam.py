@@ -77,6 +77,14 @@ __all__ = [
 ]
 
 IGNORE = constants.IGNORE_INDEX
+# The tag classifier's defaults, here and in `spml-lab cam-labels`: the settings the accuracy
+# benchmark made its CAM pseudo labels with on the embedded objects (benchmarks/accuracy.py,
+# whose tags and boxes results rest on those labels): Adam at 2e-3 on batches of 8 for 300 steps
+# (the reduced form; its GPU form trains 1500), a trunk of 32 channels like the embedding net's
+CLASSIFIER_STEPS = 300
+CLASSIFIER_BATCH_SIZE = 8
+CLASSIFIER_LR = 2e-3
+CLASSIFIER_WIDTH = 32
 
 
 class TagClassifier(nn.Module):
@@ -110,7 +118,7 @@ class TagClassifier(nn.Module):
 
     output_stride = 4
 
-    def __init__(self, num_classes, *, width=64, dilations=(1, 2)):
+    def __init__(self, num_classes, *, width=CLASSIFIER_WIDTH, dilations=(1, 2)):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + a class), got {num_classes}")
@@ -184,11 +192,11 @@ def _stack(dataset, indices):
 def train_tag_classifier(
     dataset,
     *,
-    steps=300,
-    batch_size=8,
-    lr=1e-3,
+    steps=CLASSIFIER_STEPS,
+    batch_size=CLASSIFIER_BATCH_SIZE,
+    lr=CLASSIFIER_LR,
     seed=0,
-    width=64,
+    width=CLASSIFIER_WIDTH,
     dilations=(1, 2),
     device=devices.DEFAULT,
     progress=False,
