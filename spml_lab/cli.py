@@ -146,10 +146,12 @@ def _add_train(commands):
         "--preset",
         choices=["auto", *presets.PRESETS],
         default=None,
-        help="start from a named recipe, under the --config file and the flags: 'benchmark' = "
-        "the embedded benchmark's calibrated recipe (small net, 96 px crops, batch 8, lr 0.05, "
-        "2 x 2 k-means grid, 1000 steps), 'cpu' = the same for 60 steps, 'gpu' = ResNet-101 at "
-        "512 px, 'auto' = gpu with CUDA, else cpu (default: none, TrainConfig's defaults)",
+        help="start from a named preset, under the --config file and the flags: 'benchmark' = "
+        "the embedded benchmark's runs (the defaults for "
+        f"{presets.PRESETS['benchmark']['max_steps']} steps), 'cpu' = the same for "
+        f"{presets.PRESETS['cpu']['max_steps']} steps, 'gpu' = ResNet-101 at 512 px, 'auto' = "
+        "gpu with CUDA, else cpu (default: none, TrainConfig's defaults: the calibrated recipe "
+        "of the embedded data)",
     )
     train.set_defaults(run=_train)
 

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from spml_lab.devices import resolve_device
+from spml_lab.devices import DEFAULT, resolve_device
 
 __all__ = [
     "world_size",
@@ -58,7 +58,7 @@ def rank():
     return dist.get_rank() if is_distributed() else 0
 
 
-def setup(device_name="auto"):
+def setup(device_name=DEFAULT):
     """Join the process group that ``torchrun`` describes, and pick this process's device.
 
     Parameters
