@@ -48,22 +48,23 @@ from pathlib import Path
 import bench_runs
 import torch
 
+from spml_lab import devices
 from spml_lab.batch.claims import ABLATIONS, KINDS, check_claims, summarise
 from spml_lab.data import datasets
-from spml_lab.nets.build import resolve_device
 from spml_lab.prediction import cam
 from spml_lab.training import presets, runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# the training recipe of every run is the "benchmark" preset, chosen with the baselines
-# (calibration.csv); `presets` is its one place and says why each value is what it is
-_PRESET = presets.PRESETS["benchmark"]
+# the training recipe of every run is the "benchmark" preset: TrainConfig's defaults, chosen
+# with the baselines (calibration.csv), and its budget; `config` and `presets` are its one place
+# and say why each value is what it is
+_BENCHMARK = presets.preset_config("benchmark")
 FORMS = {
     # CPU, 2 cores, within 90 minutes with --jobs 2 (the parts scenes are left to the GPU form,
     # or to `--only parts` in a session of their own)
-    "reduced": {"train": 400, "val": 100, "test": 200, "steps": _PRESET["max_steps"],
-                "batch": _PRESET["batch_size"], "width": _PRESET["width"],
-                "cam_steps": 300, "stage2_steps": 300, "datasets": ("objects",)},
+    "reduced": {"train": 400, "val": 100, "test": 200, "steps": _BENCHMARK.max_steps,
+                "batch": _BENCHMARK.batch_size, "width": _BENCHMARK.width,
+                "cam_steps": cam.CLASSIFIER_STEPS, "stage2_steps": 300, "datasets": ("objects",)},
     # a GPU
     "full": {"train": 2000, "val": 500, "test": 500, "steps": 3000, "batch": 8, "width": 64,
              "cam_steps": 1500, "stage2_steps": 1000, "datasets": ("objects", "parts")},
@@ -76,10 +77,10 @@ DATA = {
                 "superpixels": {"n_segments": 16}},
     "parts": {"size": 96, "options": {"difficulty": 0.1}, "superpixels": {"n_segments": 16}},
 }  # fmt: skip
-RECIPE = {key: _PRESET[key] for key in ("model", "lr", "kmeans_grid")}
+RECIPE = {key: getattr(_BENCHMARK, key) for key in ("model", "lr", "kmeans_grid")}
 # the reduced form contrasts the preset's 24 images (its batch and 2 memory batches); the GPU
 # form the paper's 48 (a global batch of 16 and 2 memory batches of 16)
-CONTRAST_IMAGES = {"reduced": _PRESET["contrast_images"], "full": 48}
+CONTRAST_IMAGES = {"reduced": _BENCHMARK.contrast_images, "full": 48}
 TRAIN_ON = {"tags": "cam_tags", "boxes": "cam_boxes", "points": "points", "scribbles": "scribbles"}
 BASELINE = presets.PARTIAL_CROSS_ENTROPY  # relations off, the head trains the net, dropout 0.1
 # the paper's DensePose point run: semantic annotation at 1.0, no tags to co-occur, no memory,
@@ -157,9 +158,8 @@ def ensure_cam_labels(root, steps, width, seed, device):
         return json.loads(quality_path.read_text())
     tic = time.perf_counter()
     tags = datasets.from_folder(root, "train", "tags")
-    net = cam.train_tag_classifier(
-        tags, steps=steps, batch_size=8, lr=2e-3, seed=seed, width=width, device=device
-    )
+    # the classifier's batch and learning rate are cam's defaults (CLASSIFIER_*)
+    net = cam.train_tag_classifier(tags, steps=steps, seed=seed, width=width, device=device)
     quality = {"classifier_steps": steps}
     truth = datasets.from_folder(root, "train", "full")
     for kind in ("tags", "boxes"):
@@ -334,7 +334,7 @@ def main():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, dest=key,
                             help=f"override the form's {key}")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--device", default="auto", help="cpu, cuda, auto (default: auto)")
+    parser.add_argument("--device", default=devices.DEFAULT, help=devices.HELP)
     parser.add_argument("--work", help="datasets and runs (default data/bench[_reduced])")
     parser.add_argument("--only", nargs="+", default=None,
                         help="run names or prefixes, e.g. objects/scribbles parts")  # fmt: skip
@@ -349,7 +349,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = str(resolve_device(args.device))
+    device = str(devices.resolve_device(args.device, argument="--device"))
     form_name = "reduced" if args.reduced else "full"
     form = dict(FORMS[form_name])
     for key in form:
@@ -380,7 +380,8 @@ def main():
             work / dataset, dataset, splits, 0, spec["options"], spec["superpixels"], spec["size"]
         )
     if any(p.kind in ("tags", "boxes") for p in chosen):
-        quality = ensure_cam_labels(roots["objects"], form["cam_steps"], 32, 0, device)
+        width = cam.CLASSIFIER_WIDTH
+        quality = ensure_cam_labels(roots["objects"], form["cam_steps"], width, 0, device)
         print(f"CAM pseudo labels: {json.dumps(quality)}", flush=True)
     jobs, names = [], []
     for seed in args.seeds:  # seed-major: a session cut short has whole seeds

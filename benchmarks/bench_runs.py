@@ -20,19 +20,14 @@ from pathlib import Path
 from spml_lab.data import make_data
 from spml_lab.method import label_maps
 from spml_lab.prediction import evaluate, predict, stage2
-from spml_lab.training import runs, train
+from spml_lab.training import presets, runs, train
 from spml_lab.training.config import TrainConfig
 
 __all__ = ["ensure_dataset", "score_run", "run_all", "BASELINE", "read_csv", "write_csv"]
 
-# partial cross-entropy (and full supervision): every relation off, the head trains the net
-BASELINE = {
-    "low_level": False,
-    "semantic_annotation": False,
-    "cooccurrence": False,
-    "feature_affinity": False,
-    "head_trains_embedding": True,
-}
+# partial cross-entropy (and full supervision): every relation off, the head trains the net;
+# the head's dropout is left to the caller (calibrate.py's settings choose their own)
+BASELINE = {k: v for k, v in presets.PARTIAL_CROSS_ENTROPY.items() if k != "head_dropout"}
 
 
 def ensure_dataset(root, kind, splits, seed, options=None, superpixel_options=None, size=128):

@@ -86,7 +86,8 @@ def main():
     if args.run and not args.run.startswith("embedded:"):
         args.run = str(Path(args.run).resolve())  # the children run in the scratch folder
     run = args.run or train.fit(
-        TrainConfig(max_steps=1, progress=False, device="cpu", out_dir=str(work / "run"))
+        # width 64: the network the committed peaks were measured with (TrainConfig's default then)
+        TrainConfig(max_steps=1, width=64, progress=False, device="cpu", out_dir=str(work / "run"))
     )
     where = machine()
     rng = np.random.default_rng(0)

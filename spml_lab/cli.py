@@ -27,7 +27,7 @@ import argparse
 import ast
 import sys
 
-from spml_lab import checks
+from spml_lab import checks, devices
 
 __all__ = ["main", "build_parser"]
 
@@ -148,10 +148,12 @@ def _add_train(commands):
         "--preset",
         choices=["auto", *presets.PRESETS],
         default=None,
-        help="start from a named recipe, under the --config file and the flags: 'benchmark' = "
-        "the embedded benchmark's calibrated recipe (small net, 96 px crops, batch 8, lr 0.05, "
-        "2 x 2 k-means grid, 1000 steps), 'cpu' = the same for 60 steps, 'gpu' = ResNet-101 at "
-        "512 px, 'auto' = gpu with CUDA, else cpu (default: none, TrainConfig's defaults)",
+        help="start from a named preset, under the --config file and the flags: 'benchmark' = "
+        "the embedded benchmark's runs (the defaults for "
+        f"{presets.PRESETS['benchmark']['max_steps']} steps), 'cpu' = the same for "
+        f"{presets.PRESETS['cpu']['max_steps']} steps, 'gpu' = ResNet-101 at 512 px, 'auto' = "
+        "gpu with CUDA, else cpu (default: none, TrainConfig's defaults: the calibrated recipe "
+        "of the embedded data)",
     )
     train.set_defaults(run=_train)
 
@@ -310,7 +312,7 @@ def _add_predict(commands):
         help="refuse images with more pixels, a guard against decompression bombs (default: "
         "Pillow's limit, 178,956,970 = 2 x PIL.Image.MAX_IMAGE_PIXELS)",
     )
-    predict.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: cpu)")
+    predict.add_argument("--device", default=devices.DEFAULT, help=devices.HELP)
     predict.set_defaults(run=_predict)
 
 
@@ -340,6 +342,8 @@ def _add_stage2(commands):
 
 
 def _add_cam_labels(commands):
+    from spml_lab.prediction import cam as labels  # the classifier's defaults: CLASSIFIER_*
+
     cam = commands.add_parser(
         "cam-labels",
         help="CAM pseudo labels of a data folder's tags or boxes (annotation cam_tags/cam_boxes)",
@@ -350,12 +354,14 @@ def _add_cam_labels(commands):
     cam.add_argument("data", help="a folder written by `spml-lab make-data`")
     cam.add_argument("--kind", choices=("tags", "boxes"), default="tags")
     cam.add_argument("--splits", nargs="+", default=["train"], help="splits to label")
-    cam.add_argument("--steps", type=checks.flag(int, 1), default=300,
+    cam.add_argument("--steps", type=checks.flag(int, 1), default=labels.CLASSIFIER_STEPS,
                      help="classifier steps (%(default)s)")  # fmt: skip
-    cam.add_argument("--batch-size", type=checks.flag(int, 1), default=8, help="images per step")
-    cam.add_argument("--lr", type=checks.flag(float, 1e-12), default=2e-3,
-                     help="Adam learning rate")  # fmt: skip
-    cam.add_argument("--width", type=checks.flag(int, 2), default=32, help="classifier channels")
+    cam.add_argument("--batch-size", type=checks.flag(int, 1), default=labels.CLASSIFIER_BATCH_SIZE,
+                     help="images per step (%(default)s)")  # fmt: skip
+    cam.add_argument("--lr", type=checks.flag(float, 1e-12), default=labels.CLASSIFIER_LR,
+                     help="Adam learning rate (%(default)s)")  # fmt: skip
+    cam.add_argument("--width", type=checks.flag(int, 2), default=labels.CLASSIFIER_WIDTH,
+                     help="classifier channels (%(default)s)")  # fmt: skip
     cam.add_argument(
         "--crop-size",
         type=checks.flag(int, 16),
@@ -364,7 +370,7 @@ def _add_cam_labels(commands):
         "needed when the images differ in size, as VOC's do (default: whole images)",
     )
     cam.add_argument("--seed", type=int, default=0)
-    cam.add_argument("--device", default="cpu", help="cpu, cuda (default: cpu)")
+    cam.add_argument("--device", default=devices.DEFAULT, help=devices.HELP)
     cam.set_defaults(run=_cam_labels)
 
 

@@ -23,3 +23,16 @@ def test_cam_labels_writes_a_list_that_trains_as_cam_kind(tmp_path, kind, capsys
         # a pseudo label only ever names a class of the image (or leaves the pixel unlabelled)
         assert set(np.unique(label).tolist()) <= present | {255}
     assert len(datasets.from_folder(root, "val", f"cam_{kind}")) == 2
+
+
+def test_cam_labels_trains_with_the_library_defaults():
+    import inspect
+
+    from spml_lab.prediction import cam
+
+    args = cli.build_parser().parse_args(["cam-labels", "data"])
+    library = inspect.signature(cam.train_tag_classifier).parameters
+    for name in ("steps", "batch_size", "lr", "width", "device"):
+        assert getattr(args, name) == library[name].default, name
+    assert (cam.CLASSIFIER_LR, cam.CLASSIFIER_WIDTH) == (2e-3, 32)  # the benchmark's CAM labels
+    assert inspect.signature(cam.TagClassifier).parameters["width"].default == cam.CLASSIFIER_WIDTH

@@ -1,7 +1,8 @@
 import csv
 
 from spml_lab import cli
-from spml_lab.training import train
+from spml_lab.data import datasets
+from spml_lab.training import config, train
 from spml_lab.training.config import TrainConfig
 
 TINY = ["--crop-size", "64", "--batch-size", "2", "--width", "8", "--embedding-dim", "8"]
@@ -84,8 +85,19 @@ def test_preset_lies_under_the_config_file_and_the_flags(tmp_path):
             "--out-dir", str(run)]  # fmt: skip
     assert cli.main(args) == 0
     cfg = TrainConfig.from_yaml(run / "config.yaml")
-    recipe = presets.PRESETS["benchmark"]
-    # the preset's recipe where nothing else speaks; the file over it; a flag over both
-    assert (cfg.lr, cfg.kmeans_grid, cfg.width) == (
-        recipe["lr"], recipe["kmeans_grid"], recipe["width"])  # fmt: skip
+    # the preset where nothing else speaks; the file over it; a flag over both
+    assert cfg.contrast_images == presets.PRESETS["benchmark"]["contrast_images"]
     assert (cfg.crop_size, cfg.batch_size, cfg.max_steps) == (64, 2, 1)
+    assert (cfg.lr, cfg.kmeans_grid) == (TrainConfig().lr, TrainConfig().kmeans_grid)
+
+
+def test_the_plain_command_trains_the_recipe_the_shipped_runs_were_measured_with():
+    # the README's command: no preset, no recipe flag, the embedded data
+    argv = ["train", "--out-dir", "runs/scribbles", "--annotation", "scribbles"]
+    cfg = config.from_arguments(cli.build_parser().parse_args([*argv, "--max-steps", "300"]))
+    shipped = TrainConfig.from_yaml(datasets.EMBEDDED_RUNS / "spml_scribbles" / "config.yaml")
+    # what a run's length and bookkeeping choose; the rest is the recipe
+    budget = ("max_steps", "contrast_images", "log_every", "checkpoint_every", "cache_data")
+    assert cfg.differences(shipped, ignore=(*config.RESUMABLE_CHANGES, *budget)) == {}
+    # the shipped run pins 24 contrast images; the default's 2 memory batches of 8 are as many
+    assert cfg.memory_batches() == shipped.memory_batches()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
+from spml_lab.constants import IGNORE_INDEX, KMEANS_GRID, KMEANS_ITERATIONS
 from spml_lab.data import datasets
 from spml_lab.method import clustering, label_maps, relations
 from spml_lab.nets import embedding_nets
@@ -104,8 +104,8 @@ def make_batch(
     indices=(0, 1, 2, 3),
     split="train",
     net=None,
-    grid=(5, 5),
-    iterations=10,
+    grid=KMEANS_GRID,
+    iterations=KMEANS_ITERATIONS,
     seed=0,
 ):
     """Load images of a dataset (the embedded one by default), embed them, build their segments.
@@ -123,9 +123,10 @@ def make_batch(
     net : torch.nn.Module, optional
         Embedding network; default an untrained `embedding_nets.SmallEmbeddingNet` seeded by `seed`.
     grid : (int, int), optional
-        k-means initial grid ``(gy, gx)``.
+        k-means initial grid ``(gy, gx)``; default training's (`constants.KMEANS_GRID`), so a
+        lesson draws the segments the shipped runs trained on.
     iterations : int, optional
-        k-means rounds.
+        k-means rounds (default training's, `constants.KMEANS_ITERATIONS`).
     seed : int, optional
         Seed of the default network's initial weights.
 

@@ -13,6 +13,7 @@ view.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from spml_lab.data import datasets
 from spml_lab.pictures import viz
@@ -34,6 +36,15 @@ OWNER = "spml-lab demo"
 # the baseline's own head + CRF), and the shipped runs drawn beside the short ones
 HEADLINE = {"baseline": "softmax_crf", "spml": "stage2_crf"}
 SHIPPED = {"baseline_scribbles": "baseline", "spml_scribbles": "spml"}
+# The demo's scores repeat on one machine, but moved with the number of torch threads: a
+# convolution or a sum split over more threads adds in another order, and 200 SGD steps turn
+# that last-bit difference into hundredths of mIoU (on one 2-core machine, partial CE 0.376 and
+# SPML 0.587 with one thread, 0.402 and 0.590 with two). So every run of the demo trains and
+# scores on the CPU with one torch thread, whatever the machine's cores or OMP_NUM_THREADS; only
+# the CPU's own kernels are left to differ between machines. For this small network one thread
+# is also the fastest on two cores (`benchmarks/bench_runs.run_all`).
+DEVICE = "cpu"
+THREADS = 1
 
 
 @dataclass
@@ -78,7 +89,7 @@ def demo_configs(out, *, steps=200, seed=0):
         "checkpoint_every": max(1, steps // 2),
         "cache_data": True,
         "seed": seed,
-        "device": "cpu",
+        "device": DEVICE,
     }
     folder = Path(out) / "runs"
     return {
@@ -95,7 +106,7 @@ def _train(cfg, stage2_steps, progress):
     tic = time.perf_counter()
     folder = train.fit(cfg)
     if cfg.relation_settings() and (action != "resume" or not _has_head(folder, stage2_steps)):
-        stage2.fit_head(folder, steps=stage2_steps, seed=cfg.seed, progress=progress)
+        stage2.fit_head(folder, steps=stage2_steps, seed=cfg.seed, device=DEVICE, progress=progress)
     return folder, (time.perf_counter() - tic if action != "resume" else float("nan"))
 
 
@@ -105,6 +116,25 @@ def _has_head(folder, steps):
     return path.is_file() and checkpoints.load_checkpoint(path)["settings"]["steps"] == steps
 
 
+def _torch_threads(count):
+    """Run the decorated function with `count` torch threads, then restore the caller's."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            previous = torch.get_num_threads()
+            torch.set_num_threads(count)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                torch.set_num_threads(previous)
+
+        return wrapper
+
+    return decorate
+
+
+@_torch_threads(THREADS)
 def run_demo(out="outputs/demo", *, steps=200, stage2_steps=100, seed=0, images=4, progress=True):
     """Train, score and draw SPML against partial cross-entropy on the embedded scribbles.
 
@@ -130,7 +160,9 @@ def run_demo(out="outputs/demo", *, steps=200, stage2_steps=100, seed=0, images=
     Notes
     -----
     Rerunning with the same settings reloads the finished runs (nothing is trained twice);
-    other settings replace this demo's own runs and never touch anything else.
+    other settings replace this demo's own runs and never touch anything else. Everything runs
+    on the CPU with one torch thread (`THREADS`), so the scores do not depend on the machine's
+    core count.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,8 +173,8 @@ def run_demo(out="outputs/demo", *, steps=200, stage2_steps=100, seed=0, images=
     for key, cfg in demo_configs(out, steps=steps, seed=seed).items():
         folder, seconds = _train(cfg, stage2_steps, progress)
         method = HEADLINE[key]
-        scores = evaluate.evaluate_run(folder, methods=[method])
-        run = runs.load_run(folder)
+        scores = evaluate.evaluate_run(folder, methods=[method], device=DEVICE)
+        run = runs.load_run(folder, device=DEVICE)
         name = f"{'SPML' if key == 'spml' else 'partial CE'}, {steps} steps"
         rows.append(DemoRow(name, str(folder), run.step, method, scores[method]["miou"], seconds))
         shown.append(evaluate.predict_methods(run, batch["image"], [method])[method])
@@ -152,7 +184,7 @@ def run_demo(out="outputs/demo", *, steps=200, stage2_steps=100, seed=0, images=
         if not (folder / runs.FINAL).is_file():
             continue  # a checkout without the shipped runs still gets the short comparison
         recorded = json.loads((folder / runs.EVAL_DIR / "metrics.json").read_text())
-        run = runs.load_run(folder)
+        run = runs.load_run(folder, device=DEVICE)
         timing = _shipped_seconds(name)
         label = f"{'SPML' if name.startswith('spml') else 'partial CE'}, {run.step} steps (shipped)"
         rows.append(DemoRow(label, str(folder), run.step, method, recorded[method]["miou"], timing))

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from spml_lab.constants import KMEANS_GRID, KMEANS_ITERATIONS
+
 __all__ = [
     "grid_labels",
     "location_features",
@@ -125,7 +127,9 @@ def with_location(embeddings, locations, *, weight=1.0):
     return F.normalize(torch.cat([embeddings, locations], dim=-1), dim=-1)
 
 
-def spherical_kmeans(embeddings, init_labels, iterations=10, *, num_clusters=None, valid=None):
+def spherical_kmeans(
+    embeddings, init_labels, iterations=KMEANS_ITERATIONS, *, num_clusters=None, valid=None
+):
     """Spherical k-means on every image of a batch at once, from given initial labels.
 
     Parameters
@@ -135,7 +139,8 @@ def spherical_kmeans(embeddings, init_labels, iterations=10, *, num_clusters=Non
     init_labels : (B, N) int tensor
         Initial cluster id of each pixel, in ``[0, K)`` (e.g. `grid_labels` flattened).
     iterations : int, optional
-        Rounds of (mean, assignment); 0 returns `init_labels`.
+        Rounds of (mean, assignment); 0 returns `init_labels`. Default: training's
+        (`constants.KMEANS_ITERATIONS`, the paper's 10).
     num_clusters : int, optional
         K shared by all images. Default ``init_labels.max() + 1``, which reads one value back
         from the device; pass it (e.g. ``gy * gx``) to avoid that sync.
@@ -387,8 +392,8 @@ def segment_batch(
     embeddings,
     superpixels=None,
     labels=None,
-    grid=(5, 5),
-    iterations=10,
+    grid=KMEANS_GRID,
+    iterations=KMEANS_ITERATIONS,
     *,
     tags=None,
     valid=None,
@@ -404,9 +409,10 @@ def segment_batch(
     superpixels, labels : (B, H, W) int tensors, optional
         As in `build_segments`.
     grid : (int, int), optional
-        ``(gy, gx)`` cells of the initial grid (`grid_labels`).
+        ``(gy, gx)`` cells of the initial grid (`grid_labels`). Default: training's
+        (`constants.KMEANS_GRID`, 2 x 2 for the 24 x 24 maps of the embedded scenes).
     iterations : int, optional
-        k-means rounds.
+        k-means rounds (default `constants.KMEANS_ITERATIONS`, the paper's 10).
     tags, valid, ignore_index
         As in `build_segments`.
     location_weight : float, optional

@@ -29,6 +29,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from spml_lab.devices import DEFAULT, resolve_device
+
 __all__ = [
     "world_size",
     "rank",
@@ -56,13 +58,14 @@ def rank():
     return dist.get_rank() if is_distributed() else 0
 
 
-def setup(device_name="auto"):
+def setup(device_name=DEFAULT):
     """Join the process group that ``torchrun`` describes, and pick this process's device.
 
     Parameters
     ----------
     device_name : str, optional
-        ``TrainConfig.device``: ``"auto"`` takes GPU ``LOCAL_RANK`` when CUDA is present.
+        ``TrainConfig.device``, resolved by `devices.resolve_device`; a CUDA device becomes
+        GPU ``LOCAL_RANK``.
 
     Returns
     -------
@@ -77,10 +80,10 @@ def setup(device_name="auto"):
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
+    device = resolve_device(device_name, argument="TrainConfig.device")
+    use_cuda = device.type == "cuda"
+    if use_cuda:  # one GPU per process: torchrun's local rank picks it
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")

@@ -8,42 +8,10 @@ needs nothing of the training layer's `TrainConfig`.
 
 from __future__ import annotations
 
-import torch
-
+from spml_lab.devices import resolve_device
 from spml_lab.nets import embedding_nets, heads
 
-__all__ = ["build_model", "resolve_device"]
-
-
-def resolve_device(name):
-    """Turn ``"auto"`` into CUDA when present, else CPU; check that a named device exists.
-
-    Parameters
-    ----------
-    name : str or torch.device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-
-    Returns
-    -------
-    device : torch.device
-
-    Raises
-    ------
-    ValueError
-        If a CUDA device is named but CUDA is not available.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"TrainConfig.device is {name!r} but CUDA is not available")
-    return device
+__all__ = ["build_model"]
 
 
 def build_model(cfg, num_classes, *, load_pretrained=True, device=None):
@@ -59,8 +27,8 @@ def build_model(cfg, num_classes, *, load_pretrained=True, device=None):
         Load ``cfg.pretrained`` into a ResNet backbone. Only a run that starts does: a resumed
         or finished run has its weights in its own files, and the ImageNet file may be gone.
     device : str or torch.device, optional
-        Where to put both (`resolve_device`: ``"auto"`` is CUDA when present); None leaves
-        them on the CPU.
+        Where to put both (`spml_lab.devices.resolve_device`: ``"auto"`` is CUDA when
+        present); None leaves them on the CPU.
 
     Returns
     -------

@@ -57,9 +57,8 @@ from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
-from spml_lab import checks, constants
+from spml_lab import checks, constants, devices
 from spml_lab.data import labelio
-from spml_lab.nets.build import resolve_device
 from spml_lab.nets.embedding_nets import imagenet_normalize, small_trunk
 from spml_lab.prediction import metrics
 from spml_lab.training import run_folders
@@ -78,6 +77,14 @@ __all__ = [
 ]
 
 IGNORE = constants.IGNORE_INDEX
+# The tag classifier's defaults, here and in `spml-lab cam-labels`: the settings the accuracy
+# benchmark made its CAM pseudo labels with on the embedded objects (benchmarks/accuracy.py,
+# whose tags and boxes results rest on those labels): Adam at 2e-3 on batches of 8 for 300 steps
+# (the reduced form; its GPU form trains 1500), a trunk of 32 channels like the embedding net's
+CLASSIFIER_STEPS = 300
+CLASSIFIER_BATCH_SIZE = 8
+CLASSIFIER_LR = 2e-3
+CLASSIFIER_WIDTH = 32
 
 
 class TagClassifier(nn.Module):
@@ -111,7 +118,7 @@ class TagClassifier(nn.Module):
 
     output_stride = 4
 
-    def __init__(self, num_classes, *, width=64, dilations=(1, 2)):
+    def __init__(self, num_classes, *, width=CLASSIFIER_WIDTH, dilations=(1, 2)):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + a class), got {num_classes}")
@@ -185,13 +192,13 @@ def _stack(dataset, indices):
 def train_tag_classifier(
     dataset,
     *,
-    steps=300,
-    batch_size=8,
-    lr=1e-3,
+    steps=CLASSIFIER_STEPS,
+    batch_size=CLASSIFIER_BATCH_SIZE,
+    lr=CLASSIFIER_LR,
     seed=0,
-    width=64,
+    width=CLASSIFIER_WIDTH,
     dilations=(1, 2),
-    device="cpu",
+    device=devices.DEFAULT,
     progress=False,
 ):
     """Train a `TagClassifier` on image tags with multi-label binary cross-entropy.
@@ -213,7 +220,7 @@ def train_tag_classifier(
     width, dilations : optional
         The `TagClassifier`'s trunk.
     device : str or torch.device, optional
-        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        Where to train (`devices.resolve_device`); default ``"auto"``, CUDA when present.
     progress : bool, optional
         Show a progress bar.
 
@@ -242,7 +249,7 @@ def train_tag_classifier(
     checks.in_range("lr", lr, 1e-12, kind=float)
     if len(dataset) < batch_size:
         raise ValueError(f"batch_size ({batch_size}) exceeds the {len(dataset)} images of dataset")
-    device = resolve_device(str(device))
+    device = devices.resolve_device(device)
     num_classes = len(dataset[0]["tags"])
     with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's RNG
         torch.manual_seed(seed)

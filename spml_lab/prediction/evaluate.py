@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from spml_lab import checks
+from spml_lab import checks, devices
 from spml_lab.prediction import metrics
 from spml_lab.prediction.crf import dense_crf_batch
 from spml_lab.prediction.predict import (
@@ -68,7 +68,7 @@ class EvaluateOptions:
     )
     max_images: int | None = option(None, "score only the first N images", kind=int)
     batch_size: int = option(8, "images per forward pass (also for the kNN bank)")
-    device: str = option("cpu", "cpu, cuda, auto")
+    device: str = option(devices.DEFAULT, devices.HELP)
     progress: bool = option(False, "show a progress bar")
 
 
@@ -174,7 +174,7 @@ def evaluate_run(
     batch_size : int, optional
         Images per forward pass (also for building the kNN bank).
     device : str, optional
-        ``"cpu"``, ``"cuda"``, ``"auto"``...
+        Where to run (`devices.resolve_device`); default ``"auto"``, CUDA when present.
     knn_options : dict, optional
         ``k`` (20), ``grid`` (twice the training grid), ``iterations`` (10).
     crf_options : dict, optional

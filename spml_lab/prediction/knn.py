@@ -13,10 +13,39 @@ from dataclasses import dataclass, field
 
 import torch
 
+from spml_lab.constants import KMEANS_GRID, KMEANS_ITERATIONS
 from spml_lab.method import clustering
 from spml_lab.prediction import probabilities
 
-__all__ = ["PrototypeBank", "build_prototype_bank", "knn_predict"]
+__all__ = [
+    "GRID",
+    "GRID_FACTOR",
+    "NEIGHBOURS",
+    "PrototypeBank",
+    "build_prototype_bank",
+    "knn_predict",
+    "retrieval_grid",
+]
+
+# the paper's vote: each test segment takes the majority label of its 20 nearest prototypes
+NEIGHBOURS = 20
+# retrieval cuts images twice as finely as training did (the paper: 6 x 6 in training, 12 x 12
+# for the bank and the test images), so a segment is small enough to hold one class
+GRID_FACTOR = 2
+
+
+def retrieval_grid(training_grid=KMEANS_GRID):
+    """Return the k-means grid retrieval uses for a run trained with `training_grid`.
+
+    Examples
+    --------
+    >>> retrieval_grid((6, 6))  # the paper's VOC grids
+    (12, 12)
+    """
+    return tuple(GRID_FACTOR * cells for cells in training_grid)
+
+
+GRID = retrieval_grid()  # for runs on training's default grid (`constants.KMEANS_GRID`)
 
 
 @dataclass
@@ -31,7 +60,7 @@ class PrototypeBank:
         Class of each prototype.
     settings : dict
         The k-means settings the bank was built with (and the vote's ``k``), e.g. ``{"k": 20,
-        "grid": (12, 12), "iterations": 10}``: test images should be segmented alike, so
+        "grid": (4, 4), "iterations": 10}``: test images should be segmented alike, so
         callers pass them on to `knn_predict` unless told otherwise.
     """
 
@@ -84,7 +113,13 @@ def _features(embeddings):
 
 
 def build_prototype_bank(
-    embeddings, labels, *, grid=(12, 12), iterations=10, superpixels=None, ignore_index=255
+    embeddings,
+    labels,
+    *,
+    grid=GRID,
+    iterations=KMEANS_ITERATIONS,
+    superpixels=None,
+    ignore_index=255,
 ):
     """Prototypes and labels of the labelled segments of a batch of training images.
 
@@ -95,9 +130,10 @@ def build_prototype_bank(
     labels : (B, h, w) int tensor
         Weak labels at embedding resolution, `ignore_index` = unlabelled.
     grid : (int, int), optional
-        k-means grid ``(gy, gx)``; the paper's VOC scripts use 12 x 12.
+        k-means grid ``(gy, gx)``; default `GRID`, twice training's default (the paper's VOC
+        scripts: 12 x 12, `retrieval_grid` of its 6 x 6).
     iterations : int, optional
-        k-means rounds.
+        k-means rounds (training's, `constants.KMEANS_ITERATIONS`).
     superpixels : (B, h, w) int tensor, optional
         Also split the clusters by superpixel.
     ignore_index : int, optional
@@ -143,9 +179,9 @@ def knn_predict(
     bank,
     *,
     num_classes,
-    k=20,
-    grid=(12, 12),
-    iterations=10,
+    k=NEIGHBOURS,
+    grid=GRID,
+    iterations=KMEANS_ITERATIONS,
     superpixels=None,
     chunk_size=4096,
 ):
@@ -160,9 +196,10 @@ def knn_predict(
     num_classes : int
         C.
     k : int, optional
-        Neighbours per segment (the paper's 20); at most ``len(bank)`` are used.
+        Neighbours per segment (`NEIGHBOURS`, the paper's 20); at most ``len(bank)`` are used.
     grid, iterations : optional
-        k-means settings of `spml_lab.method.clustering.segment_batch` (the paper's 12 x 12, 10).
+        k-means settings of `spml_lab.method.clustering.segment_batch`, as `build_prototype_bank`
+        (segment test images as the bank's were).
     superpixels : (B, h, w) int tensor, optional
         Also split the clusters by superpixel.
     chunk_size : int, optional

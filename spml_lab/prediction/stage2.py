@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spml_lab import checks
+from spml_lab import checks, devices
 from spml_lab.constants import IGNORE_INDEX
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.prediction import metrics, pseudo_labels
@@ -50,7 +50,7 @@ class Stage2Options:
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "L2 on the head's convolution weights")
     seed: int = option(0, "seeds the head's initial weights and the batch order")
-    device: str = option("cpu", "cpu, cuda, auto")
+    device: str = option(devices.DEFAULT, devices.HELP)
     max_images: int | None = option(None, "use only the first N training images", kind=int)
     flip: bool = option(True, "also train on the mirror images")
     progress: bool = option(False, "show progress bars")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from spml_lab import devices
 from spml_lab.data import datasets
 from spml_lab.nets import heads
 from spml_lab.nets.build import build_model
@@ -178,7 +179,7 @@ class Run:
         return next(self.net.parameters()).device
 
 
-def load_run(run, *, device="cpu"):
+def load_run(run, *, device=devices.DEFAULT):
     """Load a finished run: network, stage-1 head, config and (if present) the stage-2 head.
 
     Parameters

@@ -55,12 +55,13 @@ from tqdm import tqdm
 
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.data import datasets
+from spml_lab.devices import resolve_device  # kept here too: notebooks call train.resolve_device
 from spml_lab.method import clustering, distributed, relations
 
 # downsample_nearest: notebook 04 still calls it as `train.downsample_nearest`
 from spml_lab.method.label_maps import downsample_nearest, step_maps  # noqa: F401
 from spml_lab.method.memory import PrototypeMemory
-from spml_lab.nets.build import build_model, resolve_device
+from spml_lab.nets.build import build_model
 from spml_lab.training import checkpoints, run_folders, runs
 from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import TrainConfig
@@ -538,7 +539,9 @@ def fit(cfg, *, start_if_empty=True):
     cfg = cfg.replace(data=datasets.absolute_data(cfg.data), out_dir=out_dir)
     run = Path(cfg.out_dir)
     owns_group = not (dist.is_available() and dist.is_initialized())
-    device = distributed.setup(cfg.device) or resolve_device(cfg.device)  # torchrun or not
+    device = distributed.setup(cfg.device) or resolve_device(  # torchrun's, or this process's
+        cfg.device, argument="TrainConfig.device"
+    )
     if not run.is_dir():  # nothing to read yet: a refusal here leaves no folder behind
         run_folders.open_run(run, cfg, start_if_empty=start_if_empty)
     main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

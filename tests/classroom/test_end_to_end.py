@@ -48,3 +48,24 @@ def test_demo_trains_scores_and_draws_then_reloads(tmp_path, capsys):
 def test_demo_rejects_a_bad_argument(capsys):
     assert cli.main(["demo", "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_demo_runs_on_one_torch_thread_and_gives_the_caller_its_own_back(monkeypatch, tmp_path):
+    import torch
+
+    seen = []
+
+    def record(*args, **kwargs):  # the runs' configs are asked for just before training
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(end_to_end, "demo_configs", record)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # a caller with more threads than the demo's
+    try:
+        with pytest.raises(RuntimeError, match="stop before training"):
+            end_to_end.run_demo(tmp_path / "demo", progress=False)
+        assert seen == [end_to_end.THREADS] == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

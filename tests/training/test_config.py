@@ -198,8 +198,8 @@ def test_cli_rejects_a_bad_choice():
 def test_differences_and_replace():
     cfg = TrainConfig()
     other = cfg.replace(lr=0.5, device="cpu")
-    assert cfg.differences(other) == {"lr": (0.01, 0.5), "device": ("auto", "cpu")}
-    assert cfg.differences(other, ignore=config.RESUMABLE_CHANGES) == {"lr": (0.01, 0.5)}
+    assert cfg.differences(other) == {"lr": (cfg.lr, 0.5), "device": ("auto", "cpu")}
+    assert cfg.differences(other, ignore=config.RESUMABLE_CHANGES) == {"lr": (cfg.lr, 0.5)}
     with pytest.raises(ValueError, match="TrainConfig.batch_size"):
         cfg.replace(batch_size=-3)
 

@@ -3,6 +3,7 @@
 import pytest
 
 from spml_lab.training import presets
+from spml_lab.training.config import TrainConfig
 
 
 def test_auto_is_the_gpu_only_with_cuda():
@@ -15,12 +16,19 @@ def test_auto_is_the_gpu_only_with_cuda():
 
 
 def test_given_fields_win_and_none_means_the_preset_s():
-    cfg = presets.preset_config("cpu", max_steps=7, crop_size=None, annotation="points")
-    assert cfg.max_steps == 7 and cfg.crop_size == presets.PRESETS["cpu"]["crop_size"]
+    cfg = presets.preset_config("cpu", max_steps=7, warmup_steps=None, annotation="points")
+    assert cfg.max_steps == 7 and cfg.warmup_steps == presets.PRESETS["cpu"]["warmup_steps"]
     assert cfg.annotation == "points"
     for name, value in presets.PRESETS["cpu"].items():
         if name != "max_steps":
             assert getattr(cfg, name) == value, name
+
+
+@pytest.mark.parametrize("name", ["benchmark", "cpu"])
+def test_the_embedded_presets_keep_the_recipe_and_add_a_budget(name):
+    # the recipe is TrainConfig's defaults: a preset for the embedded data leaves it alone
+    changed = presets.preset_config(name).differences(TrainConfig())
+    assert set(changed) <= {"max_steps", "warmup_steps", "contrast_images"}, changed
 
 
 def test_partial_cross_entropy_turns_every_relation_off():
