@@ -12,7 +12,6 @@ view.
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
@@ -24,6 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from spml_lab.classroom import trained_runs
 from spml_lab.data import datasets
 from spml_lab.pictures import viz
 from spml_lab.prediction import evaluate, metrics, predict, stage2
@@ -245,10 +245,4 @@ def _write_table(out, rows, num_images):
 
 def _shipped_seconds(name):
     """Training time of a shipped run as ``data_samples/runs/runs.csv`` records it."""
-    table = runs.SHIPPED_RUNS / "runs.csv"
-    if table.is_file():
-        with table.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row["run"] == name and row["train_seconds"]:
-                    return float(row["train_seconds"])
-    return float("nan")
+    return trained_runs.shipped_record(name).get("train_seconds", math.nan)

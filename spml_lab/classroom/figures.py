@@ -1,4 +1,4 @@
-"""Figures of the course that belong to one lesson each: CAMs, curves, benchmark cells, claims.
+"""Figures of the course that belong to one lesson each: CAMs, curves, losses, benchmark cells.
 
 The general pictures (palettes, overlays, grids of images, PCA colours) live in
 `spml_lab.pictures.viz`; these are the few drawings a lesson needs beyond them, kept here so
@@ -8,19 +8,42 @@ that the notebooks stay thin:
 * `show_curves`: a few numbers against one swept setting, one panel per number (03, 04);
 * `show_cells`: benchmark cells as one dot per seeded run with the mean +- std (12);
 * `show_claims`: each claim's difference of means with its 2-standard-error bar (12);
-* `show_relation_effects`: what removing each relation changes, per setting (05, 07, 08, 12).
+* `show_relation_effects`: what removing each relation changes, per setting (05, 07, 08, 12);
+* `show_losses`: the logged losses of one or more runs, side by side (09);
+* `show_per_class`: one bar per class and per model or method (10, 11);
+* `show_pseudo_label_steps` and `show_class_scores`: pseudo labels at each step of their
+  making, and the maps behind them (11);
+* `show_failures`: the images a predictor labels worst, and where it goes wrong (11).
 
 Every function returns the figure; the notebook shows and closes it.
 """
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
 from spml_lab.pictures import viz
+from spml_lab.prediction import predict
+from spml_lab.training.config import TrainConfig
+from spml_lab.training.runs import CONFIG, METRICS
 
-__all__ = ["show_cams", "show_curves", "show_cells", "show_claims", "show_relation_effects"]
+__all__ = [
+    "show_cams",
+    "show_curves",
+    "show_cells",
+    "show_claims",
+    "show_relation_effects",
+    "show_losses",
+    "show_per_class",
+    "show_pseudo_label_steps",
+    "show_class_scores",
+    "show_failures",
+]
 
 VERDICT_COLOURS = {"helps": "tab:green", "hurts": "tab:red", "no measurable effect": "tab:grey"}
 
@@ -238,3 +261,216 @@ def show_relation_effects(effects, *, ax=None, title=None):
         ax.set_title(title, fontsize=9)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def _read_metrics(run):
+    """Read a run's metrics.csv as columns: name -> (rows,) float ndarray."""
+    with open(Path(run) / METRICS, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
+
+
+def show_losses(run_folders, *, size=(5.2, 3.6)):
+    """Draw the logged losses of runs side by side: each relation's, their total, the head's.
+
+    Parameters
+    ----------
+    run_folders : sequence of str or Path
+        Run folders with ``metrics.csv`` and ``config.yaml`` (`spml_lab.training.runs`).
+    size : (float, float), optional
+        Inches per panel.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        One panel per run (log-scaled loss against step): each enabled relation's loss before
+        its weight (a relation that never had a pixel to contrast, like the annotation
+        relation with tags, is left out), the weighted sum ``total`` that trains the network
+        (thick black) and the softmax head's cross-entropy (dashed) when it had labels.
+    """
+    fig, axes = plt.subplots(
+        1, len(run_folders), figsize=(size[0] * len(run_folders), size[1]), squeeze=False
+    )
+    for ax, run in zip(axes[0], run_folders, strict=True):
+        cfg, history = TrainConfig.from_yaml(Path(run) / CONFIG), _read_metrics(run)
+        steps = history["step"]
+        for name, setting in cfg.relation_settings().items():
+            if (history[name] > 0).any():
+                ax.plot(steps, history[name], "-", label=f"{name} (weight {setting.weight:g})")
+        ax.plot(steps, history["total"], "k-", lw=2.5, label="total (weighted sum)")
+        if (history["softmax_ce"] > 0).any():  # tags label no pixel: the head learns nothing
+            ax.plot(steps, history["softmax_ce"], "k--", label="softmax head CE")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_xlabel("step")
+        ax.set_title(f"{cfg.model}, {cfg.annotation}, {int(steps[-1])} steps")
+    axes[0, 0].set_ylabel("loss (mean since the last row)")
+    axes[0, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def show_per_class(values, *, ylabel, title=None, colours=None, ylim=None, size=(9, 3.4)):
+    """Draw one bar per class for each series (models, methods), grouped by class.
+
+    Parameters
+    ----------
+    values : dict of str to dict of str to float
+        Series name -> class name -> value (NaN: no bar); the classes of the first series
+        set the order.
+    ylabel : str
+    title : str, optional
+    colours : (C, 3) uint8 ndarray, optional
+        Class colours; used when there is a single series (each bar in its class's colour).
+    ylim : (float, float), optional
+    size : (float, float), optional
+        Figure size in inches.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        With a legend of the series when there are several, and a line at 0.
+    """
+    names = list(values)
+    classes = list(values[names[0]])
+    x = np.arange(len(classes))
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=size)
+    for k, name in enumerate(names):
+        heights = [values[name].get(c, np.nan) for c in classes]
+        colour = colours / 255 if colours is not None and len(names) == 1 else None
+        ax.bar(x + (k - (len(names) - 1) / 2) * width, heights, width, label=name, color=colour,
+               edgecolor="black" if colour is not None else None, linewidth=0.5)  # fmt: skip
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(x, classes, rotation=35, ha="right", fontsize=8)
+    ax.set_xlabel("class")
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if len(names) > 1:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def show_pseudo_label_steps(steps, class_names, colours, *, annotation, num_show=4, size=2.1):
+    """Draw training images' weak labels, ground truth and pseudo labels after each step.
+
+    Parameters
+    ----------
+    steps : stage2.PseudoLabelSteps
+        From `spml_lab.prediction.stage2.pseudo_label_steps`.
+    class_names : list of str
+    colours : (C, 3) uint8 ndarray
+    annotation : str
+        The weak labels' kind, for the column title.
+    num_show : int, optional
+        Images drawn (the first of the batch).
+    size : float, optional
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        One row per image, titled by its name and tags; columns: the weak labels over the
+        dimmed image, the ground truth, then the argmax over the image's tags after each
+        step (softmax, random walk, CRF = the pseudo label).
+    """
+    batch = steps.batch
+    pictures = predict.to_uint8(batch["image"][:num_show]).numpy()
+    rows = [
+        [viz.overlay(pictures[b], batch["label"][b].numpy(), colours, alpha=1.0, dim=0.5),
+         viz.colorize(steps.truth[b].numpy(), colours),
+         *(viz.colorize(steps.labels[s][b].numpy(), colours) for s in steps.miou)]
+        for b in range(len(pictures))
+    ]  # fmt: skip
+    tags = [", ".join(class_names[c] for c in np.flatnonzero(t[1:]) + 1) for t in batch["tags"]]
+    step_titles = {"softmax": "softmax (tags)", "walked": "random walk", "crf": "CRF = pseudo"}
+    return viz.show_grid(
+        rows,
+        row_titles=[f"{n}\n{t}" for n, t in zip(batch["name"], tags, strict=False)],
+        col_titles=[annotation, "ground truth", *(step_titles[s] for s in steps.miou)],
+        class_names=class_names,
+        colours=colours,
+        size=size,
+        title="Pseudo labels of training images at each step (row labels: the image's tags)",
+    )
+
+
+def show_class_scores(steps, class_names, *, image=0, size=2.1):
+    """Draw the maps behind one image's pseudo label: one column per class it may take.
+
+    Parameters
+    ----------
+    steps : stage2.PseudoLabelSteps
+    class_names : list of str
+    image : int, optional
+        Which image of ``steps.batch``.
+    size : float, optional
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        One row per step (softmax restricted to the tags, random walk, CRF), one column per
+        allowed class (background and the image's tags); viridis with one scale per row
+        (bright = the row's maximum), so the classes of a row compare.
+    """
+    tags = steps.batch["tags"][image].numpy().astype(bool)
+    allowed = np.flatnonzero(tags | (np.arange(len(tags)) == 0))  # background is always allowed
+    rows = []
+    for s in steps.miou:
+        maps = getattr(steps.pseudo, s)[image, allowed]
+        relative = (maps / maps.max().clamp_min(1e-12)).numpy()
+        rows.append([(plt.cm.viridis(m)[..., :3] * 255).astype(np.uint8) for m in relative])
+    names = {"softmax": "softmax (tags)", "walked": "random walk", "crf": "CRF"}
+    fig = viz.show_grid(
+        rows,
+        row_titles=[names[s] for s in steps.miou],
+        col_titles=[class_names[c] for c in allowed],
+        size=size,
+    )
+    fig.suptitle(
+        f"{steps.batch['name'][image]}: score of each allowed class (bright = the row's maximum)",
+        y=1.03,
+    )
+    return fig
+
+
+def show_failures(failures, class_names, colours, *, method, size=2.2):
+    """Draw the images a predictor labels worst: image, truth, its labels, its wrong pixels.
+
+    Parameters
+    ----------
+    failures : list of trained_runs.Failure
+    class_names : list of str
+    colours : (C, 3) uint8 ndarray
+    method : str
+        The predictor's name, for the titles.
+    size : float, optional
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        One row per image, titled by its name, its mIoU and its largest confusion; the last
+        column keeps only the wrong pixels, coloured by the class predicted there.
+    """
+    rows = [
+        [f.picture, viz.colorize(f.truth, colours), viz.colorize(f.labels, colours),
+         viz.overlay(f.picture, np.where(f.labels != f.truth, f.labels, 255), colours, 1.0,
+                     dim=0.6)]
+        for f in failures
+    ]  # fmt: skip
+    titles = [
+        f"{f.name}: mIoU {f.miou:.2f}\n{class_names[f.confused[0]]} -> {class_names[f.confused[1]]}"
+        for f in failures
+    ]
+    return viz.show_grid(
+        rows,
+        row_titles=titles,
+        col_titles=["image", "ground truth", method, "wrong pixels (predicted class)"],
+        class_names=class_names,
+        colours=colours,
+        size=size,
+        title=f"Failure cases of {method}: the lowest per-image mIoU",
+    )

@@ -22,6 +22,7 @@ __all__ = [
     "umap_project",
     "umap_scatter",
     "similarity_maps",
+    "similarity_range",
     "heat_rgb",
     "show_similarity",
     "plot_cosine_distributions",
@@ -229,6 +230,35 @@ def similarity_maps(embeddings, query):
     return np.clip(unit @ unit[b, y, x], -1.0, 1.0)  # (B, h, w)
 
 
+def similarity_range(maps, *, quantile=0.02, widest=0.9):
+    """Return the cosines a similarity map's colours span: from a low quantile up to 1.
+
+    An untrained network's cosines all lie near 1: on the full range [-1, 1] its map would be
+    a flat red. Each network gets its own range instead, written in the figure's title.
+
+    Parameters
+    ----------
+    maps : (B, h, w) float ndarray
+        From `similarity_maps`.
+    quantile : float, optional
+        The share of cosines allowed below the range.
+    widest : float, optional
+        The lower end is at most this, so the range is at least ``1 - widest`` wide.
+
+    Returns
+    -------
+    low, high : float
+        ``low`` floored to a tenth; ``high`` = 1.
+
+    Examples
+    --------
+    >>> similarity_range(np.linspace(0.95, 1.0, 100)), similarity_range(np.linspace(-1, 1, 100))
+    ((0.9, 1.0), (-1.0, 1.0))
+    """
+    low = np.floor(np.quantile(to_numpy(maps, np.float64), quantile) * 10) / 10
+    return min(widest, float(low)), 1.0
+
+
 def heat_rgb(maps, *, cmap="RdBu_r", vmin=-1.0, vmax=1.0):
     """Colour a value map with a matplotlib colour map (a lookup, fast enough for widgets).
 
@@ -322,7 +352,9 @@ def show_similarity(
     return fig
 
 
-def plot_cosine_distributions(distributions, *, title=None, colours=None, size=(5.5, 3.2)):
+def plot_cosine_distributions(
+    distributions, *, title=None, colours=None, size=(5.5, 3.2), cut=False
+):
     """Plot same-class and different-class cosine distributions of one or more models.
 
     Parameters
@@ -334,6 +366,10 @@ def plot_cosine_distributions(distributions, *, title=None, colours=None, size=(
         One per model; default seaborn's ``"deep"`` palette.
     size : (float, float), optional
         Figure size in inches.
+    cut : bool, optional
+        Cut the x axis to where the pairs lie (from the lowest 0.5 %, floored to a tenth, to
+        1) and put the legend beside the axes: after a short training every cosine lies in a
+        narrow band near 1, which the full range [-1, 1] would squash.
 
     Returns
     -------
@@ -363,9 +399,16 @@ def plot_cosine_distributions(distributions, *, title=None, colours=None, size=(
             sns.kdeplot(x=values, ax=ax, color=colour, linestyle=style, clip=(-1.0, 1.0),
                         label=f"{name}: {kind}", warn_singular=False)  # fmt: skip
     ax.set_xlim(-1.05, 1.05)
+    if cut:
+        pooled = np.concatenate([to_numpy(v, np.float64) for pair in distributions.values()
+                                 for v in pair])  # fmt: skip
+        ax.set_xlim(max(-1.0, np.floor(np.quantile(pooled, 0.005) * 10) / 10), 1.0)
     ax.set_xlabel("cosine similarity of a pixel pair")
     ax.set_ylabel("density")
-    ax.legend(fontsize=8)
+    if cut:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()

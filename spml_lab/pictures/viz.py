@@ -18,6 +18,7 @@ __all__ = [
     "palette",
     "colorize",
     "overlay",
+    "label_pictures",
     "show_grid",
     "show",
     "legend_handles",
@@ -136,6 +137,40 @@ def overlay(image, labels, colours, alpha=0.6, *, dim=0.0):
     return np.round(blended).astype(np.uint8)
 
 
+def label_pictures(labels, colours, *, images=None, dim=0.5):
+    """One picture per label map of a batch: the classes' colours, or the labels over images.
+
+    Parameters
+    ----------
+    labels : (B, H, W) int tensor or ndarray
+        Class per pixel, 255 = unlabelled.
+    colours : (C, 3) uint8 ndarray
+    images : (B, H, W, 3) uint8 ndarray, optional
+        Draw the labels opaque over these (`overlay`), their unlabelled pixels darkened by
+        `dim`, so that sparse weak labels stand out; without them, `colorize` (unlabelled:
+        white).
+    dim : float, optional
+
+    Returns
+    -------
+    pictures : list of (H, W, 3) uint8 ndarray
+        A row for `show_grid`.
+
+    Examples
+    --------
+    >>> colours = np.array([[0, 0, 0], [200, 100, 0]], np.uint8)
+    >>> [p.tolist() for p in label_pictures(np.array([[[1, 255]]]), colours)]
+    [[[[200, 100, 0], [255, 255, 255]]]]
+    """
+    labels = to_numpy(labels)
+    if images is None:
+        return [colorize(label, colours) for label in labels]
+    return [
+        overlay(image, label, colours, alpha=1.0, dim=dim)
+        for image, label in zip(np.asarray(images), labels, strict=True)
+    ]
+
+
 def legend_handles(class_names, colours):
     """Legend patches, one per class, for ``fig.legend(handles=...)``.
 
@@ -158,8 +193,9 @@ def show_grid(
 
     Parameters
     ----------
-    rows : list of list of ndarray
-        ``rows[r][c]`` is drawn in row r, column c; ``None`` leaves a cell empty.
+    rows : list of list of ndarray, or dict of str to list of ndarray
+        ``rows[r][c]`` is drawn in row r, column c; ``None`` leaves a cell empty. A dict maps
+        each row's title to its pictures (then `row_titles` is not given).
     row_titles, col_titles : list of str, optional
         Labels on the left of each row and above each column.
     size : float, optional
@@ -173,6 +209,10 @@ def show_grid(
     -------
     fig : matplotlib.figure.Figure
     """
+    if isinstance(rows, dict):
+        if row_titles is not None:
+            raise ValueError("rows is a dict of row title -> pictures: give no row_titles")
+        row_titles, rows = list(rows), list(rows.values())
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows), squeeze=False)
     for r, row in enumerate(rows):

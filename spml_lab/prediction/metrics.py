@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["confusion_matrix", "image_miou", "mean_iou"]
+__all__ = ["confusion_matrix", "image_miou", "mean_iou", "background_miou"]
 
 
 def confusion_matrix(pred, target, num_classes, ignore_index=255):
@@ -128,3 +128,31 @@ def image_miou(pred, target, num_classes, ignore_index=255):
     intersection = confusion.diagonal(dim1=1, dim2=2)
     union = confusion.sum(1) + confusion.sum(2) - intersection
     return (intersection / union).nanmean(dim=1)  # a class absent from both: NaN, left out
+
+
+def background_miou(target, num_classes, *, background=0, ignore_index=255):
+    """Return the mIoU of calling every pixel background: the floor a segmenter must beat.
+
+    Parameters
+    ----------
+    target : (...) int tensor
+        Ground-truth class per pixel.
+    num_classes : int
+    background : int, optional
+        The background class.
+    ignore_index : int, optional
+
+    Returns
+    -------
+    miou : float
+        Background's IoU (its share of the counted pixels), divided by the number of
+        classes present in `target` (every other present class scores 0).
+
+    Examples
+    --------
+    >>> background_miou(torch.tensor([0, 0, 0, 1]), 3)  # background IoU 0.75, class 1: 0
+    0.375
+    """
+    target = torch.as_tensor(target)
+    pred = torch.full_like(target, background)
+    return mean_iou(confusion_matrix(pred, target, num_classes, ignore_index))[0]

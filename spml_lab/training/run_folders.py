@@ -42,6 +42,7 @@ from spml_lab.training.runs import (
     METRICS,
     OWNER,
     RUN_FILES,
+    STAGE2,
     SUMMARY,
 )
 
@@ -275,7 +276,7 @@ def _writer(folder):
         return "it has not said who it is yet"
 
 
-def copy_run(run_dir, out):
+def copy_run(run_dir, out, *, stage2=False):
     """Copy a run's stage-1 files into `out`, a folder of the user's, and return `out`.
 
     How a shipped (read-only) run gets a stage-2 head or scores of its own: the copy is
@@ -286,6 +287,10 @@ def copy_run(run_dir, out):
     run_dir : str or Path
         A run folder (``config.yaml``, ``final.pt``...).
     out : str or Path
+    stage2 : bool, optional
+        Copy the run's stage-2 head (``stage2.pt``) too, if it has one, so that the copy
+        predicts as the original does (a lesson that writes only scores); without it the copy
+        is ready for a stage-2 head of its own.
 
     Returns
     -------
@@ -307,7 +312,7 @@ def copy_run(run_dir, out):
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty and holds no run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG, METRICS, FINAL):
+    for name in (CONFIG, METRICS, FINAL) + ((STAGE2,) if stage2 else ()):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out / name)
     return out

@@ -155,3 +155,21 @@ def test_plot_cosine_distributions_labels_both_kinds_per_model():
     assert peak[0] > 0.9 and abs(peak[1]) < 0.3
     assert min(line.get_xdata().min() for line in ax.lines) >= -1.0
     plt.close(fig)
+
+
+def test_similarity_range_spans_the_low_quantile_to_one_at_least_a_tenth_wide():
+    near_one = np.linspace(0.97, 1.0, 200)
+    assert embedding_viz.similarity_range(near_one) == (0.9, 1.0)  # at least 0.1 wide
+    spread = np.linspace(0.0, 1.0, 1001)  # its 2nd percentile is 0.02: floored to 0.0
+    assert embedding_viz.similarity_range(spread) == (0.0, 1.0)
+    assert embedding_viz.similarity_range(spread, quantile=0.25) == (0.2, 1.0)
+
+
+def test_plot_cosine_distributions_can_cut_the_axis_to_the_pairs():
+    rng = np.random.default_rng(0)
+    pairs = {"net": (rng.uniform(0.8, 1.0, 200), rng.uniform(0.55, 0.9, 200))}
+    full = embedding_viz.plot_cosine_distributions(pairs)
+    cut = embedding_viz.plot_cosine_distributions(pairs, cut=True)
+    assert full.axes[0].get_xlim() == (-1.05, 1.05)
+    assert cut.axes[0].get_xlim() == (0.5, 1.0)  # the lowest 0.5 % floored to a tenth
+    plt.close("all")

@@ -89,3 +89,23 @@ def test_show_relation_draws_one_panel_per_image_and_a_zoom(zoom):
     assert "positive (1)" in labels  # 48 segments in the batch, 48 and 49 in memory
     assert "memory: 1 positive, 1 negative" in fig._suptitle.get_text()
     plt.close(fig)
+
+
+def test_label_pictures_colours_maps_or_draws_them_over_their_images():
+    colours = np.array([[0, 0, 0], [200, 100, 0]], np.uint8)
+    labels = np.array([[[1, 255]], [[0, 1]]])
+    plain = viz.label_pictures(labels, colours)
+    assert [p.tolist() for p in plain] == [
+        [[[200, 100, 0], [255, 255, 255]]], [[[0, 0, 0], [200, 100, 0]]]
+    ]  # fmt: skip
+    images = np.full((2, 1, 2, 3), 100, np.uint8)
+    over = viz.label_pictures(labels, colours, images=images, dim=0.5)
+    assert over[0].tolist() == [[[200, 100, 0], [50, 50, 50]]]  # unlabelled: the dimmed image
+
+
+def test_show_grid_takes_rows_as_a_dict_of_titles():
+    picture = np.zeros((2, 2, 3), np.uint8)
+    fig = viz.show_grid({"first": [picture, picture], "second": [picture]})
+    assert [ax.get_ylabel() for ax in fig.axes[::2]] == ["first", "second"]
+    with pytest.raises(ValueError, match="no row_titles"):
+        viz.show_grid({"first": [picture]}, row_titles=["again"])

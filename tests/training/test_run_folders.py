@@ -49,3 +49,14 @@ def test_a_run_the_notebook_did_not_finish_is_refused(tmp_path, owner, finished)
     with pytest.raises(FileExistsError, match=r"differs in \['lr'\]"):
         run_folders.prepare_run_folder(TrainConfig(out_dir=str(folder)), "09_training")
     assert (folder / "config.yaml").is_file() and (folder / "metrics.csv").is_file()
+
+
+def test_copy_run_copies_the_stage2_head_only_when_asked(tmp_path):
+    from spml_lab.training import runs
+
+    source = runs.run_folder("shipped:spml_scribbles")
+    bare = run_folders.copy_run(source, tmp_path / "bare")
+    whole = run_folders.copy_run(source, tmp_path / "whole", stage2=True)
+    assert not (bare / runs.STAGE2).exists() and runs.load_run(bare).stage2_head is None
+    assert (whole / runs.STAGE2).read_bytes() == (source / runs.STAGE2).read_bytes()
+    assert runs.load_run(whole).stage2_head is not None
