@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from spml_lab.classroom import demo
+from spml_lab.constants import LESSON_KMEANS_GRID
 from spml_lab.method import relations
 from spml_lab.pictures import viz
 from spml_lab.training.config import TrainConfig
@@ -187,7 +188,8 @@ def relation_alone(relation, *, out_dir=None, **changes):
         The run folder; default ``<a new temporary folder>/<relation>``, so that a lesson
         never writes into the working directory and each call trains afresh.
     **changes
-        Further `TrainConfig` fields (data, annotation, max_steps, ...).
+        Further `TrainConfig` fields (data, annotation, max_steps, ...). Otherwise the run is
+        `TrainConfig`'s recipe with the k-means grid `constants.LESSON_KMEANS_GRID`.
 
     Examples
     --------
@@ -201,6 +203,7 @@ def relation_alone(relation, *, out_dir=None, **changes):
         out_dir = str(Path(tempfile.mkdtemp(prefix="spml_")) / relation)
     only = {name: name == relation for name in relations.RELATIONS}
     short = {"warmup_steps": 5, "log_every": 10, "progress": False}  # full speed soon
+    short["kmeans_grid"] = LESSON_KMEANS_GRID
     return TrainConfig(
         **{**only, f"{relation}_weight": 1.0, **short, **changes, "out_dir": out_dir}
     )
