@@ -87,3 +87,15 @@ def test_accuracy_claims_need_two_standard_errors():
 
 def test_documented_tables_equal_the_committed_csvs():
     assert "tables equal the committed CSVs" in run(ROOT / "benchmarks" / "tables.py", "--check")
+
+
+def test_one_image_benchmark_writes_rows_and_resumes(tmp_path):
+    out = tmp_path / "one.csv"
+    args = ["--quick", "--datasets", "objects", "--kinds", "points", "--out", out]
+    printed = run(ROOT / "benchmarks/one_image.py", *args)
+    rows = out.read_text().splitlines()
+    assert rows[0] == "dataset,scene,kind,method,miou,seconds,steps,classes"
+    assert len(rows) == 1 + 2 * 3  # 2 scenes x 3 methods
+    assert "spml - forest" in printed and (tmp_path / "one.png").is_file()
+    run(ROOT / "benchmarks/one_image.py", *args)  # a rerun scores nothing again
+    assert out.read_text().splitlines() == rows
