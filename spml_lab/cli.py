@@ -19,6 +19,8 @@ Sub-commands are thin: each parses its arguments and calls one library function.
 * ``spml-lab predict CHECKPOINT IMAGE...``: coloured masks ``<stem>_mask.png`` (`predict.predict`).
 * ``spml-lab stage2 RUN_DIR``: pseudo labels and the stage-2 head, RUN_DIR/stage2.pt
   (`stage2.fit_head`).
+* ``spml-lab segment IMAGE --scribbles S.png --out MASK.png``: one image segmented from its own
+  scribbles by SPML, the random forest or partial CE (`one_image.segment`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def build_parser():
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_make_data, _add_run_notebook, _add_train, _add_sweep, _add_evaluate,
-                _add_predict, _add_stage2, _add_cam_labels, _add_prepare, _add_demo):  # fmt: skip
+                _add_predict, _add_stage2, _add_cam_labels, _add_prepare, _add_demo,
+                _add_segment):  # fmt: skip
         add(commands)
     return parser
 
@@ -474,6 +477,36 @@ def _add_demo(commands):
     demo.set_defaults(run=_demo)
 
 
+def _add_segment(commands):
+    from spml_lab.prediction import one_image
+
+    segment = commands.add_parser(
+        "segment",
+        help="segment one image from scribbles drawn on it (SPML trained on that image alone)",
+        description="Train on IMAGE alone from its scribbles and write the mask: SPML (a small "
+        "embedding net, low-level similarity + semantic annotation, nearest labelled "
+        "prototypes), scikit-image's random forest on a filter bank, or partial cross-entropy. "
+        "Nothing is written when an input is wrong, and no output replaces an input.",
+    )
+    segment.add_argument("image", help="the picture (JPEG, PNG); ~128-256 px is seconds on a CPU")
+    segment.add_argument(
+        "--scribbles", required=True,
+        help="single-channel PNG of IMAGE's size: class ids 0..K-1, 255 = unlabelled",
+    )  # fmt: skip
+    segment.add_argument(
+        "--out", required=True, help="the mask: single-channel PNG, ids 0..K-1 (palette colours)"
+    )
+    segment.add_argument("--overlay", default=None, help="also write the mask over the image")
+    segment.add_argument("--method", choices=one_image.METHODS, default="spml")
+    segment.add_argument(
+        "--steps", type=checks.flag(int, 1), default=one_image.RECIPE.steps,
+        help="training steps of spml and partial_ce (default: %(default)s)",
+    )  # fmt: skip
+    segment.add_argument("--seed", type=checks.flag(int, 0), default=0, help="same seed, same mask")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    segment.set_defaults(run=_segment)
+
+
 def main(argv=None):
     """Entry point of the ``spml-lab`` console script.
 
@@ -767,6 +800,45 @@ def _predict(args):
         target.parent.mkdir(parents=True, exist_ok=True)
         mask.convert("RGB").save(target, format="PNG")
         print(f"wrote {target}")
+    return 0
+
+
+def _segment(args):
+    import os
+    from pathlib import Path
+
+    from PIL import Image
+
+    from spml_lab.data import labelio
+    from spml_lab.pictures import viz
+    from spml_lab.prediction import one_image
+
+    def same(a, b):  # the same file under any name (symlinks, hard links, ..)
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+    outputs = {"--out": args.out, **({"--overlay": args.overlay} if args.overlay else {})}
+    if args.overlay and Path(args.out).resolve() == Path(args.overlay).resolve():
+        raise ValueError(f"--out and --overlay are both {args.out}; give two files")
+    for flag, target in outputs.items():
+        for name, source in (("IMAGE", args.image), ("--scribbles", args.scribbles)):
+            if Path(target).resolve() == Path(source).resolve() or same(target, source):
+                raise ValueError(f"{flag} {target} would replace the input {name} {source}")
+        if os.path.exists(target) and not args.overwrite:
+            raise FileExistsError(f"{flag} {target} exists; pass --overwrite to replace it")
+    image = labelio.read_image(args.image)  # (H, W, 3) float in [0, 1]
+    scribbles = labelio.read_label_png(args.scribbles)  # (H, W) uint8
+    # checked with the file names, before any training
+    image, scribbles, num_classes = one_image.check_inputs(
+        image, scribbles, names=(args.image, args.scribbles)
+    )
+    mask = one_image.segment(image, scribbles, args.method, steps=args.steps, seed=args.seed)
+    labelio.write_label_png(args.out, mask)
+    print(f"wrote {args.out} ({args.method}, {num_classes} classes)")
+    if args.overlay:
+        blended = viz.overlay(image, mask, viz.palette(num_classes), alpha=0.5)
+        Path(args.overlay).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(blended).save(args.overlay, format="PNG")
+        print(f"wrote {args.overlay}")
     return 0
 
 

@@ -91,3 +91,15 @@ def test_documented_tables_equal_the_committed_csvs():
 
 def test_sweep_speed_benchmark_runs_in_miniature():
     assert "'jobs': 2" in run(ROOT / "benchmarks" / "sweep_speed.py", "--quick")
+
+
+def test_one_image_benchmark_writes_rows_and_resumes(tmp_path):
+    out = tmp_path / "one.csv"
+    args = ["--quick", "--datasets", "objects", "--kinds", "points", "--out", out]
+    printed = run(ROOT / "benchmarks/one_image.py", *args)
+    rows = out.read_text().splitlines()
+    assert rows[0] == "dataset,scene,kind,method,miou,seconds,steps,classes"
+    assert len(rows) == 1 + 2 * 3  # 2 scenes x 3 methods
+    assert "spml - forest" in printed and (tmp_path / "one.png").is_file()
+    run(ROOT / "benchmarks/one_image.py", *args)  # a rerun scores nothing again
+    assert out.read_text().splitlines() == rows

@@ -1,0 +1,259 @@
+"""One image, its own scribbles: SPML against the random forest and partial cross-entropy.
+
+`one_image.segment` trains on the one image it labels, so the benchmark is a set of single
+images with exact masks: generated scenes (`synthetic.generate`, test seed, 128 px) of the
+objects and of the parts kind. Each scene is labelled three ways by `annotations.weak_labels`:
+``scribbles`` (whole skeleton strokes), ``scribbles_30`` (30 % of each stroke) and ``points``
+(one 5 px disc per region). Every method sees the same labels; a region the labels miss (too
+small for a mark) is a class the method cannot predict, for all methods alike.
+
+Protocol (written before the full run)
+--------------------------------------
+* 30 scenes per dataset kind (``--scenes``), test seed 2024, seed 0 for every method.
+* Score: mIoU of each scene on its own (`metrics.image_miou`, classes of its truth or
+  prediction), then mean and sample std over scenes, per dataset x label kind x method.
+* Claim rule: method A beats method B in a cell when ``mean(A) - mean(B) > 2 SE`` of the
+  difference (`claims.compare`, unpaired; the scenes are shared, so this is conservative).
+* Time per image: wall-clock seconds of `segment` (superpixels, training, prediction), one
+  torch thread; take timings from an idle machine only.
+* ``--variants`` adds SPML's alternatives (head instead of kNN, dense CRF, feature affinity)
+  as extra methods: the measurement behind `one_image.SPML_CHOICES`.
+
+Resumable: the CSV gets one row per scene x method x label kind as soon as it is scored, and a
+rerun skips the rows already there. The figure and the summary are redrawn from the whole CSV.
+
+    python benchmarks/one_image.py                  # 30 scenes per kind, the committed result
+    python benchmarks/one_image.py --quick          # 2 scenes, 10 steps: a smoke run (outputs/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spml_lab.batch import claims
+from spml_lab.data import annotations, synthetic
+from spml_lab.prediction import metrics, one_image
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OUT = RESULTS / "one_image.csv"
+QUICK_OUT = Path("outputs") / "one_image_quick" / "one_image.csv"
+TEST_SEED = 2024  # another seed than any training data of the other benchmarks
+SIZE = 128
+DATASETS = ("objects", "parts")
+LABELS = {  # label kind -> weak_labels arguments
+    "scribbles": ("scribbles", {}),
+    "scribbles_30": ("scribbles", {"keep_fraction": 0.3}),
+    "points": ("points", {}),
+}
+METHODS = one_image.METHODS
+VARIANTS = {  # SPML alternatives measured for SPML_CHOICES
+    "spml_head": {"predictor": "head"},
+    "spml_crf": {"crf": True},
+    "spml_affinity": {"feature_affinity": True},
+}
+COLUMNS = ["dataset", "scene", "kind", "method", "miou", "seconds", "steps", "classes"]
+
+
+def scene_labels(scenes, index, kind):
+    """Return the scene's weak labels with ids 0..K-1, and the scene class of each id."""
+    name, options = LABELS[kind]
+    labels = annotations.weak_labels(
+        scenes.semantic[index], scenes.instance[index], name, seed=index, **options
+    )
+    classes = np.unique(labels[labels != 255])  # (K,) scene class of each id
+    ids = np.full(256, 255, np.uint8)
+    ids[classes] = np.arange(len(classes))
+    return ids[labels], classes
+
+
+def score(mask, classes, semantic, num_classes):
+    pred = torch.from_numpy(classes[mask].astype(np.int64))[None]
+    truth = torch.from_numpy(semantic.astype(np.int64))[None]
+    return float(metrics.image_miou(pred, truth, num_classes)[0])
+
+
+def read_rows(path):
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def run(out, num_scenes, methods, steps, datasets=DATASETS, kinds=tuple(LABELS)):
+    rows = read_rows(out)
+    other = {r["steps"] for r in rows if r["steps"]} - {str(steps)}
+    if other:  # a resumed run must measure what its rows measured
+        raise SystemExit(f"{out} holds rows of --steps {sorted(other)}, not {steps}; "
+                         "resume with the same --steps or write to another --out")  # fmt: skip
+    done = {(r["dataset"], r["scene"], r["kind"], r["method"]) for r in rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not out.is_file()
+    with out.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        if new_file:
+            writer.writeheader()
+        for dataset in datasets:
+            scenes = synthetic.generate(num_scenes, kind=dataset, size=SIZE, seed=TEST_SEED)
+            for index in range(num_scenes):
+                for kind in kinds:
+                    scribbles, classes = scene_labels(scenes, index, kind)
+                    for method in methods:
+                        if (dataset, str(index), kind, method) in done:
+                            continue
+                        base = method if method in METHODS else "spml"
+                        tic = time.perf_counter()
+                        mask = one_image.segment(
+                            scenes.images[index], scribbles, base, steps=steps, seed=0,
+                            choices=VARIANTS.get(method),
+                        )  # fmt: skip
+                        seconds = time.perf_counter() - tic
+                        miou = score(mask, classes, scenes.semantic[index], scenes.num_classes)
+                        writer.writerow({
+                            "dataset": dataset, "scene": index, "kind": kind, "method": method,
+                            "miou": f"{miou:.4f}", "seconds": f"{seconds:.2f}",
+                            "steps": "" if method == "forest" else steps,
+                            "classes": len(classes),
+                        })  # fmt: skip
+                        handle.flush()  # a killed run keeps every finished row
+                        print(f"{dataset:7s} scene {index:2d} {kind:12s} {method:13s} "
+                              f"mIoU {miou:.3f}  {seconds:5.1f} s", flush=True)  # fmt: skip
+
+
+def summarise(rows):
+    """Mean, std and n of mIoU and seconds per (dataset, kind, method); the 2-SE verdicts."""
+    cells = {}
+    for row in rows:
+        cell = cells.setdefault((row["dataset"], row["kind"], row["method"]), ([], []))
+        cell[0].append(float(row["miou"]))
+        cell[1].append(float(row["seconds"]))
+    summary = []
+    for (dataset, kind, method), (mious, seconds) in cells.items():
+        mean, std = claims.mean_std(mious)
+        summary.append({"dataset": dataset, "kind": kind, "method": method, "n": len(mious),
+                        "miou_mean": mean, "miou_std": std or 0.0,
+                        "seconds_mean": float(np.mean(seconds))})  # fmt: skip
+    verdicts = []
+    for dataset, kind in dict.fromkeys((d, k) for d, k, _ in cells):
+        spml = cells.get((dataset, kind, "spml"))
+        for other in [m for d, k, m in cells if (d, k) == (dataset, kind) and m != "spml"]:
+            if spml is None:
+                continue
+            difference, se = claims.compare(spml[0], cells[(dataset, kind, other)][0])
+            if se is None:
+                verdict = "n < 2"
+            elif difference > 2 * se:
+                verdict = "spml better"
+            elif difference < -2 * se:
+                verdict = f"{other} better"
+            else:
+                verdict = "no difference within 2 SE"
+            verdicts.append({"dataset": dataset, "kind": kind, "versus": other,
+                             "difference": difference, "se": se, "verdict": verdict})  # fmt: skip
+    return summary, verdicts
+
+
+def plot(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    kinds = list(dict.fromkeys(s["kind"] for s in summary))
+    datasets = list(dict.fromkeys(s["dataset"] for s in summary))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
+    width = 0.8 / len(methods)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for m, method in enumerate(methods):
+            cells = {
+                s["kind"]: s for s in summary if (s["dataset"], s["method"]) == (dataset, method)
+            }
+            x = np.arange(len(kinds)) + (m - (len(methods) - 1) / 2) * width
+            means = [cells[k]["miou_mean"] if k in cells else np.nan for k in kinds]
+            stds = [cells[k]["miou_std"] if k in cells else np.nan for k in kinds]
+            ax.bar(x, means, width, yerr=stds, capsize=2, label=method)
+        n = max(s["n"] for s in summary if s["dataset"] == dataset)
+        ax.set(xticks=range(len(kinds)), xticklabels=kinds, ylim=(0, 1), ylabel="mIoU",
+               title=f"{dataset}: mean ± std over {n} scenes")  # fmt: skip
+    axes[0, -1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(out):
+    summary, verdicts = summarise(read_rows(out))
+    print(f"\n{'dataset':8s} {'kind':13s} {'method':14s} {'n':>3s} {'mIoU':>15s} {'s/image':>8s}")
+    for s in summary:
+        print(f"{s['dataset']:8s} {s['kind']:13s} {s['method']:14s} {s['n']:3d} "
+              f"{s['miou_mean']:.3f} ± {s['miou_std']:.3f} {s['seconds_mean']:8.1f}")  # fmt: skip
+    print()
+    for v in verdicts:
+        se = "n/a" if v["se"] is None else f"{v['se']:.3f}"
+        print(f"{v['dataset']:8s} {v['kind']:13s} spml - {v['versus']:13s} "
+              f"{v['difference']:+.3f} (SE {se}): {v['verdict']}")  # fmt: skip
+    plot(summary, out.with_suffix(".png"))
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+
+
+def _stamp(times, step, mask):
+    times.append(time.perf_counter())
+
+
+def speed(steps):
+    """Time `segment` on the bundled photos at 256 px: the first mask and the gaps after it."""
+    from spml_lab.classroom import photos
+
+    print(f"torch threads {torch.get_num_threads()}; the targets: first mask <= 10 s, "
+          "then an update at least every 2 s")  # fmt: skip
+    for name, strokes in photos.stored().items():
+        image = photos.photo(name)
+        labels = photos.scribbles(image.shape[:2], strokes["strokes"], strokes["radius"])
+        for method in METHODS:
+            times = []
+            tic = time.perf_counter()
+            stamp = functools.partial(_stamp, times)
+            one_image.segment(image, labels, method, steps=steps, callback=stamp)
+            gaps = np.diff([tic, *times])
+            print(f"{name:10s} {image.shape[0]}x{image.shape[1]} {method:10s} first mask "
+                  f"{gaps[0]:5.1f} s, then every {gaps[1:].max(initial=0):4.1f} s at most "
+                  f"({len(times)} masks, {times[-1] - tic:5.1f} s in all)")  # fmt: skip
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=30, help="scenes per dataset kind")
+    parser.add_argument("--steps", type=int, default=one_image.RECIPE.steps)
+    parser.add_argument("--variants", action="store_true", help="also SPML's alternatives")
+    parser.add_argument("--quick", action="store_true", help="2 scenes, 10 steps, into outputs/")
+    parser.add_argument("--speed", action="store_true", help="time the bundled photos only")
+    parser.add_argument("--out", type=Path, default=None, help=f"CSV (default {OUT})")
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument("--kinds", nargs="+", choices=list(LABELS), default=list(LABELS))
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help=f"subset of {list(METHODS) + list(VARIANTS)}")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.speed:
+        return speed(args.steps)
+    if args.quick:
+        args.scenes, args.steps = 2, 10
+    out = args.out or (QUICK_OUT if args.quick else OUT)
+    methods = args.methods or list(METHODS) + (list(VARIANTS) if args.variants else [])
+    unknown = sorted(set(methods) - set(METHODS) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}")
+    run(out, args.scenes, methods, args.steps, args.datasets, args.kinds)
+    report(out)
+
+
+if __name__ == "__main__":
+    main()

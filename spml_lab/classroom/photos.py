@@ -1,0 +1,93 @@
+"""Bundled photos and their stored scribbles, for `one_image.segment` in the notebooks.
+
+scikit-image ships a few photographs in its wheel (`skimage.data`), so nothing downloads.
+``data_samples/scribbles/strokes.json`` holds strokes drawn on some of them at 256 px on the
+longer side: per photo its class names, a brush radius and a list of ``[class, [[x, y], ...]]``
+polylines. Strokes, not pixels, are stored: they are short to read and review, and
+`scribbles` turns them into the label map a person's brush would have made.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from scipy import ndimage
+from skimage import data, draw, morphology, transform
+
+from spml_lab.constants import IGNORE_INDEX
+from spml_lab.data.datasets import DATA_SAMPLES
+
+__all__ = ["PHOTOS", "SIDE", "photo", "stored", "scribbles"]
+
+# scikit-image's bundled colour photographs
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+SIDE = 256  # the longer side the photos are used at (and the strokes drawn at)
+STROKES = DATA_SAMPLES / "scribbles" / "strokes.json"
+
+
+def photo(name, side=SIDE):
+    """Return a bundled photo scaled to `side` px on its longer side.
+
+    Parameters
+    ----------
+    name : str
+        One of `PHOTOS`.
+    side : int, optional
+
+    Returns
+    -------
+    image : (H, W, 3) uint8 ndarray
+
+    Examples
+    --------
+    >>> photo("chelsea").shape
+    (170, 256, 3)
+    """
+    if name not in PHOTOS:
+        raise ValueError(f"unknown photo {name!r}; choose one of {PHOTOS}")
+    image = getattr(data, name)()[..., :3]
+    scale = side / max(image.shape[:2])
+    size = tuple(round(s * scale) for s in image.shape[:2])
+    resized = transform.resize(image, size, anti_aliasing=scale < 1)  # floats in [0, 1]
+    return np.round(resized * 255).astype(np.uint8)
+
+
+def stored():
+    """Return the stored strokes: photo name -> {"classes", "radius", "strokes"}."""
+    return json.loads(STROKES.read_text())
+
+
+def scribbles(shape, strokes, radius):
+    """Rasterise polylines into a label map, as a round brush of `radius` would paint them.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(H, W)`` of the picture.
+    strokes : list of (int, list of (x, y))
+        Class id and polyline of each stroke; later strokes paint over earlier ones.
+    radius : int
+        Brush radius in pixels.
+
+    Returns
+    -------
+    labels : (H, W) uint8 ndarray
+        Class ids where painted, 255 elsewhere.
+
+    Examples
+    --------
+    >>> labels = scribbles((5, 7), [(1, [(1, 2), (5, 2)])], radius=0)
+    >>> (labels == 1).sum(), labels[2, 1:6].tolist()
+    (np.int64(5), [1, 1, 1, 1, 1])
+    """
+    out = np.full(shape, IGNORE_INDEX, np.uint8)
+    brush = morphology.disk(radius).astype(bool)
+    for label, points in strokes:  # a handful of strokes: drawing, not a hot path
+        line = np.zeros(shape, bool)
+        for (x0, y0), (x1, y1) in zip(points[:-1], points[1:], strict=True):
+            rows, cols = draw.line(int(y0), int(x0), int(y1), int(x1))
+            keep = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+            line[rows[keep], cols[keep]] = True
+        out[ndimage.binary_dilation(line, structure=brush)] = label
+    return out
