@@ -97,6 +97,7 @@ from spml_lab.batch.claims import (
 )
 from spml_lab.classroom.figures import show_relation_effects
 from spml_lab.data import make_data
+from spml_lab.prediction import cam
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / STUDY
@@ -228,7 +229,9 @@ def main():
             work / dataset, dataset.split("_")[0], splits, 0, spec["options"],
             spec["superpixels"], spec["size"])  # fmt: skip
         if any(p.dataset == dataset and p.kind in ("tags", "boxes") for _, _, p in todo):
-            accuracy.ensure_cam_labels(roots[dataset], form["cam_steps"], 32, 0, "cpu")
+            accuracy.ensure_cam_labels(
+                roots[dataset], form["cam_steps"], cam.CLASSIFIER_WIDTH, 0, "cpu"
+            )
         for kind in SHORTENED:
             wanted = any(p.dataset == dataset and p.kind == kind for _, _, p in todo)
             if wanted and not (roots[dataset] / "lists" / f"train_{kind}.txt").is_file():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from spml_lab import checks
+from spml_lab.constants import KMEANS_ITERATIONS
 from spml_lab.data import datasets, labelio
 from spml_lab.method.label_maps import downsample_nearest
 from spml_lab.nets import embedding_nets
@@ -398,7 +399,8 @@ def predict_file(net, head, path, *, max_side=MAX_SIDE, max_pixels=None, **optio
 
 def knn_settings(cfg, knn_options=None):
     """Fill in kNN defaults: twice the training k-means grid (paper: 6 x 6 train, 12 x 12 test)."""
-    settings = {"k": 20, "grid": tuple(2 * g for g in cfg.kmeans_grid), "iterations": 10}
+    settings = {"k": knn.NEIGHBOURS, "grid": knn.retrieval_grid(cfg.kmeans_grid),
+                "iterations": KMEANS_ITERATIONS}  # fmt: skip
     settings.update(knn_options or {})
     return settings
 
