@@ -563,19 +563,27 @@ def _prepare_voc(args):
         superpixel_method=args.superpixel_method, superpixel_options=options, seed=args.seed,
         skip_bad=args.skip_bad, progress=not args.quiet,
     )  # fmt: skip
+    return _report_prepared(prepared)
+
+
+def _report_prepared(prepared):
+    """Print what a prepare did (`prepare_folder.Prepared`); return the exit status."""
+    from spml_lab.data import prepare_folder
+
     if prepared.skipped:
         print(f"{prepared.root} is already prepared (dataset.json exists); nothing to do")
     splits = ", ".join(f"{name} {count}" for name, count in prepared.splits.items())
     print(f"{prepared.root}: {splits} images")
     if prepared.bad:
-        print(f"left out {len(prepared.bad)} bad images: see {prepared.root / voc.BAD_REPORT}")
+        report = prepared.root / prepare_folder.BAD_REPORT
+        print(f"left out {len(prepared.bad)} bad images: see {report}")
     return 0
 
 
 def _prepare_densepose(args):
     from pathlib import Path
 
-    from spml_lab.data import densepose, prepare_folder
+    from spml_lab.data import densepose
 
     pairs = args.split or densepose.DEFAULT_SPLITS.items()
     annotations = {name: Path(args.annotations) / path for name, path in pairs}
@@ -586,14 +594,7 @@ def _prepare_densepose(args):
         superpixel_method=args.superpixel_method, superpixel_options=options,
         skip_bad=args.skip_bad, progress=not args.quiet, **radius,
     )  # fmt: skip
-    if prepared.skipped:
-        print(f"{prepared.root} is already prepared (dataset.json exists); nothing to do")
-    splits = ", ".join(f"{name} {count}" for name, count in prepared.splits.items())
-    print(f"{prepared.root}: {splits} images")
-    if prepared.bad:
-        report = prepared.root / prepare_folder.BAD_REPORT
-        print(f"left out {len(prepared.bad)} bad images: see {report}")
-    return 0
+    return _report_prepared(prepared)
 
 
 def _literal(text):

@@ -71,6 +71,7 @@ from spml_lab.data.densepose_files import (
 )
 from spml_lab.data.prepare_folder import (
     BAD_REPORT,
+    Prepared,
     atomic_write,
     bad_record,
     claim,
@@ -94,15 +95,6 @@ DEFAULT_SPLITS = {
 }
 LABEL_FOLDERS = {"full": "semantic", "points": "points"}
 PREPARE_VERSION = 1  # bump when the files written change, so old folders are not resumed
-
-
-class Prepared(NamedTuple):
-    """What `prepare_densepose` did."""
-
-    root: Path  # the dataset folder
-    splits: dict  # split -> number of images listed
-    bad: list  # {"id", "file", "reason"} of each image left out (skip_bad)
-    skipped: bool  # True: the folder was already prepared, nothing was done
 
 
 class _Job(NamedTuple):

@@ -21,11 +21,13 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
 __all__ = [
     "BAD_REPORT",
+    "Prepared",
     "MANIFEST",
     "atomic_write",
     "bad_record",
@@ -42,6 +44,15 @@ BAD_REPORT = "bad_images.json"  # with skip_bad: the images left out, and why
 MANIFEST = "prepare.json"  # the settings of the prepare that writes the folder (written first)
 # what to do about a damaged file of a prepare's own in a prepared folder
 _REDO = "restore the file, or delete the folder and prepare again"
+
+
+class Prepared(NamedTuple):
+    """What a prepare (`voc.prepare_voc`, `densepose.prepare_densepose`) did."""
+
+    root: Path  # the dataset folder
+    splits: dict  # split -> number of images listed
+    bad: list  # {"id", "file", "reason"} of each image left out (skip_bad)
+    skipped: bool  # True: the folder was already prepared, nothing was done
 
 
 def default_workers():

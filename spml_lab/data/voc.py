@@ -61,6 +61,7 @@ from spml_lab import checks
 from spml_lab.data import annotations, labelio, superpixels
 from spml_lab.data.prepare_folder import (
     BAD_REPORT,
+    Prepared,
     atomic_write,
     bad_record,
     claim,
@@ -91,15 +92,6 @@ SUPERPIXELS = {"method": "watershed", "options": {"n_segments": 64}}
 SCRIBBLE_RADIUS = 3  # SPML's scribble/dilate_3
 POINT_RADIUS = 6  # SPML's scribble/dilate_6_0.0
 PREPARE_VERSION = 1  # bump when the files written change, so old folders are not resumed
-
-
-class Prepared(NamedTuple):
-    """What `prepare_voc` did."""
-
-    root: Path  # the dataset folder
-    splits: dict  # split -> number of images listed
-    bad: list  # {"id", "file", "reason"} of each image left out (skip_bad)
-    skipped: bool  # True: the folder was already prepared, nothing was done
 
 
 # --------------------------------------------------------------------------- folders
