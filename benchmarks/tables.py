@@ -1,11 +1,13 @@
 """The markdown tables of the README and docs/, made from the committed benchmark CSVs.
 
     python benchmarks/tables.py                 # print every table, under its name
+    python benchmarks/tables.py --write         # rewrite the documents' tables from the CSVs
     python benchmarks/tables.py --check         # exit 1 unless each document holds its tables
     python benchmarks/tables.py --tag cuda_full # the accuracy tables of another form
 
-The documents' numbers are pasted from this output and `--check` (a test) keeps them equal, so
-they are the CSVs' and nothing else.
+In a document (`DOCUMENTS`), a table made here follows a line ``<!-- tables.py: NAME -->``;
+`--write` replaces the table under each such line and `--check` (a test) fails where one
+differs, so the documents' numbers are the CSVs' and nothing else.
 """
 
 from __future__ import annotations
@@ -163,18 +165,40 @@ def relations_tables():
     return tables
 
 
+MARKER = "<!-- tables.py: {} -->"
+
+
+def write_tables(text, tables):
+    """Return `text` with the table under each ``<!-- tables.py: NAME -->`` line replaced."""
+    lines, out, i = text.splitlines(), [], 0
+    while i < len(lines):
+        out.append(lines[i])
+        name = next((n for n in tables if lines[i].strip() == MARKER.format(n)), None)
+        i += 1
+        if name is not None:
+            while i < len(lines) and lines[i].startswith("|"):
+                i += 1  # the old table
+            out.extend(tables[name].splitlines())
+    return "\n".join(out) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", default="cpu_reduced", help="accuracy_{TAG}*.csv")
     parser.add_argument("--check", action="store_true", help="each document holds its tables")
+    parser.add_argument("--write", action="store_true", help="rewrite the documents' tables")
     args = parser.parse_args()
     tables = {**accuracy_tables(args.tag), **relations_tables()}
-    if not args.check:
+    if args.write:
+        for document in DOCUMENTS:
+            path = ROOT / document
+            path.write_text(write_tables(path.read_text(), tables))
+    if not (args.check or args.write):
         for name, table in tables.items():
-            print(f"<!-- {name} -->\n{table}\n")
+            print(f"{MARKER.format(name)}\n{table}\n")
         return
-    missing = [f"{document}: {name}" for document, names in DOCUMENTS.items()
-               for name in names if tables[name] not in (ROOT / document).read_text()]  # fmt: skip
+    missing = [f"{document}: {name}" for document, names in DOCUMENTS.items() for name in names
+               if f"{MARKER.format(name)}\n{tables[name]}\n" not in (ROOT / document).read_text()]  # fmt: skip
     if missing:
         sys.exit("tables that differ from the committed CSVs (python benchmarks/tables.py "
                  "prints them):\n  " + "\n  ".join(missing))  # fmt: skip
