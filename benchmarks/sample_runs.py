@@ -1,4 +1,4 @@
-"""Train the runs shipped in ``data_samples/runs/``: the trained models the course loads.
+"""Train the runs shipped in ``spml_lab/data_samples/runs/``: the trained models the course loads.
 
 ``make sample-runs`` (this script) trains, on the embedded objects data (``embedded:objects``,
 the accuracy benchmark's calibrated scenes), four stage-1 runs with the reduced accuracy
@@ -12,7 +12,7 @@ settings, `accuracy.BASELINE` for the baselines), one seed:
 Each run is scored on the committed val split (32 images) with the benchmark's methods and
 keeps ``config.yaml``, ``final.pt`` (+ ``stage2.pt``), ``metrics.csv``, ``eval/`` and its
 training time (``bench_timing.json``); the resume checkpoints are deleted.
-``data_samples/runs/runs.csv`` lists them with their headline val mIoU and training time.
+``runs.csv`` beside them lists them with their headline val mIoU and training time.
 `tests/test_sample_runs.py` re-scores every run and must find the same numbers, so the weights
 in the repository are exactly what this command writes.
 
@@ -37,13 +37,12 @@ import accuracy
 import bench_runs
 import torch
 
-from spml_lab.data import datasets
 from spml_lab.training import run_folders, runs
 from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 
-ROOT = datasets.DATA_SAMPLES.parent  # the repository: runs record paths relative to it
-OUT = Path("data_samples") / "runs"
+ROOT = Path(__file__).resolve().parents[1]  # the repository: runs record paths relative to it
+OUT = runs.SHIPPED_RUNS.relative_to(ROOT)
 DATA = "embedded:objects"
 FORM = accuracy.FORMS["reduced"]
 CONTRAST = {"contrast_images": accuracy.CONTRAST_IMAGES["reduced"]}
@@ -60,7 +59,7 @@ KEEP = (runs.CONFIG, runs.FINAL, runs.STAGE2, runs.METRICS, runs.EVAL_DIR, "benc
 
 
 def config(name, seed=0, device="cpu"):
-    """Return the TrainConfig of shipped run `name` (its folder under ``data_samples/runs``)."""
+    """Return the TrainConfig of shipped run `name` (its folder under `OUT`)."""
     return bench_runs.base_config(
         data=DATA,
         **accuracy.RECIPE,
