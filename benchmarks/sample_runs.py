@@ -120,10 +120,11 @@ def check_folder(name, overwrite):
 
 
 def tidy(name):
-    """Keep only what the course and the re-scoring test read; record out_dir relative.
+    """Keep only what the course and the re-scoring test read; record paths relative.
 
-    Training records the absolute ``out_dir`` (a run is found from any folder); a shipped run
-    records its place in the repository instead, the same in every clone.
+    Training records the absolute ``out_dir`` and data folder (a run is found from any folder);
+    a shipped run records their places in the repository instead, the same in every clone and
+    free of the training machine's folders.
     """
     folder = OUT / name
     for path in folder.iterdir():
@@ -136,7 +137,18 @@ def tidy(name):
         if (folder / weights).is_file():
             state = torch.load(folder / weights, map_location="cpu", weights_only=True)
             state[key] = {**state[key], **relative}
+            if state.get("data_fingerprint"):
+                state["data_fingerprint"] = relative_fingerprint(state["data_fingerprint"])
             save_checkpoint(state, folder / weights)
+
+
+def relative_fingerprint(fingerprint):
+    """Return `fingerprint` (`datasets.data_fingerprint`) with its paths relative to ROOT.
+
+    Only the hashes are compared when a run is loaded; the paths are for a reader.
+    """
+    paths = {k: Path(fingerprint[k]) for k in ("root", "list_file") if k in fingerprint}
+    return {**fingerprint, **{k: p.relative_to(ROOT).as_posix() for k, p in paths.items()}}
 
 
 def main(argv=None):

@@ -35,7 +35,13 @@ def test_shipped_run_is_the_command_s_config(name):
     folder = runs.SHIPPED_RUNS / name
     shipped = TrainConfig.from_yaml(folder / "config.yaml")
     assert shipped.differences(sample_runs.config(name), ignore=RESUMABLE_CHANGES) == {}
-    assert shipped.data == "embedded:objects" and not Path(shipped.out_dir).is_absolute()
+    assert shipped.data == "embedded:objects"
+    assert shipped.out_dir == (sample_runs.OUT / name).as_posix()
+    # the weights record the data by its place in the repository, not the training machine's
+    trained_on = datasets.open_data(shipped.data, shipped.split, shipped.annotation).list_file
+    expected = datasets.data_fingerprint(shipped.data, trained_on)
+    recorded = runs.load_run(f"shipped:{name}").data_fingerprint
+    assert recorded == sample_runs.relative_fingerprint(expected)
     kept = {p.name for p in folder.iterdir()}
     assert kept <= set(sample_runs.KEEP), kept
     assert {"config.yaml", "final.pt", "metrics.csv", "eval"} <= kept
