@@ -72,15 +72,17 @@ screenshots: $(STAMP) browser
 	SPML_SCREENSHOT_DIR=outputs/screenshots $(BIN)/pytest tests/test_browser.py -k 10 -p no:cacheprovider
 	@echo "copy outputs/screenshots/10_embedding_visualization-widget.png to docs/figures/explorer.png"
 
-# Regenerate the committed embedded samples (tests/test_data_samples.py checks they match). The
-# objects are the accuracy benchmark's calibrated scenes (benchmarks/accuracy.py DATA), so the
-# shipped runs and every notebook see the data on which the method was measured.
+# Regenerate the committed embedded samples (tests/data/test_data_samples.py checks they
+# match). The objects are the accuracy benchmark's calibrated scenes (benchmarks/accuracy.py
+# DATA), so the shipped runs and every notebook see the data on which the method was measured.
+# They are package data (spml_lab.data.datasets.DATA_SAMPLES), so a wheel carries them.
+SAMPLES := spml_lab/data_samples
 data-samples: $(STAMP)
-	$(BIN)/spml-lab make-data data_samples/objects --kind objects --train 64 --val 32 --seed 0 \
+	$(BIN)/spml-lab make-data $(SAMPLES)/objects --kind objects --train 64 --val 32 --seed 0 \
 		--size 96 --difficulty 0.1 --object-scale 2.0 --superpixels 16
-	$(BIN)/spml-lab make-data data_samples/parts --kind parts --train 64 --val 32 --seed 1
+	$(BIN)/spml-lab make-data $(SAMPLES)/parts --kind parts --train 64 --val 32 --seed 1
 
-# Retrain the runs shipped in data_samples/runs/ (tests/test_sample_runs.py re-scores them).
+# Retrain the runs shipped in $(SAMPLES)/runs/ (tests/test_sample_runs.py re-scores them).
 sample-runs: $(STAMP)
 	$(BIN)/python benchmarks/sample_runs.py --jobs 2
 

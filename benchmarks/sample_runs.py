@@ -1,4 +1,4 @@
-"""Train the runs shipped in ``data_samples/runs/``: the trained models the course loads.
+"""Train the runs shipped in ``spml_lab/data_samples/runs/``: the trained models the course loads.
 
 ``make sample-runs`` (this script) trains, on the embedded objects data (``embedded:objects``,
 the accuracy benchmark's calibrated scenes), four stage-1 runs with the reduced accuracy
@@ -12,7 +12,7 @@ settings, `accuracy.BASELINE` for the baselines), one seed:
 Each run is scored on the committed val split (32 images) with the benchmark's methods and
 keeps ``config.yaml``, ``final.pt`` (+ ``stage2.pt``), ``metrics.csv``, ``eval/`` and its
 training time (``bench_timing.json``); the resume checkpoints are deleted.
-``data_samples/runs/runs.csv`` lists them with their headline val mIoU and training time.
+``runs.csv`` beside them lists them with their headline val mIoU and training time.
 `tests/test_sample_runs.py` re-scores every run and must find the same numbers, so the weights
 in the repository are exactly what this command writes.
 
@@ -37,13 +37,12 @@ import accuracy
 import bench_runs
 import torch
 
-from spml_lab.data import datasets
 from spml_lab.training import run_folders, runs
 from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 
-ROOT = datasets.DATA_SAMPLES.parent  # the repository: runs record paths relative to it
-OUT = Path("data_samples") / "runs"
+ROOT = Path(__file__).resolve().parents[1]  # the repository: runs record paths relative to it
+OUT = runs.SHIPPED_RUNS.relative_to(ROOT)
 DATA = "embedded:objects"
 FORM = accuracy.FORMS["reduced"]
 CONTRAST = {"contrast_images": accuracy.CONTRAST_IMAGES["reduced"]}
@@ -60,7 +59,7 @@ KEEP = (runs.CONFIG, runs.FINAL, runs.STAGE2, runs.METRICS, runs.EVAL_DIR, "benc
 
 
 def config(name, seed=0, device="cpu"):
-    """Return the TrainConfig of shipped run `name` (its folder under ``data_samples/runs``)."""
+    """Return the TrainConfig of shipped run `name` (its folder under `OUT`)."""
     return bench_runs.base_config(
         data=DATA,
         **accuracy.RECIPE,
@@ -121,10 +120,11 @@ def check_folder(name, overwrite):
 
 
 def tidy(name):
-    """Keep only what the course and the re-scoring test read; record out_dir relative.
+    """Keep only what the course and the re-scoring test read; record paths relative.
 
-    Training records the absolute ``out_dir`` (a run is found from any folder); a shipped run
-    records its place in the repository instead, the same in every clone.
+    Training records the absolute ``out_dir`` and data folder (a run is found from any folder);
+    a shipped run records their places in the repository instead, the same in every clone and
+    free of the training machine's folders.
     """
     folder = OUT / name
     for path in folder.iterdir():
@@ -137,7 +137,18 @@ def tidy(name):
         if (folder / weights).is_file():
             state = torch.load(folder / weights, map_location="cpu", weights_only=True)
             state[key] = {**state[key], **relative}
+            if state.get("data_fingerprint"):
+                state["data_fingerprint"] = relative_fingerprint(state["data_fingerprint"])
             save_checkpoint(state, folder / weights)
+
+
+def relative_fingerprint(fingerprint):
+    """Return `fingerprint` (`datasets.data_fingerprint`) with its paths relative to ROOT.
+
+    Only the hashes are compared when a run is loaded; the paths are for a reader.
+    """
+    paths = {k: Path(fingerprint[k]) for k in ("root", "list_file") if k in fingerprint}
+    return {**fingerprint, **{k: p.relative_to(ROOT).as_posix() for k, p in paths.items()}}
 
 
 def main(argv=None):

@@ -10,7 +10,7 @@ no memory. Their ratio is what the contrastive part costs.
 
 Setup, the scribble run of the paper: low-level similarity, semantic annotation and
 co-occurrence (kappa and weights of `TrainConfig`'s defaults, the paper's), a memory of 2
-batches. Inputs are real batches of the embedded samples (``data_samples/objects``, scribbles,
+batches. Inputs are real batches of the embedded samples (``embedded:objects``, scribbles,
 superpixels, tags) through the trainer's own augmentation (`train.build_dataset`): the 128 px
 images are rescaled so that they about fill the crop (scale range 0.75x to 1.25x of crop/128,
 then cropped with padding), and several distinct batches are cycled, so the memory holds real,

@@ -1,4 +1,4 @@
-"""The shipped runs (data_samples/runs) are what `make sample-runs` writes and score as recorded."""
+"""The shipped runs are what `make sample-runs` writes, and they score as recorded."""
 
 import json
 import math
@@ -35,7 +35,13 @@ def test_shipped_run_is_the_command_s_config(name):
     folder = runs.SHIPPED_RUNS / name
     shipped = TrainConfig.from_yaml(folder / "config.yaml")
     assert shipped.differences(sample_runs.config(name), ignore=RESUMABLE_CHANGES) == {}
-    assert shipped.data == "embedded:objects" and not Path(shipped.out_dir).is_absolute()
+    assert shipped.data == "embedded:objects"
+    assert shipped.out_dir == (sample_runs.OUT / name).as_posix()
+    # the weights record the data by its place in the repository, not the training machine's
+    trained_on = datasets.open_data(shipped.data, shipped.split, shipped.annotation).list_file
+    expected = datasets.data_fingerprint(shipped.data, trained_on)
+    recorded = runs.load_run(f"shipped:{name}").data_fingerprint
+    assert recorded == sample_runs.relative_fingerprint(expected)
     kept = {p.name for p in folder.iterdir()}
     assert kept <= set(sample_runs.KEEP), kept
     assert {"config.yaml", "final.pt", "metrics.csv", "eval"} <= kept
@@ -50,13 +56,14 @@ def test_every_weight_file_in_the_repo_is_a_shipped_run():
         text=True,
         check=True,
     ).stdout.split()
-    allowed = {f"data_samples/runs/{n}/{f}" for n in RUNS for f in ("final.pt", "stage2.pt")}
+    shipped = runs.SHIPPED_RUNS.relative_to(ROOT).as_posix()
+    allowed = {f"{shipped}/{n}/{f}" for n in RUNS for f in ("final.pt", "stage2.pt")}
     assert set(tracked) <= allowed, set(tracked) - allowed
 
 
 def test_shipped_runs_are_small_and_listed():
     total = sum(p.stat().st_size for p in runs.SHIPPED_RUNS.rglob("*") if p.is_file())
-    assert total <= 10e6, f"data_samples/runs holds {total / 1e6:.1f} MB"
+    assert total <= 10e6, f"{runs.SHIPPED_RUNS} holds {total / 1e6:.1f} MB"
     rows = sample_runs.bench_runs.read_csv(runs.SHIPPED_RUNS / "runs.csv")
     assert [row["run"] for row in rows] == list(sample_runs.RUNS)
     for row in rows:

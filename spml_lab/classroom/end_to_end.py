@@ -5,7 +5,7 @@ network, recipe and steps (`presets.PRESETS` ``"benchmark"``, shortened), scores
 embedded val images as the accuracy benchmark does (the baseline: its own head, softmax + flip
 + dense CRF; SPML: its full pipeline, pseudo labels of the training images, a stage-2 head on
 them, softmax + flip + CRF), and draws one figure: image, scribbles, baseline mask, SPML mask
-and ground truth. Beside them it loads the runs shipped in ``data_samples/runs/`` (the
+and ground truth. Beside them it loads the runs shipped in ``spml_lab/data_samples/runs/`` (the
 benchmark's 1000 steps, ``make sample-runs``) with their recorded scores: the longer-trained
 view.
 """
@@ -244,5 +244,5 @@ def _write_table(out, rows, num_images):
 
 
 def _shipped_seconds(name):
-    """Training time of a shipped run as ``data_samples/runs/runs.csv`` records it."""
+    """Training time of a shipped run as ``spml_lab/data_samples/runs/runs.csv`` records it."""
     return trained_runs.shipped_record(name).get("train_seconds", math.nan)

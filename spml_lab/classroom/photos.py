@@ -1,10 +1,10 @@
 """Bundled photos and their stored scribbles, for `one_image.segment` in the notebooks.
 
 scikit-image ships a few photographs in its wheel (`skimage.data`), so nothing downloads.
-``data_samples/scribbles/strokes.json`` holds strokes drawn on some of them at 256 px on the
-longer side: per photo its class names, a brush radius and a list of ``[class, [[x, y], ...]]``
-polylines. Strokes, not pixels, are stored: they are short to read and review, and
-`scribbles` turns them into the label map a person's brush would have made.
+``spml_lab/data_samples/scribbles/strokes.json`` (`STROKES`) holds strokes drawn on some of them
+at 256 px on the longer side: per photo its class names, a brush radius and a list of
+``[class, [[x, y], ...]]`` polylines. Strokes, not pixels, are stored: they are short to read
+and review, and `scribbles` turns them into the label map a person's brush would have made.
 """
 
 from __future__ import annotations

@@ -34,6 +34,14 @@ SPML's evaluation lists repeat the label path in the superpixel column as a plac
 superpixel column equal to the label column is read as "no superpixels", so ground truth can
 never leak into the low-level relation or the test-time segments.
 
+The embedded samples (``"embedded:KIND"``, `embedded`) and the runs shipped with them
+(`spml_lab.training.runs`) live inside the package, in ``spml_lab/data_samples/``
+(`DATA_SAMPLES`), so they have one place in every kind of install. A wheel carries them as
+package data (one ``package-data`` glob in ``pyproject.toml``); an editable checkout reads them
+where ``make data-samples`` and ``make sample-runs`` write them. Kept at the repository root,
+they would need a ``package-dir`` mapping into the wheel and a second place to look in a
+checkout.
+
 References
 ----------
 .. [1] Ke, Hwang, Yu. "Universal Weakly Supervised Segmentation by Pixel-to-Segment Contrastive
@@ -67,9 +75,10 @@ __all__ = [
 ]
 
 
-# the committed embedded samples live next to the package (repo root / data_samples); the
-# runs shipped beside them are the training layer's (`spml_lab.training.runs`)
-DATA_SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
+# the committed embedded samples, package data (see the module docstring); the runs shipped
+# beside them are the training layer's (`spml_lab.training.runs`). A plain path, not an
+# importlib.resources Traversable: the readers need real files, and wheels install unzipped.
+DATA_SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 
 
 class _Sample(NamedTuple):
@@ -426,7 +435,7 @@ def open_data(data, split, annotation, **kwargs):
 
 
 def embedded(kind="objects", split="train", annotation="scribbles", **kwargs):
-    """Load the small synthetic dataset committed in ``data_samples/{kind}`` (the default).
+    """Load the small synthetic dataset shipped in ``DATA_SAMPLES/{kind}`` (the default).
 
     Parameters
     ----------

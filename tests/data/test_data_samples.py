@@ -1,17 +1,15 @@
 """The committed embedded samples are exactly what `spml-lab make-data` writes today."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from spml_lab import cli
-from spml_lab.data import labelio
+from spml_lab.data import datasets, labelio
 
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT / "data_samples"
+SAMPLES = datasets.DATA_SAMPLES
 # the commands of `make data-samples`
 RECIPES = {
     "objects": [
@@ -49,7 +47,7 @@ def test_committed_samples_match_a_fresh_make_data(kind, tmp_path):
 
 def test_samples_are_small_and_complete():
     total = sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file())
-    assert total < 6e6, f"data_samples/ holds {total / 1e6:.1f} MB"
+    assert total < 6e6, f"{SAMPLES} holds {total / 1e6:.1f} MB"
     for kind in RECIPES:
         meta = json.loads((SAMPLES / kind / "dataset.json").read_text())
         assert meta["splits"] == {"train": 64, "val": 32}

@@ -145,7 +145,7 @@ def test_embedded_missing_samples_say_how_to_make_them(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(
     not (datasets.DATA_SAMPLES / "objects" / "dataset.json").is_file(),
-    reason="data_samples/ not generated yet",
+    reason="spml_lab/data_samples/ not generated yet",
 )
 def test_committed_embedded_samples_load():
     for kind in ("objects", "parts"):
