@@ -130,9 +130,10 @@ def test_training_makes_the_loss_finite_and_lower_on_a_fixed_batch(tmp_path):
         before, _ = train.batch_losses(*untrained, batch, cfg)
         after, _ = train.batch_losses(*trained, batch, cfg)
     assert after["total"] < 0.95 * before["total"]
-    # the head's cross-entropy falls to 0.55 of its start in these 30 steps on the embedded
-    # objects (a chance-level head: 2.36 -> 1.29); an untrained or frozen head stays near 1
-    assert after["softmax_ce"] < 0.65 * before["softmax_ce"]
+    # the head's cross-entropy falls to 0.66 of its start in these 30 steps on the embedded
+    # objects with the calibrated recipe's lr 0.05 (2.36 -> 1.55; 0.55 with the old default lr
+    # 0.01); an untrained or frozen head stays near 1
+    assert after["softmax_ce"] < 0.8 * before["softmax_ce"]
     for name in cfg.relation_settings():
         assert after[name] < before[name], name
 
