@@ -197,8 +197,9 @@ def main():
         for name, table in tables.items():
             print(f"{MARKER.format(name)}\n{table}\n")
         return
+    texts = {document: (ROOT / document).read_text() for document in DOCUMENTS}
     missing = [f"{document}: {name}" for document, names in DOCUMENTS.items() for name in names
-               if f"{MARKER.format(name)}\n{tables[name]}\n" not in (ROOT / document).read_text()]  # fmt: skip
+               if f"{MARKER.format(name)}\n{tables[name]}\n" not in texts[document]]  # fmt: skip
     if missing:
         sys.exit("tables that differ from the committed CSVs (python benchmarks/tables.py "
                  "prints them):\n  " + "\n  ".join(missing))  # fmt: skip
