@@ -1,8 +1,7 @@
 import csv
 
 from spml_lab import cli
-from spml_lab.data import datasets
-from spml_lab.training import config, train
+from spml_lab.training import config, runs, train
 from spml_lab.training.config import TrainConfig
 
 TINY = ["--crop-size", "64", "--batch-size", "2", "--width", "8", "--embedding-dim", "8"]
@@ -95,7 +94,7 @@ def test_the_plain_command_trains_the_recipe_the_shipped_runs_were_measured_with
     # the README's command: no preset, no recipe flag, the embedded data
     argv = ["train", "--out-dir", "runs/scribbles", "--annotation", "scribbles"]
     cfg = config.from_arguments(cli.build_parser().parse_args([*argv, "--max-steps", "300"]))
-    shipped = TrainConfig.from_yaml(datasets.EMBEDDED_RUNS / "spml_scribbles" / "config.yaml")
+    shipped = TrainConfig.from_yaml(runs.SHIPPED_RUNS / "spml_scribbles" / "config.yaml")
     # what a run's length and bookkeeping choose; the rest is the recipe
     budget = ("max_steps", "contrast_images", "log_every", "checkpoint_every", "cache_data")
     assert cfg.differences(shipped, ignore=(*config.RESUMABLE_CHANGES, *budget)) == {}
