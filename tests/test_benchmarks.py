@@ -89,10 +89,12 @@ def test_documented_tables_equal_the_committed_csvs():
     assert "tables equal the committed CSVs" in run(ROOT / "benchmarks" / "tables.py", "--check")
 
 
+@pytest.mark.slow  # over 20 s: `make test` runs it, `make test-fast` does not
 def test_sweep_speed_benchmark_runs_in_miniature():
     assert "'jobs': 2" in run(ROOT / "benchmarks" / "sweep_speed.py", "--quick")
 
 
+@pytest.mark.slow  # over 20 s: `make test` runs it, `make test-fast` does not
 def test_one_image_benchmark_writes_rows_and_resumes(tmp_path):
     out = tmp_path / "one.csv"
     args = ["--quick", "--datasets", "objects", "--kinds", "points", "--out", out]

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# the dry run takes about 30 s: `make test` runs it, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 # the GPU machine has none of these: every process of the check must run without them
 ABSENT = ["papermill", "jupyter_client", "nbformat", "umap", "pydensecrf", "pycocotools"]
