@@ -141,12 +141,15 @@ def relations_tables():
          for d, k in settings],
     )  # fmt: skip
     stage2 = [c for c in checked if c["claim"].endswith("stage 2 + CRF > stage-1 softmax + CRF")]
+    rows = []
+    for c in stage2:
+        setting = c["claim"].split(":")[0]
+        spml = mean[(*setting.split("/"), "spml")]
+        rows.append((setting, _mean_std(spml, "miou"), _mean_std(spml, "miou_softmax_crf"),
+                     _difference(c), c["holds"]))  # fmt: skip
     tables["predictors"] = _table(
-        ("setting", "stage 2 + CRF", "stage-1 softmax + CRF", "difference", "verdict"),
-        [(c["claim"].split(":")[0], _mean_std(mean[(*c["claim"].split(":")[0].split("/"),
-          "spml")], "miou"), _mean_std(mean[(*c["claim"].split(":")[0].split("/"), "spml")],
-          "miou_softmax_crf"), _difference(c), c["holds"]) for c in stage2],
-    )  # fmt: skip
+        ("setting", "stage 2 + CRF", "stage-1 softmax + CRF", "difference", "verdict"), rows
+    )
     full = float(mean["objects", "full", "full"]["miou_mean"])
     tables["sparsity"] = _table(
         ("labels", *(f"{LABELS[m]}: mIoU (share of full masks)" for m in

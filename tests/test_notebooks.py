@@ -5,6 +5,7 @@ runs them with injected ones, the way `spml-lab run-notebook` and batch sweeps d
 """
 
 import ast
+import functools
 import json
 import re
 from pathlib import Path
@@ -54,6 +55,7 @@ DECIMAL = re.compile(r"[+-]?\d+\.\d+")
 SETTINGS_IN_TEXT = {"0.95"}  # method settings a lesson may write: feature affinity's threshold
 
 
+@functools.cache
 def _committed_numbers():
     """Every number of the committed study files, and what the notebooks derive from them."""
     numbers = set()
