@@ -90,9 +90,9 @@ from accuracy import BASELINE, PARTS_RUN, TRAIN_ON, Plan
 from spml_lab.batch.claims import (
     KINDS,
     STUDY,
-    STUDY_REUSES,
     check_relations_study,
     relation_effects,
+    study_rows,
     summarise,
 )
 from spml_lab.classroom.figures import show_relation_effects
@@ -101,7 +101,6 @@ from spml_lab.prediction import cam
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / STUDY
-REUSED = RESULTS / STUDY_REUSES  # the cells the accuracy benchmark already ran
 SEEDS = (0, 1, 2)
 # the mechanism tests' data: the objects scenes with one setting changed (H_occ, H_low)
 DATA = {
@@ -174,15 +173,9 @@ def plot(rows, path, title):
     plt.close(fig)
 
 
-def all_rows(out=OUT):
-    """Return the study's rows and the accuracy benchmark's rows of the cells it reuses."""
-    reused = [r for r in bench_runs.read_csv(REUSED) if r["dataset"] == "objects"]
-    return reused + bench_runs.read_csv(out)
-
-
 def report(out=OUT):
     """Write and print the summary, the claims and the figure of every row so far."""
-    rows = all_rows(out)
+    rows = study_rows(out, missing_ok=True)  # with the reused cells
     summary = summarise(rows, keys=("miou", "miou_knn", "miou_softmax_crf"))
     bench_runs.write_csv(out.with_name(out.stem + "_summary.csv"), summary)
     checked = check_relations_study(rows) + check_relations_study(rows, "miou_knn")
@@ -212,8 +205,8 @@ def main():
         return
     form = accuracy.FORMS["reduced"]
     work = Path(args.work).resolve()  # run folders record where their data is
-    done = {(r["dataset"], r["kind"], r["method"], r["seed"]) for r in all_rows()
-            if r["split"] == "test"}  # fmt: skip
+    rows = study_rows(OUT, missing_ok=True)
+    done = {(r["dataset"], r["kind"], r["method"], r["seed"]) for r in rows if r["split"] == "test"}
     wanted = args.only or []
     chosen = [(g, p) for g, p in plans()
               if not wanted or any(g == o or p.name.startswith(o) for o in wanted)]  # fmt: skip

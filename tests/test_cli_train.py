@@ -1,7 +1,7 @@
 import csv
 
 from spml_lab import cli
-from spml_lab.training import config, runs, train
+from spml_lab.training import config, runs
 from spml_lab.training.config import TrainConfig
 
 TINY = ["--crop-size", "64", "--batch-size", "2", "--width", "8", "--embedding-dim", "8"]
@@ -23,8 +23,8 @@ def test_train_runs_and_writes_the_run_folder(tmp_path, capsys):
     with open(run / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["step"] for r in rows] == ["1", "2", "3"] and "cooccurrence" not in rows[0]
-    net, head, loaded, class_names = train.load_final(run)
-    assert loaded == cfg and head.classifier.out_channels == len(class_names)
+    loaded = runs.load_run(run)
+    assert loaded.cfg == cfg and loaded.head.classifier.out_channels == len(loaded.class_names)
 
 
 def test_flags_override_the_config_file(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from spml_lab import cli
-from spml_lab.training import checkpoints, train
+from spml_lab.training import checkpoints, runs, train
 from spml_lab.training.config import TrainConfig
 
 # Tiny runs as in tests/training/test_train.py: a step takes tens of milliseconds.
@@ -130,7 +130,7 @@ def test_a_final_pt_with_a_non_finite_tensor_is_refused_when_loaded(tmp_path):
     state["model"][name][0] = math.inf  # as written before the guard covered buffers
     torch.save(state, run / "final.pt")
     with pytest.raises(ValueError, match=rf"final.pt: non-finite values in model\.{name}"):
-        train.load_final(run)
+        runs.load_run(run)
 
 
 def test_resuming_a_checkpoint_with_a_non_finite_tensor_is_refused(tmp_path):
@@ -187,6 +187,22 @@ def test_a_damaged_checkpoint_is_named_before_anything_is_written(finished_run, 
     assert _tree(run) == before
 
 
+def test_checkpoint_weights_that_do_not_fit_the_run_are_named_before_anything_is_written(
+    finished_run, tmp_path
+):
+    run = _copy(finished_run, tmp_path / "run")
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.zeros(1, *state["model"][name].shape)  # one more dimension
+    torch.save(state, run / "checkpoint.pt")
+    before = _tree(run)
+    cfg = TrainConfig.from_yaml(run / "config.yaml").replace(out_dir=str(run), resume=True)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: the 'model' weights do not fit") as e:
+        train.fit(cfg)
+    assert f"shape mismatches {name}" in str(e.value)
+    assert _tree(run) == before
+
+
 def _with(state, **changes):
     """`state` with some entries changed (None removes one)."""
     state = {**state, **changes}
@@ -210,7 +226,7 @@ def test_a_damaged_final_pt_is_named_when_loaded(finished_run, tmp_path, damage)
     change, message = FINAL_DAMAGE[damage]
     torch.save(change(torch.load(run / "final.pt", weights_only=True)), run / "final.pt")
     with pytest.raises(ValueError, match=r"final\.pt: not a final\.pt of spml-lab") as error:
-        train.load_final(run)
+        runs.load_run(run)
     assert str(run / "final.pt") in str(error.value)
     assert re.search(message, str(error.value)), str(error.value)
 
@@ -222,4 +238,4 @@ def test_final_pt_weights_that_do_not_fit_its_config_are_named(finished_run, tmp
     state["class_names"] = [*state["class_names"], "extra"]
     torch.save(state, run / "final.pt")
     with pytest.raises(ValueError, match=r"final\.pt: the 'head' weights do not fit"):
-        train.load_final(run)
+        runs.load_run(run)

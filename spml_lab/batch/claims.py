@@ -321,7 +321,7 @@ def results_folder():
     return folder
 
 
-def read_results(name, folder=None):
+def read_results(name, folder=None, *, missing_ok=False):
     """Read a committed results CSV: one dict of strings per row, as the benchmark wrote it.
 
     Parameters
@@ -330,6 +330,8 @@ def read_results(name, folder=None):
         File name in `folder`, or a path.
     folder : Path, optional
         Default `results_folder`.
+    missing_ok : bool, optional
+        Read a file that does not exist yet as no rows (a benchmark before its first run).
 
     Returns
     -------
@@ -339,12 +341,14 @@ def read_results(name, folder=None):
     if not path.is_absolute():
         path = (results_folder() if folder is None else Path(folder)) / path
     if not path.is_file():
+        if missing_ok and not path.exists():
+            return []
         raise FileNotFoundError(f"results file {path} does not exist")
     with path.open() as handle:
         return list(csv.DictReader(handle))
 
 
-def study_rows(name=STUDY, folder=None):
+def study_rows(name=STUDY, folder=None, *, missing_ok=False):
     """Every run of the relations study: the "objects" rows it reuses, then its own rows.
 
     Parameters
@@ -353,6 +357,8 @@ def study_rows(name=STUDY, folder=None):
         The study's runs CSV (default the committed one).
     folder : Path, optional
         Where both CSVs are (default `results_folder`).
+    missing_ok : bool, optional
+        Read a study CSV that does not exist yet as no rows of its own.
 
     Returns
     -------
@@ -362,7 +368,7 @@ def study_rows(name=STUDY, folder=None):
     """
     folder = Path(name).parent if Path(name).is_absolute() else folder
     reused = [r for r in read_results(STUDY_REUSES, folder) if r["dataset"] == "objects"]
-    return reused + read_results(name, folder)
+    return reused + read_results(name, folder, missing_ok=missing_ok)
 
 
 def check_relations_study(rows, key="miou", split="test"):

@@ -48,6 +48,7 @@ __all__ = [
     "RUN_FILES",
     "SHIPPED",
     "SHIPPED_RUNS",
+    "load_weights",
     "shipped_runs",
     "run_folder",
     "Run",
@@ -238,8 +239,8 @@ def load_run(run, *, device=devices.DEFAULT):
     num_classes = state["num_classes"]
     # the weights come from final.pt: the ImageNet file of cfg.pretrained may be long gone
     net, head = build_model(cfg, num_classes, load_pretrained=False, device=device)
-    _load_weights(net, state["model"], final, "model", f"{cfg.model!r} network")
-    _load_weights(head, state["head"], final, "head", "softmax head")
+    load_weights(net, state["model"], final, "model", f"{cfg.model!r} network")
+    load_weights(head, state["head"], final, "head", "softmax head")
     stage2_head = None
     if (folder / STAGE2).is_file():
         stage2_head = _load_stage2_head(folder / STAGE2, cfg, num_classes).to(_device_of(head))
@@ -283,12 +284,31 @@ def _load_stage2_head(path, cfg, num_classes):
             f"{sorted(changed)}); rerun `spml-lab stage2` on this run"
         )
     head = heads.SoftmaxHead(cfg.embedding_dim, num_classes)  # eval mode: dropout unused
-    _load_weights(head, state["head"], path, "head", "softmax head")
+    load_weights(head, state["head"], path, "head", "softmax head")
     return head
 
 
-def _load_weights(module, state, path, entry, what):
-    """`load_state_dict`, naming the first offending keys when the weights do not fit."""
+def load_weights(module, state, path, entry, what):
+    """`load_state_dict`, naming the first offending keys when the weights do not fit.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Built from the run's config.
+    state : object
+        What the file holds under `entry` (a state dict, unless the file is damaged).
+    path : Path
+        The file, for the message.
+    entry : str
+        Its key in the file (``"model"``, ``"head"``).
+    what : str
+        What `module` is, for the message (``"softmax head"``).
+
+    Raises
+    ------
+    ValueError
+        Naming `path`, `entry` and the first missing, unexpected or misshapen keys.
+    """
     expected = module.state_dict()
     if not isinstance(state, dict):
         raise ValueError(f"{path}: entry {entry!r} is not a state dict")

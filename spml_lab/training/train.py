@@ -77,7 +77,6 @@ __all__ = [
     "build_dataset",
     "epoch_order",
     "softmax_cross_entropy",
-    "load_final",
 ]
 
 SHORT = {"low_level": "low", "semantic_annotation": "ann", "cooccurrence": "occ"}
@@ -240,43 +239,6 @@ def softmax_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
 
 
 # ---------------------------------------------------------------------- results
-
-
-def load_final(run, device="cpu"):
-    """Load a finished run as the tuple the relation lessons unpack: `runs.load_run`'s parts.
-
-    Parameters
-    ----------
-    run : str or Path
-        As `runs.load_run`: a run folder, its ``final.pt``, or ``"shipped:NAME"``.
-    device : str or torch.device, optional
-
-    Returns
-    -------
-    net, head : torch.nn.Module
-        In eval mode.
-    cfg : TrainConfig
-    class_names : list of str or None
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        As `runs.load_run`, which does the loading and every check.
-    """
-    loaded = runs.load_run(run, device=device)
-    return loaded.net, loaded.head, loaded.cfg, loaded.class_names
-
-
-def _load_weights(module, weights, path, entry):
-    """``module.load_state_dict(weights)``, naming the file when the weights do not fit."""
-    try:
-        module.load_state_dict(weights)
-    except RuntimeError as error:  # torch lists every key and shape: keep its first lines
-        details = "; ".join(line.strip() for line in str(error).splitlines()[1:4])
-        raise ValueError(
-            f"{path}: its {entry!r} weights do not fit the {type(module).__name__} its config "
-            f"builds ({details})"
-        ) from error
 
 
 def _batches(dataset, cfg, epoch, start, device):
@@ -653,8 +615,8 @@ class _TrainingLoop:
         ValueError
             Naming `path` when its contents do not fit this run (before anything is written).
         """
-        _load_weights(self.net, state["model"], path, "model")
-        _load_weights(self.head, state["head"], path, "head")
+        runs.load_weights(self.net, state["model"], path, "model", "network")
+        runs.load_weights(self.head, state["head"], path, "head", "softmax head")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.memory.load_state_dict(checkpoints.to_device(state["memory"], self.device))

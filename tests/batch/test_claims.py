@@ -148,3 +148,14 @@ def test_relation_effect_is_the_change_when_removed_computed_by_hand():
 def test_missing_results_file_is_named():
     with pytest.raises(FileNotFoundError, match="no_such.csv"):
         claims.read_results("no_such.csv")
+
+
+def test_a_study_not_yet_run_reads_as_the_reused_rows_alone(tmp_path):
+    reused = claims.read_results(claims.STUDY_REUSES)
+    (tmp_path / claims.STUDY_REUSES).write_text(
+        (claims.results_folder() / claims.STUDY_REUSES).read_text()
+    )
+    rows = claims.study_rows(tmp_path / "not_yet.csv", missing_ok=True)
+    assert rows == [r for r in reused if r["dataset"] == "objects"]
+    with pytest.raises(FileNotFoundError, match="not_yet.csv"):
+        claims.study_rows(tmp_path / "not_yet.csv")

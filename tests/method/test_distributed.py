@@ -13,7 +13,7 @@ import torch
 from spml_lab.method import distributed
 from spml_lab.method.memory import PrototypeMemory
 from spml_lab.method.relations import PAPER_SETTINGS
-from spml_lab.training import train
+from spml_lab.training import runs, train
 from spml_lab.training.config import TrainConfig
 
 TESTS = Path(__file__).resolve().parent
@@ -78,8 +78,8 @@ def test_two_processes_train_like_one_with_the_whole_batch(tmp_path):
     for a, b in zip(rows_ddp, rows_one, strict=True):
         for column in ("low_level", "semantic_annotation", "cooccurrence", "softmax_ce"):
             assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-4), column
-    net_ddp, head_ddp, _, _ = train.load_final(ddp_run)
-    net_one, head_one, _, _ = train.load_final(one)
+    run_ddp, run_one = runs.load_run(ddp_run), runs.load_run(one)
+    net_ddp, head_ddp, net_one, head_one = run_ddp.net, run_ddp.head, run_one.net, run_one.head
     one_state = net_one.state_dict()
     assert list(net_ddp.state_dict()) == list(one_state)
     for name, value in net_ddp.state_dict().items():

@@ -14,7 +14,7 @@ from torch.utils.data import default_collate
 
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.nets.build import build_model
-from spml_lab.training import checkpoints, run_folders, train
+from spml_lab.training import checkpoints, run_folders, runs, train
 from spml_lab.training.config import TrainConfig
 
 # Tiny runs: 64 px crops give 16 x 16 embeddings; a step takes tens of milliseconds.
@@ -125,7 +125,8 @@ def test_training_makes_the_loss_finite_and_lower_on_a_fixed_batch(tmp_path):
     batch = default_collate([dataset[i] for i in range(8)])
     torch.manual_seed(1)
     untrained = build_model(cfg, dataset.num_classes)
-    trained = train.load_final(run)[:2]
+    loaded = runs.load_run(run)
+    trained = loaded.net, loaded.head
     with torch.no_grad():
         before, _ = train.batch_losses(*untrained, batch, cfg)
         after, _ = train.batch_losses(*trained, batch, cfg)
@@ -213,12 +214,12 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
     subprocess.run([*command, "--resume"], env=env, check=True, stdout=subprocess.DEVNULL)
     assert not (run / ".checkpoint.pt.99999.tmp").exists()
-    ours, theirs = checkpoints.load_checkpoint(run / "final.pt"), train.load_final(reference)
+    ours, theirs = checkpoints.load_checkpoint(run / "final.pt"), runs.load_run(reference)
     expected = checkpoints.load_checkpoint(reference / "final.pt")
     for part in ("model", "head"):
         for key, value in expected[part].items():
             assert torch.equal(ours[part][key], value), (part, key)
-    assert theirs[2].max_steps == steps
+    assert theirs.cfg.max_steps == steps
     # same rows, same numbers (images/s is a timing)
     strip = [{k: v for k, v in r.items() if k != "images_per_s"} for r in _rows(reference)]
     assert [{k: v for k, v in r.items() if k != "images_per_s"} for r in _rows(run)] == strip
