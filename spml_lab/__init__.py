@@ -14,7 +14,8 @@ layer or the layers below it (checked by ``lint-imports``)::
                          embedding_nets, heads, resnet, build
     data/                textures, synthetic, annotations, superpixels, labelio, datasets,
                          make_data, voc_files, voc (spml-lab prepare voc)
-    constants            IGNORE_INDEX and the annotation kinds
+    constants checks     IGNORE_INDEX and the annotation kinds / range checks /
+    devices schedules    the device default / learning rate per step, data order per epoch
 
 Notebooks import a module with the prefix that names its file, e.g.
 ``from spml_lab.method import relations`` then ``relations.spml_loss(...)``.

@@ -61,8 +61,8 @@ from spml_lab import checks, constants, devices
 from spml_lab.data import labelio
 from spml_lab.nets.embedding_nets import imagenet_normalize, small_trunk
 from spml_lab.prediction import metrics
+from spml_lab.schedules import epoch_order, poly_lr
 from spml_lab.training import run_folders
-from spml_lab.training.train import epoch_order, poly_lr
 
 __all__ = [
     "TagClassifier",
@@ -214,7 +214,7 @@ def train_tag_classifier(
     batch_size : int, optional
         Images per step; each epoch uses whole batches of a seeded permutation.
     lr : float, optional
-        Adam learning rate, decayed by the poly schedule (``train.poly_lr``, 20 warm-up steps).
+        Adam learning rate, decayed by the poly schedule (``schedules.poly_lr``, 20 warm-up steps).
     seed : int, optional
         Initial weights and data order; same seed, same weights on the CPU.
     width, dilations : optional

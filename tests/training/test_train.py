@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,16 +27,6 @@ def _rows(run):
 
 
 # ---------------------------------------------------------------------- building blocks
-
-
-def test_poly_lr_warms_up_from_a_tenth_and_decays_to_zero():
-    lrs = [train.poly_lr(s, 1.0, 100, warmup_steps=10) for s in range(101)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(0.55)
-    assert lrs[10] == pytest.approx(0.9**0.9) and lrs[100] == 0.0
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
-    # the ramp never exceeds the decay (a warm-up longer than the run)
-    assert train.poly_lr(9, 1.0, 10, warmup_steps=100) == pytest.approx(0.1**0.9)
-    assert train.poly_lr(50, 0.3, 100, policy="constant") == 0.3
 
 
 def test_param_groups_hold_every_parameter_once_with_the_paper_multipliers():
@@ -71,12 +60,6 @@ def test_softmax_cross_entropy_of_an_unlabelled_batch_is_zero_with_a_gradient():
     labels[0, 0] = 255
     ref = F.cross_entropy(logits, labels, ignore_index=255)
     assert torch.allclose(train.softmax_cross_entropy(logits, labels), ref)
-
-
-def test_epoch_order_is_a_seeded_permutation():
-    a, b = train.epoch_order(10, 3, 0), train.epoch_order(10, 3, 1)
-    assert sorted(a.tolist()) == list(range(10)) and not np.array_equal(a, b)
-    assert np.array_equal(a, train.epoch_order(10, 3, 0))
 
 
 # ---------------------------------------------------------------------- checkpoints
