@@ -12,7 +12,7 @@ layer or the layers below it (checked by ``lint-imports``)::
     training/            config, presets, train, checkpoints, runs, run_folders
     method/  nets/       clustering, losses, relations, memory, distributed, label_maps /
                          embedding_nets, heads, resnet, build
-    data/                textures, synthetic, annotations, superpixels, labelio, datasets,
+    data/                textures, synthetic, annotations, superpixels, labelio, datasets, writers,
                          make_data, voc_files, voc (spml-lab prepare voc)
     constants checks     IGNORE_INDEX and the annotation kinds / range checks /
     devices schedules    the device default / learning rate per step, data order per epoch

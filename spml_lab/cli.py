@@ -638,15 +638,14 @@ def _train(args):
 
 
 def _cam_labels(args):
-    from spml_lab.data import datasets
+    from spml_lab.data import datasets, writers
     from spml_lab.prediction import cam
-    from spml_lab.training import run_folders
 
     crops = {} if args.crop_size is None else {"train": True, "crop_size": args.crop_size}
     tags = datasets.from_folder(args.data, "train", "tags", seed=args.seed, **crops)
     for split in args.splits:  # a missing split is named before the classifier trains
         datasets.from_folder(args.data, split, args.kind)
-    with run_folders.one_writer(args.data):  # before training: a second writer learns at once
+    with writers.one_writer(args.data):  # before training: a second writer learns at once
         net = cam.train_tag_classifier(
             tags, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
             width=args.width, device=args.device, progress=True,

@@ -58,11 +58,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spml_lab import checks, constants, devices
-from spml_lab.data import labelio
+from spml_lab.data import labelio, writers
 from spml_lab.nets.embedding_nets import imagenet_normalize, small_trunk
 from spml_lab.prediction import metrics
 from spml_lab.schedules import epoch_order, poly_lr
-from spml_lab.training import run_folders
 
 __all__ = [
     "TagClassifier",
@@ -623,7 +622,7 @@ def write_pseudo_labels(net, root, split="train", kind="tags", *, out_root=None,
     root = Path(root)
     out_root = Path(out_root) if out_root is not None else root
     data = datasets.from_folder(root, split, kind)
-    with run_folders.one_writer(out_root):  # refuses the shipped samples; one writer at a time
+    with writers.one_writer(out_root):  # refuses the shipped samples; one writer at a time
         return _write_pseudo_labels(net, data, out_root, split, kind, options)
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from spml_lab import checks, devices, schedules
 from spml_lab.constants import IGNORE_INDEX
+from spml_lab.data import writers
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.prediction import metrics, pseudo_labels
 from spml_lab.prediction.predict import dataset_for, image_batches
@@ -253,9 +254,9 @@ def fit_head(
         raise ValueError(f"lr must be > 0, got {lr}")
     run = load_run(run_dir, device=device)
     if out is not None:
-        run_folders.refuse_shipped(out)
+        writers.refuse_shipped(out)
         run = load_run(run_folders.copy_run(run.path, out), device=device)
-    with run_folders.one_writer(run.path):
+    with writers.one_writer(run.path):
         return _fit_head(run, steps, lr, batch_size, momentum, weight_decay, seed, max_images,
                          flip, pseudo_options, progress)  # fmt: skip
 

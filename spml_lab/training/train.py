@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
-from spml_lab.data import datasets
+from spml_lab.data import datasets, writers
 from spml_lab.devices import resolve_device  # kept here too: notebooks call train.resolve_device
 from spml_lab.method import clustering, distributed, relations
 
@@ -496,7 +496,7 @@ def fit(cfg, *, start_if_empty=True):
     if not run.is_dir():  # nothing to read yet: a refusal here leaves no folder behind
         run_folders.open_run(run, cfg, start_if_empty=start_if_empty)
     main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-    with run_folders.one_writer(run) if main else contextlib.nullcontext():
+    with writers.one_writer(run) if main else contextlib.nullcontext():
         # read as the folder's one writer: a run started at the same moment into the same folder
         # has either been refused, or has finished and left its files to resume from
         state = run_folders.open_run(run, cfg, start_if_empty=start_if_empty)

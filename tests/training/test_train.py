@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from spml_lab.data import writers
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.nets.build import build_model
-from spml_lab.training import checkpoints, run_folders, train
+from spml_lab.training import checkpoints, train
 from spml_lab.training.config import TrainConfig
 
 # Tiny runs: 64 px crops give 16 x 16 embeddings; a step takes tens of milliseconds.
@@ -125,8 +126,8 @@ def test_same_seed_same_run_and_run_folder_contents(tmp_path):
     cfg = TrainConfig(**TINY, max_steps=4, checkpoint_every=2, out_dir=str(tmp_path / "a"))
     a = train.fit(cfg)
     b = train.fit(cfg.replace(out_dir=str(tmp_path / "b")))
-    # besides the hidden lock file of its one writer (`run_folders.one_writer`)
-    assert sorted(p.name for p in a.iterdir() if p.name != run_folders.LOCK_FILE) == [
+    # besides the hidden lock file of its one writer (`writers.one_writer`)
+    assert sorted(p.name for p in a.iterdir() if p.name != writers.LOCK_FILE) == [
         "checkpoint.pt",
         "config.yaml",
         "final.pt",
