@@ -97,7 +97,7 @@ from spml_lab.batch.claims import (
 )
 from spml_lab.classroom.figures import show_relation_effects
 from spml_lab.data import make_data
-from spml_lab.prediction import cam
+from spml_lab.labelling import tag_training
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / STUDY
@@ -230,7 +230,7 @@ def main():
             spec["superpixels"], spec["size"])  # fmt: skip
         if any(p.dataset == dataset and p.kind in ("tags", "boxes") for _, _, p in todo):
             accuracy.ensure_cam_labels(
-                roots[dataset], form["cam_steps"], cam.CLASSIFIER_WIDTH, 0, "cpu"
+                roots[dataset], form["cam_steps"], tag_training.CLASSIFIER_WIDTH, 0, "cpu"
             )
         for kind in SHORTENED:
             wanted = any(p.dataset == dataset and p.kind == kind for _, _, p in todo)

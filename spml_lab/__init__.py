@@ -7,11 +7,12 @@ layer or the layers below it (checked by ``lint-imports``)::
     classroom/  batch/   demo, exercises, lessons, figures, end_to_end (spml-lab demo) /
                          runner (notebooks through papermill), sweep, claims
     pictures/            viz, embedding_viz, embedding_stats, explorer, arrays
-    prediction/          knn, probabilities, pseudo_labels, cam, stage2, predict, crf,
-                         metrics, evaluate
+    prediction/          knn, probabilities, pseudo_labels, stage2, predict, crf, metrics,
+                         evaluate
     training/            config, presets, train, checkpoints, runs, run_folders
+    labelling/           tag_training, cam, label_files (CAM pseudo labels for tags and boxes)
     method/  nets/       clustering, losses, relations, memory, distributed, label_maps /
-                         embedding_nets, heads, resnet, build
+                         embedding_nets, heads, resnet, build, tag_classifier
     data/                textures, synthetic, annotations, superpixels, labelio, datasets, writers,
                          make_data, voc_files, voc (spml-lab prepare voc)
     constants checks     IGNORE_INDEX and the annotation kinds / range checks /

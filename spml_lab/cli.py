@@ -345,7 +345,7 @@ def _add_stage2(commands):
 
 
 def _add_cam_labels(commands):
-    from spml_lab.prediction import cam as labels  # the classifier's defaults: CLASSIFIER_*
+    from spml_lab.labelling import tag_training as labels  # the classifier's defaults
 
     cam = commands.add_parser(
         "cam-labels",
@@ -639,19 +639,19 @@ def _train(args):
 
 def _cam_labels(args):
     from spml_lab.data import datasets, writers
-    from spml_lab.prediction import cam
+    from spml_lab.labelling import label_files, tag_training
 
     crops = {} if args.crop_size is None else {"train": True, "crop_size": args.crop_size}
     tags = datasets.from_folder(args.data, "train", "tags", seed=args.seed, **crops)
     for split in args.splits:  # a missing split is named before the classifier trains
         datasets.from_folder(args.data, split, args.kind)
     with writers.one_writer(args.data):  # before training: a second writer learns at once
-        net = cam.train_tag_classifier(
+        net = tag_training.train_tag_classifier(
             tags, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
             width=args.width, device=args.device, progress=True,
         )  # fmt: skip
         for split in args.splits:
-            path = cam.write_pseudo_labels(net, args.data, split, args.kind)
+            path = label_files.write_pseudo_labels(net, args.data, split, args.kind)
             print(f"wrote {path}")
 
 

@@ -55,7 +55,7 @@ def show_cams(images, cams, tags, class_names, *, truth=None, colours=None, size
     ----------
     images : (B, H, W, 3) uint8 ndarray
     cams : (B, C, h, w) float tensor or ndarray in [0, 1]
-        Class activation maps (`cam.TagClassifier.cams`), channel k for class k; drawn
+        Class activation maps (`tag_classifier.TagClassifier.cams`), channel k for class k; drawn
         stretched over the image whatever their resolution.
     tags : (B, C) bool tensor or ndarray
         The image's classes; background (index 0) is never drawn.

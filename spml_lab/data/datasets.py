@@ -562,7 +562,7 @@ def from_folder(root, split="train", annotation="full", **kwargs):
         A split named in ``dataset.json`` ("train", "val").
     annotation : {"full", "points", "scribbles", "boxes", "tags", "cam_tags", "cam_boxes"}, optional
         Which list to read; "tags" derives the tags from the listed mask and blanks the label;
-        "cam_tags" / "cam_boxes" are CAM pseudo labels written by `cam.write_pseudo_labels`
+        "cam_tags" / "cam_boxes" are CAM pseudo labels written by `label_files.write_pseudo_labels`
         (``spml-lab cam-labels``).
     **kwargs
         Passed to `SegmentationList`.

@@ -61,3 +61,41 @@ def test_image_miou_is_each_image_s_own_mean_iou():
         else:
             assert got[b].item() == pytest.approx(expected, abs=1e-12)
     assert got[3] == 1.0
+
+
+# ---------------------------------------------------------------------- pseudo labels
+
+
+def test_pseudo_label_quality_by_hand():
+    # claimed pixels: (t 0, p 0), (t 1, p 1), (t 0, p 1), (t 2, p 2); truth 255 at one claimed
+    # pixel (not scored) and two pixels unclaimed
+    pseudo = torch.tensor([[0, 1, 1, 255], [2, 1, 255, 0]])
+    truth = torch.tensor([[0, 1, 0, 1], [2, 255, 2, 1]])
+    q = metrics.pseudo_label_quality(pseudo, truth, 3)
+    # confusion rows t: [[1, 1, 0], [1, 1, 0], [0, 0, 1]] (the last claimed 0 is truth 1)
+    # IoU: 0: 1 / (2 + 2 - 1); 1: 1 / (2 + 2 - 1); 2: 1 / 1
+    assert q.miou_on_labelled == pytest.approx((1 / 3 + 1 / 3 + 1) / 3)
+    assert q.labelled_fraction == 6 / 8  # claimed pixels count whatever the truth says
+
+
+def test_pseudo_label_quality_matches_scikit_learn_and_accepts_maps_of_different_sizes():
+    rng = np.random.default_rng(0)
+    pseudo = [torch.from_numpy(rng.choice([0, 1, 2, 3, 255], size=s)) for s in ((5, 7), (4, 3))]
+    truth = [torch.from_numpy(rng.integers(0, 4, size=tuple(p.shape))) for p in pseudo]
+    q = metrics.pseudo_label_quality(pseudo, truth, 4)
+    p = np.concatenate([x.numpy().ravel() for x in pseudo])
+    t = np.concatenate([x.numpy().ravel() for x in truth])
+    known = p != 255
+    present = np.union1d(p[known], t[known])
+    want = jaccard_score(t[known], p[known], labels=present, average="macro")
+    assert q.miou_on_labelled == pytest.approx(want)
+    assert q.labelled_fraction == pytest.approx(known.mean())
+
+
+def test_pseudo_label_quality_of_no_claim_is_nan_and_shapes_must_agree():
+    q = metrics.pseudo_label_quality(
+        torch.full((2, 2), 255), torch.zeros(2, 2, dtype=torch.long), 2
+    )
+    assert np.isnan(q.miou_on_labelled) and q.labelled_fraction == 0.0
+    with pytest.raises(ValueError, match="differ"):
+        metrics.pseudo_label_quality(torch.zeros(2, 2), torch.zeros(2, 3), 2)
