@@ -20,7 +20,7 @@ What is measured, and how (decided before any SPML number was looked at):
 * **Seeds.** Every cell is trained with 3 seeds (weights, data order, augmentation); the data
   and the CAM classifier are fixed. Cells report mean +- std; a claim holds only when the
   difference of the means exceeds 2 standard errors of the difference,
-  ``sqrt(sd_a^2 / n_a + sd_b^2 / n_b)`` (`spml_lab.batch.claims`, which also lists the claims).
+  ``sqrt(sd_a^2 / n_a + sd_b^2 / n_b)`` (`spml_lab.sweeps.claims`, which also lists the claims).
 
 Commands::
 
@@ -49,10 +49,10 @@ import bench_runs
 import torch
 
 from spml_lab import devices
-from spml_lab.batch.claims import ABLATIONS, KINDS, check_claims, summarise
 from spml_lab.data import datasets
 from spml_lab.labelling import label_files, tag_training
 from spml_lab.prediction import metrics
+from spml_lab.sweeps.claims import ABLATIONS, KINDS, check_claims, summarise
 from spml_lab.training import presets, runs
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spml_lab.batch import claims
 from spml_lab.data import annotations, synthetic
 from spml_lab.prediction import metrics, one_image
+from spml_lab.sweeps import claims
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "one_image.csv"

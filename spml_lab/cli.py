@@ -196,7 +196,7 @@ def _add_sweep(commands):
         "that another sweep owns (that sweep's runs of the same names are replaced)",
     )
     sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
-    from spml_lab.batch import parallel as executors  # stdlib imports only: cheap here
+    from spml_lab.sweeps import parallel as executors  # stdlib imports only: cheap here
 
     parallel = sweep.add_argument_group("parallel runs")
     parallel.add_argument(
@@ -605,7 +605,7 @@ def _literal(text):
 
 
 def _run_notebook(args):
-    from spml_lab.batch import runner
+    from spml_lab.sweeps import runner
 
     parameters = {name: _literal(value) for name, value in args.parameter}
     executed = runner.run_notebook(args.notebook, args.out, parameters)
@@ -659,7 +659,7 @@ def _sweep(args):
     import functools
     from pathlib import Path
 
-    from spml_lab.batch import parallel, sweep
+    from spml_lab.sweeps import parallel, sweep
 
     grid = []
     for name, *values in args.parameter:

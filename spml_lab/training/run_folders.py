@@ -12,7 +12,7 @@ folder at a time holds for every folder, run or not: `spml_lab.data.writers`.
 * a run with the **same config** (up to `config.RESUMABLE_CHANGES`): it is resumed, so a killed
   run continues from its last checkpoint and a finished one is only reloaded;
 * a **finished run of the same notebook** (the ``notebook`` entry of its ``summary.json``,
-  written by `spml_lab.batch.runner.write_summary`, names it) with another config: its run
+  written by `spml_lab.sweeps.runner.write_summary`, names it) with another config: its run
   files (`runs.RUN_FILES`) are
   deleted and a new run starts (rerunning with another annotation just works; other files in
   the folder, like a sweep's executed notebook, stay);

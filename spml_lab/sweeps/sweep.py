@@ -46,9 +46,9 @@ from pathlib import Path
 
 import filelock
 
-from spml_lab.batch import parallel, runner, sweep_run
-from spml_lab.batch.sweep_run import DEVICE, FIXED, MARKER, Task, execute_run
 from spml_lab.data import writers
+from spml_lab.sweeps import parallel, runner, sweep_run
+from spml_lab.sweeps.sweep_run import DEVICE, FIXED, MARKER, Task, execute_run
 
 __all__ = [
     "Trial",
