@@ -4,7 +4,7 @@ The package follows the pipeline, one layer per folder; a module imports only fr
 layer or the layers below it (checked by ``lint-imports``)::
 
     cli                  the spml-lab command
-    classroom/  sweeps/  demo, exercises, lessons, figures, end_to_end (spml-lab demo) /
+    classroom/  sweeps/  lesson_batch, exercises, lessons, figures, end_to_end (spml-lab demo) /
                          runner (notebooks through papermill), sweep, claims
     pictures/            viz, embedding_viz, embedding_stats, explorer, arrays
     prediction/          knn, probabilities, pseudo_labels, stage2, predict, crf, metrics,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from spml_lab.classroom import demo, exercises
+from spml_lab.classroom import exercises, lesson_batch
 from spml_lab.method import relations
 from spml_lab.method.clustering import build_segments
 from spml_lab.nets import embedding_nets
@@ -44,7 +44,7 @@ def hand_batch():
     labels = torch.tensor([[[1, U, U], [1, U, 2]], [[1, 1, U], [U, U, 3]], [[0, U, U], [U] * 3]])
     tags = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 0, 0]], dtype=torch.bool)
     segments = build_segments(emb, clusters, superpixels, labels, tags=tags)
-    return demo.DemoBatch(
+    return lesson_batch.LessonBatch(
         images=np.zeros((3, 8, 12, 3), np.uint8),
         truth=np.zeros((3, 8, 12), np.int64),
         embeddings=emb,
@@ -189,10 +189,12 @@ def test_bad_relation_and_pixel():
 @pytest.mark.parametrize("relation", relations.RELATIONS)
 def test_solutions_agree_with_the_loss_on_embedded_data(relation):
     torch.manual_seed(0)
-    batch = demo.make_batch("objects", "scribbles", net=embedding_nets.SmallEmbeddingNet(8, 8))
+    batch = lesson_batch.make_batch(
+        "objects", "scribbles", net=embedding_nets.SmallEmbeddingNet(8, 8)
+    )
     seg = exercises.segment_fields(batch)
     for seed in range(2):
-        pixel = demo.pick_pixel(batch, relation, seed=seed, image=None)
+        pixel = lesson_batch.pick_pixel(batch, relation, seed=seed, image=None)
         pos, neg = exercises.solution(
             relation, seg, exercises.pixel_fields(batch, pixel), show=False
         )
@@ -230,15 +232,15 @@ def test_show_solution_prints_and_checks_the_reference_answer(key, capsys):
 def _notebook_pixels(relation, seed):
     """The batch and pixel a relation notebook (05-08) draws with its stored or CI seed."""
     if relation == "feature_affinity":
-        batch = demo.make_batch("parts", "points", seed=seed)
+        batch = lesson_batch.make_batch("parts", "points", seed=seed)
         affinity = relations.affinity_labels(batch.segments)[batch.segments.segment_ids]
         where = (batch.labels == 255) & (affinity != 255) & (affinity > 0)
     else:
         annotation = "tags" if relation == "cooccurrence" else "scribbles"
-        batch = demo.make_batch("objects", annotation, seed=seed)
+        batch = lesson_batch.make_batch("objects", annotation, seed=seed)
         labelled_object = (batch.labels > 0) & (batch.labels != 255)
         where = labelled_object if relation == "semantic_annotation" else None
-    return batch, demo.pick_pixel(batch, relation, seed=seed, where=where)
+    return batch, lesson_batch.pick_pixel(batch, relation, seed=seed, where=where)
 
 
 @pytest.mark.parametrize("seed", [0, 1])  # the notebooks' stored seed and the CI one
