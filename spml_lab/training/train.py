@@ -424,8 +424,8 @@ def train_step(
     )  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     # the paper's stage-1 loss: relations + (cross-entropy + L_ann) x w_ann, whose L_ann x w_ann
-    # is already in the total; the baselines weigh their cross-entropy 1 (`cfg.head_weight`)
-    (losses["total"] + cfg.head_weight * losses["softmax_ce"]).backward()
+    # is already in the total; the baselines weigh their cross-entropy 1 (`resolved_softmax_weight`)
+    (losses["total"] + cfg.resolved_softmax_weight * losses["softmax_ce"]).backward()
     optimizer.step()
     if segments is not None:
         memory.push(segments)

@@ -270,7 +270,7 @@ def test_the_head_loss_is_weighted_as_the_papers_stage_one():
             low_level=False,
             semantic_annotation=False,
             cooccurrence=False,
-        ).head_weight
+        ).resolved_softmax_weight
         == 1.0
     )
 
