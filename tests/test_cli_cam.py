@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from spml_lab import cli
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import datasets, make_data
 
 
@@ -21,7 +22,7 @@ def test_cam_labels_writes_a_list_that_trains_as_cam_kind(tmp_path, kind, capsys
         label = pseudo[index]["label"].numpy()
         present = set(np.unique(truth[index]["label"].numpy()).tolist())
         # a pseudo label only ever names a class of the image (or leaves the pixel unlabelled)
-        assert set(np.unique(label).tolist()) <= present | {255}
+        assert set(np.unique(label).tolist()) <= present | {IGNORE_INDEX}
     assert len(datasets.from_folder(root, "val", f"cam_{kind}")) == 2
 
 

@@ -208,7 +208,7 @@ def _low_level(seg, me):
 
 def _semantic_annotation(seg, me):
     same = seg.label == me.label
-    takes_part = seg.label != 255  # unlabelled segments are neither positive nor negative
+    takes_part = seg.label != IGNORE_INDEX  # unlabelled segments are neither positive nor negative
     return losses.segment_roles(same, takes_part, seg.index == me.segment)
 
 
@@ -220,7 +220,8 @@ def _cooccurrence(seg, me):
 
 def _feature_affinity(seg, me):
     same = seg.affinity == me.affinity
-    takes_part = seg.affinity != 255  # no close labelled segment: neither positive nor negative
+    # no close labelled segment: neither positive nor negative
+    takes_part = seg.affinity != IGNORE_INDEX
     return losses.segment_roles(same, takes_part, seg.index == me.segment)
 
 

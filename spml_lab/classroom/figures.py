@@ -27,6 +27,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.pictures import viz
 from spml_lab.prediction import predict
 from spml_lab.training.config import TrainConfig
@@ -457,7 +458,7 @@ def show_failures(failures, class_names, colours, *, method, size=2.2):
     """
     rows = [
         [f.picture, viz.colorize(f.truth, colours), viz.colorize(f.labels, colours),
-         viz.overlay(f.picture, np.where(f.labels != f.truth, f.labels, 255), colours, 1.0,
+         viz.overlay(f.picture, np.where(f.labels != f.truth, f.labels, IGNORE_INDEX), colours, 1.0,
                      dim=0.6)]
         for f in failures
     ]  # fmt: skip

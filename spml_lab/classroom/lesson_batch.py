@@ -230,7 +230,7 @@ def pick_pixel(batch, relation, *, seed=0, image=0, where=None, tries=8, memory=
     image : int or None, optional
         Image of the batch to choose from; None: any image.
     where : (B, h, w) bool tensor, optional
-        Pixels allowed (e.g. ``(batch.labels > 0) & (batch.labels != 255)``: a labelled
+        Pixels allowed (e.g. ``(batch.labels > 0) & (batch.labels != IGNORE_INDEX)``: a labelled
         object pixel); the test is made on the chosen pixel of each segment.
     tries : int, optional
         Of the first `tries` suitable pixels (in the seeded order) take the one whose positive

@@ -60,7 +60,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS, SHORTENED_SCRIBBLES
+from spml_lab.constants import (
+    ANNOTATIONS,
+    IGNORE_INDEX,
+    PSEUDO_ANNOTATIONS,
+    SHORTENED_SCRIBBLES,
+)
 from spml_lab.data.labelio import read_id_png, read_image, read_label_png
 
 __all__ = [
@@ -176,7 +181,7 @@ class SegmentationList(Dataset):
         class_names=None,
         annotation=None,
         seed=0,
-        ignore_index=255,
+        ignore_index=IGNORE_INDEX,
         cache=False,
     ):
         self.root = Path(root)

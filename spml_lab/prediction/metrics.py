@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-def confusion_matrix(pred, target, num_classes, ignore_index=255):
+def confusion_matrix(pred, target, num_classes, ignore_index=IGNORE_INDEX):
     """Count (ground truth, prediction) pairs over all pixels.
 
     Parameters
@@ -104,7 +104,7 @@ def mean_iou(confusion):
     return miou, iou
 
 
-def image_miou(pred, target, num_classes, ignore_index=255):
+def image_miou(pred, target, num_classes, ignore_index=IGNORE_INDEX):
     """Mean IoU of every image on its own, over the classes in its truth or prediction.
 
     Parameters
@@ -142,7 +142,7 @@ def image_miou(pred, target, num_classes, ignore_index=255):
     return (intersection / union).nanmean(dim=1)  # a class absent from both: NaN, left out
 
 
-def background_miou(target, num_classes, *, background=0, ignore_index=255):
+def background_miou(target, num_classes, *, background=0, ignore_index=IGNORE_INDEX):
     """Return the mIoU of calling every pixel background: the floor a segmenter must beat.
 
     Parameters

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from spml_lab.classroom import lesson_batch, lessons
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import datasets
 from spml_lab.method import clustering, losses, memory, relations
 from spml_lab.nets import embedding_nets
@@ -47,7 +48,7 @@ def test_make_batch_default_net_is_seeded():
 
 def test_make_batch_with_tags_has_no_pixel_labels():
     batch = lesson_batch.make_batch("objects", "tags", indices=(0, 1), net=small_net())
-    assert (batch.labels == 255).all() and batch.tags[:, 1:].any(1).all()
+    assert (batch.labels == IGNORE_INDEX).all() and batch.tags[:, 1:].any(1).all()
 
 
 @pytest.mark.parametrize("indices", [(), (0, 10_000), (-1,)])
@@ -96,7 +97,7 @@ def brute_within_across(emb, partition):
         rows, ids = e.reshape(-1, e.shape[-1]), p.reshape(-1)
         same, diff = [], []
         for i, j in itertools.permutations(range(len(ids)), 2):
-            if ids[i] in (-1, 255) or ids[j] in (-1, 255):
+            if ids[i] in (-1, IGNORE_INDEX) or ids[j] in (-1, IGNORE_INDEX):
                 continue
             (same if ids[i] == ids[j] else diff).append(float(rows[i] @ rows[j]))
         within.append(np.mean(same))
@@ -108,7 +109,7 @@ def test_similarity_within_across_matches_brute_force():
     gen = torch.Generator().manual_seed(0)
     emb = F.normalize(torch.randn(2, 3, 4, 5, generator=gen), dim=-1)
     partition = torch.randint(0, 3, (2, 3, 4), generator=gen)
-    partition[0, 0, 0], partition[1, 2, 3] = 255, -1  # left out
+    partition[0, 0, 0], partition[1, 2, 3] = IGNORE_INDEX, -1  # left out
     got = lesson_batch.similarity_within_across(emb, partition)
     assert np.allclose(got, brute_within_across(emb, partition))
 
@@ -130,7 +131,7 @@ def test_segment_weights_give_the_pixel_loss():
         batch.segments.labels,
         6.0,
         reduction="none",
-        ignore_index=255,
+        ignore_index=IGNORE_INDEX,
     )
     assert torch.isclose(-weights[pos].sum().log(), per_pixel[pixel].double(), atol=1e-5)
 
@@ -146,11 +147,11 @@ def test_upsample_gives_blocks_at_image_size():
 
 def test_pick_pixel_respects_where():
     batch = lesson_batch.make_batch("objects", "scribbles", net=small_net())
-    objects = (batch.labels > 0) & (batch.labels != 255)
+    objects = (batch.labels > 0) & (batch.labels != IGNORE_INDEX)
     for seed in range(3):
         pixel = lesson_batch.pick_pixel(batch, "semantic_annotation", seed=seed, where=objects)
         assert objects.reshape(-1)[pixel]
-    unlabelled = batch.labels == 255
+    unlabelled = batch.labels == IGNORE_INDEX
     pixel = lesson_batch.pick_pixel(batch, "feature_affinity", where=unlabelled)
     assert unlabelled.reshape(-1)[pixel]
 
@@ -161,7 +162,7 @@ def test_segment_weights_with_memory_cover_the_memory_too():
     earlier = lesson_batch.make_batch("objects", "scribbles", indices=(4, 5), net=net)
     bank = memory.PrototypeMemory(1)
     bank.push(earlier.segments)
-    objects = (batch.labels > 0) & (batch.labels != 255)
+    objects = (batch.labels > 0) & (batch.labels != IGNORE_INDEX)
     pixel = lesson_batch.pick_pixel(batch, "semantic_annotation", where=objects)
     pos, neg = relations.positives_negatives(
         "semantic_annotation", pixel, batch.embeddings, batch.labels, batch.tags,
@@ -180,12 +181,12 @@ def test_nearest_labels_matches_brute_force():
     reference = lesson_batch.make_batch("objects", "scribbles", indices=(2, 3), net=small_net(3))
     protos, labels = reference.segments.prototypes, reference.segments.labels
     got = lesson_batch.nearest_labels(batch, protos, labels)
-    labelled = torch.nonzero(labels != 255)[:, 0]
+    labelled = torch.nonzero(labels != IGNORE_INDEX)[:, 0]
     for s in range(0, batch.segments.num_segments, 37):
         best = max(labelled.tolist(), key=lambda r: float(batch.segments.prototypes[s] @ protos[r]))
         assert (got[batch.segments.segment_ids == s] == labels[best]).all()
-    none = lesson_batch.nearest_labels(batch, protos, torch.full_like(labels, 255))
-    assert (none == 255).all()
+    none = lesson_batch.nearest_labels(batch, protos, torch.full_like(labels, IGNORE_INDEX))
+    assert (none == IGNORE_INDEX).all()
 
 
 def per_pixel_loss(relation, batch, kappa):
@@ -213,7 +214,7 @@ def per_pixel_loss(relation, batch, kappa):
     else:  # cooccurrence: image tag sets without background
         labels = batch.tags[:, 1:].repeat_interleave(height * width, 0)
         proto_labels = batch.tags[seg.image_ids][:, 1:]
-    ignore = 255 if relation == "semantic_annotation" else None
+    ignore = IGNORE_INDEX if relation == "semantic_annotation" else None
     return losses.pixel_segment_loss(
         emb.reshape(-1, dim), labels, ids, seg.prototypes, proto_labels, kappa,
         reduction="none", ignore_index=ignore,

@@ -3,6 +3,7 @@ import pytest
 import torch
 from skimage.measure import label as connected_components
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import annotations
 from spml_lab.labelling import cam
 
@@ -27,7 +28,7 @@ def test_tag_labels_by_hand_without_background_score():
     got = cam.cam_pseudo_labels(cams, tags, threshold=0.2, alpha=None)
     # px0: best 0.1 -> 255; px1: 1; px2: 0.2 exactly at the threshold -> 255; px3: 3; px4: 255
     assert got.dtype == torch.uint8 and got.shape == (1, 1, 5)
-    assert got.tolist() == [[[255, 1, 255, 3, 255]]]
+    assert got.tolist() == [[[IGNORE_INDEX, 1, IGNORE_INDEX, 3, IGNORE_INDEX]]]
 
 
 def test_tag_labels_by_hand_with_background_score():
@@ -37,15 +38,19 @@ def test_tag_labels_by_hand_with_background_score():
     # px2: winner 0.25 (class 1) above 0.2; with threshold 0.3 it is unlabelled
     got = cam.cam_pseudo_labels(cams, tags, threshold=0.2, alpha=6)
     assert got.tolist() == [[[0, 1, 1, 0]]]
-    assert cam.cam_pseudo_labels(cams, tags, threshold=0.3, alpha=6).tolist() == [[[0, 1, 255, 0]]]
+    assert cam.cam_pseudo_labels(cams, tags, threshold=0.3, alpha=6).tolist() == [
+        [[0, 1, IGNORE_INDEX, 0]]
+    ]
     # without the background tag, background never appears either
     no_bg = torch.tensor([[False, True, False, True]])
-    assert cam.cam_pseudo_labels(cams, no_bg, alpha=6).tolist() == [[[255, 1, 1, 255]]]
+    assert cam.cam_pseudo_labels(cams, no_bg, alpha=6).tolist() == [
+        [[IGNORE_INDEX, 1, 1, IGNORE_INDEX]]
+    ]
 
 
 def brute_force_tags(cams, tags, threshold, alpha):
     batch, classes, height, width = cams.shape
-    out = np.full((batch, height, width), 255, np.uint8)
+    out = np.full((batch, height, width), IGNORE_INDEX, np.uint8)
     for b in range(batch):
         for y in range(height):
             for x in range(width):
@@ -70,7 +75,7 @@ def test_tag_labels_match_brute_force(alpha, threshold):
     got = cam.cam_pseudo_labels(cams, tags, threshold=threshold, alpha=alpha)
     want = brute_force_tags(cams.numpy(), tags.numpy(), threshold, alpha)
     np.testing.assert_array_equal(got.numpy(), want)
-    assert (got[0] == 255).all()
+    assert (got[0] == IGNORE_INDEX).all()
 
 
 def test_tag_labels_resize_to_size():
@@ -78,7 +83,7 @@ def test_tag_labels_resize_to_size():
     cams[0, 1, 0, 0] = 1.0
     got = cam.cam_pseudo_labels(cams, torch.tensor([[False, True]]), alpha=None, size=(8, 8))
     assert got.shape == (1, 8, 8)
-    assert got[0, 0, 0] == 1 and got[0, -1, -1] == 255
+    assert got[0, 0, 0] == 1 and got[0, -1, -1] == IGNORE_INDEX
 
 
 def test_tag_labels_reject_bad_shapes():
@@ -120,10 +125,10 @@ def test_box_labels_by_hand_overlap_and_threshold():
     plain = cam.box_pseudo_labels(cams, boxes, threshold=0.5, alpha=None)
     assert plain.dtype == torch.uint8
     # the right class-1 piece is one pixel: a flat CAM, unlabelled; outside: background
-    assert plain.tolist() == [[[255, 1, 255, 255, 2, 255, 0]]]
+    assert plain.tolist() == [[[IGNORE_INDEX, 1, IGNORE_INDEX, IGNORE_INDEX, 2, IGNORE_INDEX, 0]]]
     # alpha 6: n = 0 gives background score 1 > 0.5; n = 0.5 gives 0.016 and 0.5: unlabelled
     seam = cam.box_pseudo_labels(cams, boxes, threshold=0.5, alpha=6)
-    assert seam.tolist() == [[[0, 1, 255, 0, 2, 255, 0]]]
+    assert seam.tolist() == [[[0, 1, IGNORE_INDEX, 0, 2, IGNORE_INDEX, 0]]]
 
 
 def brute_force_boxes(cams, boxes, threshold, alpha):
@@ -139,14 +144,14 @@ def brute_force_boxes(cams, boxes, threshold, alpha):
                 low, high = values.min(), values.max()
                 for y, x in zip(*np.nonzero(mask), strict=True):
                     if high - low <= 1e-6:
-                        out[b, y, x] = 255
+                        out[b, y, x] = IGNORE_INDEX
                         continue
                     n = (cams[b, cls, y, x] - low) / (high - low)
                     bg = (1 - n) ** alpha if alpha is not None else -1.0
                     if bg >= n:
-                        out[b, y, x] = 0 if bg > threshold else 255
+                        out[b, y, x] = 0 if bg > threshold else IGNORE_INDEX
                     else:
-                        out[b, y, x] = cls if n > threshold else 255
+                        out[b, y, x] = cls if n > threshold else IGNORE_INDEX
     return out
 
 
@@ -171,12 +176,17 @@ def test_box_labels_match_brute_force_on_drawn_boxes(alpha):
 def test_box_labels_resize_cams_and_keep_unknown():
     boxes = torch.zeros(1, 8, 8, dtype=torch.long)
     boxes[0, :4, :4] = 1
-    boxes[0, 7, 7] = 255
+    boxes[0, 7, 7] = IGNORE_INDEX
     cams = torch.zeros(1, 2, 2, 2)
     cams[0, 1, 0, 0] = 1.0
     got = cam.box_pseudo_labels(cams, boxes, alpha=None)
     assert got.shape == (1, 8, 8)
-    assert got[0, 0, 0] == 1 and got[0, 3, 3] == 255 and got[0, 5, 5] == 0 and got[0, 7, 7] == 255
+    assert (
+        got[0, 0, 0] == 1
+        and got[0, 3, 3] == IGNORE_INDEX
+        and got[0, 5, 5] == 0
+        and got[0, 7, 7] == IGNORE_INDEX
+    )
 
 
 def test_box_labels_reject_unknown_class():

@@ -11,6 +11,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from spml_lab.classroom import lesson_batch
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method import memory, relations
 from spml_lab.nets import embedding_nets
 from spml_lab.pictures import embedding_viz, explorer
@@ -100,7 +101,7 @@ def test_nearest_segments_are_the_most_similar_prototypes(ex, batch):
     own = int(batch.segments.segment_ids[1, 20, 11])
     assert all(r["own"] == (r["segment"] == own) for r in rows)
     labels = batch.segments.labels[[r["segment"] for r in rows]].tolist()
-    names = [batch.class_names[v] if v != 255 else "unlabelled" for v in labels]
+    names = [batch.class_names[v] if v != IGNORE_INDEX else "unlabelled" for v in labels]
     assert [r["label"] for r in rows] == names
 
 

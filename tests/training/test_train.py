@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import writers
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.nets.build import build_model
@@ -54,12 +55,12 @@ def test_downsample_nearest_matches_interpolate(shape, size):
 
 def test_softmax_cross_entropy_of_an_unlabelled_batch_is_zero_with_a_gradient():
     logits = torch.randn(2, 3, 4, 4, requires_grad=True)
-    loss = train.softmax_cross_entropy(logits, torch.full((2, 4, 4), 255))
+    loss = train.softmax_cross_entropy(logits, torch.full((2, 4, 4), IGNORE_INDEX))
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
     labels = torch.randint(0, 3, (2, 4, 4))
-    labels[0, 0] = 255
-    ref = F.cross_entropy(logits, labels, ignore_index=255)
+    labels[0, 0] = IGNORE_INDEX
+    ref = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
     assert torch.allclose(train.softmax_cross_entropy(logits, labels), ref)
 
 
