@@ -20,7 +20,7 @@ What is measured, and how (decided before any SPML number was looked at):
 * **Seeds.** Every cell is trained with 3 seeds (weights, data order, augmentation); the data
   and the CAM classifier are fixed. Cells report mean +- std; a claim holds only when the
   difference of the means exceeds 2 standard errors of the difference,
-  ``sqrt(sd_a^2 / n_a + sd_b^2 / n_b)`` (`spml_lab.batch.claims`, which also lists the claims).
+  ``sqrt(sd_a^2 / n_a + sd_b^2 / n_b)`` (`spml_lab.sweeps.claims`, which also lists the claims).
 
 Commands::
 
@@ -49,9 +49,10 @@ import bench_runs
 import torch
 
 from spml_lab import devices
-from spml_lab.batch.claims import ABLATIONS, KINDS, check_claims, summarise
 from spml_lab.data import datasets
-from spml_lab.prediction import cam
+from spml_lab.labelling import label_files, tag_training
+from spml_lab.prediction import metrics
+from spml_lab.sweeps.claims import ABLATIONS, KINDS, check_claims, summarise
 from spml_lab.training import presets, runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,7 +65,8 @@ FORMS = {
     # or to `--only parts` in a session of their own)
     "reduced": {"train": 400, "val": 100, "test": 200, "steps": _BENCHMARK.max_steps,
                 "batch": _BENCHMARK.batch_size, "width": _BENCHMARK.width,
-                "cam_steps": cam.CLASSIFIER_STEPS, "stage2_steps": 300, "datasets": ("objects",)},
+                "cam_steps": tag_training.CLASSIFIER_STEPS, "stage2_steps": 300,
+                "datasets": ("objects",)},
     # a GPU
     "full": {"train": 2000, "val": 500, "test": 500, "steps": 3000, "batch": 8, "width": 64,
              "cam_steps": 1500, "stage2_steps": 1000, "datasets": ("objects", "parts")},
@@ -158,16 +160,18 @@ def ensure_cam_labels(root, steps, width, seed, device):
         return json.loads(quality_path.read_text())
     tic = time.perf_counter()
     tags = datasets.from_folder(root, "train", "tags")
-    # the classifier's batch and learning rate are cam's defaults (CLASSIFIER_*)
-    net = cam.train_tag_classifier(tags, steps=steps, seed=seed, width=width, device=device)
+    # the classifier's batch and learning rate are tag_training's defaults (CLASSIFIER_*)
+    net = tag_training.train_tag_classifier(
+        tags, steps=steps, seed=seed, width=width, device=device
+    )
     quality = {"classifier_steps": steps}
     truth = datasets.from_folder(root, "train", "full")
     for kind in ("tags", "boxes"):
-        cam.write_pseudo_labels(net, root, "train", kind)
+        label_files.write_pseudo_labels(net, root, "train", kind)
         pseudo = datasets.from_folder(root, "train", f"cam_{kind}")
         labels = [pseudo[index]["label"] for index in range(len(truth))]
         gts = [truth[index]["label"] for index in range(len(truth))]
-        quality[kind] = cam.pseudo_label_quality(labels, gts, truth.num_classes)._asdict()
+        quality[kind] = metrics.pseudo_label_quality(labels, gts, truth.num_classes)._asdict()
     quality["seconds"] = round(time.perf_counter() - tic, 1)
     quality_path.write_text(json.dumps(quality, indent=2) + "\n")
     return quality
@@ -380,7 +384,7 @@ def main():
             work / dataset, dataset, splits, 0, spec["options"], spec["superpixels"], spec["size"]
         )
     if any(p.kind in ("tags", "boxes") for p in chosen):
-        width = cam.CLASSIFIER_WIDTH
+        width = tag_training.CLASSIFIER_WIDTH
         quality = ensure_cam_labels(roots["objects"], form["cam_steps"], width, 0, device)
         print(f"CAM pseudo labels: {json.dumps(quality)}", flush=True)
     jobs, names = [], []

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import datasets
 from spml_lab.method import clustering, relations
 from spml_lab.method.memory import PrototypeMemory
@@ -52,7 +53,6 @@ DIM = 64  # embedding dimension
 BATCH = 4  # images per batch
 MEMORY_BATCHES = 2  # earlier batches in the memory
 STRIDE = 4  # embedding map = crop / 4
-IGNORE = 255
 AFFINITY_THRESHOLD = 0.95
 CONFIGS = {
     "scribble": ("low_level", "semantic_annotation", "cooccurrence"),
@@ -151,7 +151,7 @@ def loop_kmeans(features, init, num_clusters, iterations):
 
 def loop_image_segments(embeddings, clusters, superpixels, labels):
     """Segments of one image: (N, D) embeddings and (N,) ids -> dict of per-segment fields."""
-    code = torch.where(labels == IGNORE, 0, labels + 1)
+    code = torch.where(labels == IGNORE_INDEX, 0, labels + 1)
     k_sp, k_code = int(superpixels.max()) + 1, int(code.max()) + 1
     key = (clusters * k_sp + superpixels) * k_code + code
     unique, inverse = torch.unique(key, return_inverse=True)
@@ -160,19 +160,19 @@ def loop_image_segments(embeddings, clusters, superpixels, labels):
     return {
         "ids": inverse,
         "prototypes": F.normalize(sums, dim=1),
-        "labels": torch.where(seg_code == 0, IGNORE, seg_code - 1),
+        "labels": torch.where(seg_code == 0, IGNORE_INDEX, seg_code - 1),
         "superpixels": (unique // k_code) % k_sp,
     }
 
 
 def loop_affinity_labels(prototypes, labels):
     """Affinity labels of one image's segments: own label, or the nearest labelled one's."""
-    labelled = labels != IGNORE
+    labelled = labels != IGNORE_INDEX
     out = labels.clone()
     if labelled.any():
         similarity = prototypes.detach() @ prototypes.detach()[labelled].T  # (S, L)
         best, nearest = similarity.max(1)
-        borrowed = torch.where(best >= AFFINITY_THRESHOLD, labels[labelled][nearest], IGNORE)
+        borrowed = torch.where(best >= AFFINITY_THRESHOLD, labels[labelled][nearest], IGNORE_INDEX)
         out = torch.where(labelled, labels, borrowed)
     return out
 
@@ -275,10 +275,10 @@ def loop_losses(batch, embeddings, memory, settings, clusters=None):
                 all_labels = proto_labels if name == "semantic_annotation" else proto_affinity
                 own_labels = seg["labels"] if name == "semantic_annotation" else seg["affinity"]
                 pixel_labels = own_labels[own]
-                keep = pixel_labels != IGNORE
+                keep = pixel_labels != IGNORE_INDEX
                 if not keep.any():
                     continue
-                labelled = all_labels != IGNORE
+                labelled = all_labels != IGNORE_INDEX
                 new_index = labelled.long().cumsum(0) - 1  # column among labelled prototypes
                 same = pixel_labels[keep][:, None] == all_labels[labelled][None, :]
                 own_col = new_index[own[keep] + starts[b]]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import annotations, synthetic
 from spml_lab.nets.embedding_nets import SmallEmbeddingNet, embed
 from spml_lab.nets.heads import SoftmaxHead
@@ -47,7 +48,9 @@ def train_and_score(images, labels, val_images, val_semantic, num_classes, steps
         x, y = images[pick], labels[pick]
         flip = torch.from_numpy(rng.random(batch) < 0.5)
         x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-        loss = F.cross_entropy(head(net(x).permute(0, 2, 3, 1), size=size), y, ignore_index=255)
+        loss = F.cross_entropy(
+            head(net(x).permute(0, 2, 3, 1), size=size), y, ignore_index=IGNORE_INDEX
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -101,7 +104,7 @@ def main():
                 "kind": args.kind,
                 "difficulty": "default" if difficulty is None else difficulty,
                 "supervision": name,
-                "labelled_fraction": float((labels != 255).float().mean()),
+                "labelled_fraction": float((labels != IGNORE_INDEX).float().mean()),
                 "val_miou": round(miou, 4),
                 "seconds": round(time.perf_counter() - start, 1),
             }

@@ -193,7 +193,7 @@ def notebook(out, parameters):
     missing = [n for n in ("papermill", "jupyter_client") if importlib.util.find_spec(n) is None]
     if missing:
         return None, f"{' and '.join(missing)} not importable: notebook 09 not run"
-    from spml_lab.batch import runner
+    from spml_lab.sweeps import runner
 
     folder = out / "notebook09"
     values = {**parameters, "OUT_DIR": str(folder / "run")}

@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spml_lab.batch import claims
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import annotations, synthetic
 from spml_lab.prediction import metrics, one_image
+from spml_lab.sweeps import claims
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "one_image.csv"
@@ -67,8 +68,8 @@ def scene_labels(scenes, index, kind):
     labels = annotations.weak_labels(
         scenes.semantic[index], scenes.instance[index], name, seed=index, **options
     )
-    classes = np.unique(labels[labels != 255])  # (K,) scene class of each id
-    ids = np.full(256, 255, np.uint8)
+    classes = np.unique(labels[labels != IGNORE_INDEX])  # (K,) scene class of each id
+    ids = np.full(256, IGNORE_INDEX, np.uint8)
     ids[classes] = np.arange(len(classes))
     return ids[labels], classes
 

@@ -19,7 +19,7 @@ numbers was looked at:
   ``baseline_stage2``, softmax + flip + CRF for ``baseline`` and ``full``; ``miou_knn`` (stage-1
   kNN retrieval) and ``miou_softmax_crf`` (stage-1 head + CRF) are kept beside it.
 * **Claims rule.** A difference holds when it exceeds 2 standard errors of the difference,
-  ``sqrt(sd_a^2/n_a + sd_b^2/n_b)`` (`spml_lab.batch.claims`). A relation **helps** where
+  ``sqrt(sd_a^2/n_a + sd_b^2/n_b)`` (`spml_lab.sweeps.claims`). A relation **helps** where
   removing it lowers mIoU by more than 2 SE, **hurts** where removing it raises mIoU by more than
   2 SE, and shows **no measurable effect** otherwise (then the 2 SE bound is the size of effect
   the study could have seen).
@@ -87,7 +87,10 @@ import accuracy
 import bench_runs
 from accuracy import BASELINE, PARTS_RUN, TRAIN_ON, Plan
 
-from spml_lab.batch.claims import (
+from spml_lab.classroom.figures import show_relation_effects
+from spml_lab.data import make_data
+from spml_lab.labelling import tag_training
+from spml_lab.sweeps.claims import (
     KINDS,
     STUDY,
     check_relations_study,
@@ -95,9 +98,6 @@ from spml_lab.batch.claims import (
     study_rows,
     summarise,
 )
-from spml_lab.classroom.figures import show_relation_effects
-from spml_lab.data import make_data
-from spml_lab.prediction import cam
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / STUDY
@@ -223,7 +223,7 @@ def main():
             spec["superpixels"], spec["size"])  # fmt: skip
         if any(p.dataset == dataset and p.kind in ("tags", "boxes") for _, _, p in todo):
             accuracy.ensure_cam_labels(
-                roots[dataset], form["cam_steps"], cam.CLASSIFIER_WIDTH, 0, "cpu"
+                roots[dataset], form["cam_steps"], tag_training.CLASSIFIER_WIDTH, 0, "cpu"
             )
         for kind in SHORTENED:
             wanted = any(p.dataset == dataset and p.kind == kind for _, _, p in todo)

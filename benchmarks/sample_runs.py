@@ -37,7 +37,8 @@ import accuracy
 import bench_runs
 import torch
 
-from spml_lab.training import run_folders, runs
+from spml_lab.data import writers
+from spml_lab.training import runs
 from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 
@@ -162,7 +163,7 @@ def main(argv=None):
     names = args.only or list(RUNS)
     os.chdir(ROOT)  # the run folders' `out_dir` is relative, the same in every clone
     # the one command that may write the shipped runs (every other writer refuses them)
-    os.environ[run_folders.WRITE_SHIPPED_ENV] = "1"
+    os.environ[writers.WRITE_SHIPPED_ENV] = "1"
     for name in names:
         check_folder(name, args.overwrite)
     tic = time.perf_counter()

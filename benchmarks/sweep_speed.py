@@ -28,7 +28,7 @@ from pathlib import Path
 import bench_runs
 import nbformat
 
-from spml_lab.batch import parallel, sweep
+from spml_lab.sweeps import parallel, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_CSV = ROOT / "benchmarks" / "results" / "sweep_speed.csv"
@@ -47,7 +47,7 @@ def tiny_notebook(path):
     parameters.metadata["tags"] = ["parameters"]
     work = (
         "import torch\n"
-        "from spml_lab.batch import runner\n"
+        "from spml_lab.sweeps import runner\n"
         "torch.manual_seed(SEED)\n"
         "x = torch.randn(256, 256)\n"
         "for _ in range(50):\n"

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a source checkout
 
-from spml_lab.batch import claims  # noqa: E402
+from spml_lab.sweeps import claims  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 LABELS = {

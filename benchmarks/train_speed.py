@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from spml_lab import schedules
 from spml_lab.method.memory import PrototypeMemory
 from spml_lab.nets.build import build_model
 from spml_lab.training import config, train
@@ -119,7 +120,7 @@ def make_config(preset, batch_size, *, crop_size=None, model=None, device="cpu")
 def make_batches(cfg, count, device):
     """`count` distinct collated training batches of `cfg`, pinned when the device is CUDA."""
     dataset = train.build_dataset(cfg)
-    order = train.epoch_order(len(dataset), cfg.seed, 0)
+    order = schedules.epoch_order(len(dataset), cfg.seed, 0)
     batches = []
     for k in range(count):
         ids = [int(order[(k * cfg.batch_size + b) % len(dataset)]) for b in range(cfg.batch_size)]

@@ -196,7 +196,7 @@ def _add_sweep(commands):
         "that another sweep owns (that sweep's runs of the same names are replaced)",
     )
     sweep.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebook's)")
-    from spml_lab.batch import parallel as executors  # stdlib imports only: cheap here
+    from spml_lab.sweeps import parallel as executors  # stdlib imports only: cheap here
 
     parallel = sweep.add_argument_group("parallel runs")
     parallel.add_argument(
@@ -345,7 +345,7 @@ def _add_stage2(commands):
 
 
 def _add_cam_labels(commands):
-    from spml_lab.prediction import cam as labels  # the classifier's defaults: CLASSIFIER_*
+    from spml_lab.labelling import tag_training as labels  # the classifier's defaults
 
     cam = commands.add_parser(
         "cam-labels",
@@ -605,7 +605,7 @@ def _literal(text):
 
 
 def _run_notebook(args):
-    from spml_lab.batch import runner
+    from spml_lab.sweeps import runner
 
     parameters = {name: _literal(value) for name, value in args.parameter}
     executed = runner.run_notebook(args.notebook, args.out, parameters)
@@ -638,21 +638,20 @@ def _train(args):
 
 
 def _cam_labels(args):
-    from spml_lab.data import datasets
-    from spml_lab.prediction import cam
-    from spml_lab.training import run_folders
+    from spml_lab.data import datasets, writers
+    from spml_lab.labelling import label_files, tag_training
 
     crops = {} if args.crop_size is None else {"train": True, "crop_size": args.crop_size}
     tags = datasets.from_folder(args.data, "train", "tags", seed=args.seed, **crops)
     for split in args.splits:  # a missing split is named before the classifier trains
         datasets.from_folder(args.data, split, args.kind)
-    with run_folders.one_writer(args.data):  # before training: a second writer learns at once
-        net = cam.train_tag_classifier(
+    with writers.one_writer(args.data):  # before training: a second writer learns at once
+        net = tag_training.train_tag_classifier(
             tags, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
             width=args.width, device=args.device, progress=True,
         )  # fmt: skip
         for split in args.splits:
-            path = cam.write_pseudo_labels(net, args.data, split, args.kind)
+            path = label_files.write_pseudo_labels(net, args.data, split, args.kind)
             print(f"wrote {path}")
 
 
@@ -660,7 +659,7 @@ def _sweep(args):
     import functools
     from pathlib import Path
 
-    from spml_lab.batch import parallel, sweep
+    from spml_lab.sweeps import parallel, sweep
 
     grid = []
     for name, *values in args.parameter:

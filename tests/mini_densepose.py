@@ -26,6 +26,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from skimage.transform import resize
 
+from spml_lab.constants import IGNORE_INDEX
+
 # the 256 x 256 body grid of every person: (part, rows, cols); hands and feet are not seen
 BODY = [
     (14, (0, 64), (96, 160)),  # head
@@ -174,7 +176,7 @@ def write_mini_densepose(root, *, seed=0):
                 flat = mask.ravel(order="F")
                 annotation = {"segmentation": {"counts": _runs(flat), "size": [height, width]},
                               "iscrowd": 1}  # fmt: skip
-            semantic[mask] = 255
+            semantic[mask] = IGNORE_INDEX
             annotation.update(id=next_id, image_id=number, category_id=1,
                               bbox=[float(v) for v in _bbox(mask)])  # fmt: skip
             coco[split]["annotations"].append(annotation)

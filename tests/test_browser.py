@@ -31,7 +31,7 @@ from browser import (
 )
 from selenium.webdriver.common.by import By
 
-from spml_lab.batch import runner
+from spml_lab.sweeps import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}

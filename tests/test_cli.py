@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from spml_lab import cli
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import labelio, synthetic
 from spml_lab.data.make_data import SPLIT_SEEDS
 
@@ -30,7 +31,7 @@ def test_make_data_writes_the_list_file_layout(tmp_path):
     semantic = labelio.read_label_png(root / "semantic" / "val" / "val_00001.png")
     np.testing.assert_array_equal(semantic, scenes.semantic[1])
     points = labelio.read_label_png(root / "points" / "val" / "val_00001.png")
-    labelled = points != 255
+    labelled = points != IGNORE_INDEX
     assert labelled.any() and (points[labelled] == scenes.semantic[1][labelled]).all()
 
 

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from spml_lab import cli
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import labelio
 
 
@@ -13,7 +14,7 @@ def files(tmp_path):
     """A two-colour picture and scribbles on each half, as PNG files."""
     image = np.zeros((32, 40, 3), np.uint8)
     image[:, 20:] = (250, 200, 0)
-    scribbles = np.full((32, 40), 255, np.uint8)
+    scribbles = np.full((32, 40), IGNORE_INDEX, np.uint8)
     scribbles[8:24, 2:6], scribbles[8:24, 30:34] = 0, 1
     Image.fromarray(image).save(tmp_path / "photo.png")
     labelio.write_label_png(tmp_path / "scribbles.png", scribbles, palette=False)
@@ -54,7 +55,7 @@ def columns(left, right):
 
 
 def blank():
-    return np.full((32, 40), 255, np.uint8)
+    return np.full((32, 40), IGNORE_INDEX, np.uint8)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +63,7 @@ def blank():
     [
         (lambda f: bad(f, picture=np.zeros((30, 40, 3), np.uint8)), "but .*photo.png is 30 x 40"),
         (lambda f: bad(f, scribbles=blank()), "scribbles.png hold no scribble"),
-        (lambda f: bad(f, scribbles=columns(1, 255)), "one class only"),
+        (lambda f: bad(f, scribbles=columns(1, IGNORE_INDEX)), "one class only"),
         (lambda f: bad(f, scribbles=columns(0, 4)), r"ids out of range.*\[1, 2, 3\] have no"),
         (lambda f: (f / "photo.png").write_bytes(b"not a picture"), "photo.png: cannot read"),
         (lambda f: (f / "scribbles.png").write_bytes(b"\x89PNG broken"), "scribbles.png: cannot"),

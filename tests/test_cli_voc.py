@@ -4,6 +4,7 @@ import numpy as np
 from mini_voc import write_mini_voc
 
 from spml_lab import cli
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import datasets, labelio
 
 TINY = ["--crop-size", "64", "--batch-size", "2", "--width", "8", "--embedding-dim", "8"]
@@ -31,7 +32,7 @@ def test_prepare_cam_labels_train_and_evaluate_on_a_miniature_vocdevkit(tmp_path
     for index in range(len(pseudo)):
         item = pseudo[index]
         boxes = {c for c, *_ in mini.boxes[item["name"]].tolist()}
-        assert set(np.unique(item["label"].numpy()).tolist()) <= boxes | {0, 255}
+        assert set(np.unique(item["label"].numpy()).tolist()) <= boxes | {0, IGNORE_INDEX}
 
     run = tmp_path / "run"
     train = ["train", *TINY, "--data", str(data), "--split", "train_aug"]

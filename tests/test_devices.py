@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from spml_lab import cli, devices
-from spml_lab.prediction import cam
+from spml_lab.labelling import tag_training
 from spml_lab.prediction.evaluate import EvaluateOptions
 from spml_lab.prediction.stage2 import Stage2Options
 from spml_lab.training import runs
@@ -72,6 +72,6 @@ def test_every_command_and_entry_point_defaults_to_auto():
     assert {name: _command_default(name, argv) for name, argv in commands.items()} == dict.fromkeys(
         commands, devices.DEFAULT
     )
-    entry_points = (runs.load_run, cam.train_tag_classifier)
+    entry_points = (runs.load_run, tag_training.train_tag_classifier)
     assert [_parameter_default(f) for f in entry_points] == [devices.DEFAULT] * 2
     assert devices.DEFAULT == "auto"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from spml_lab import constants
-from spml_lab.prediction import cam
+from spml_lab.labelling import tag_training
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -29,9 +29,9 @@ def parameters(name):
     [
         ("04_segments.ipynb", "KMEANS_GRID", list(constants.KMEANS_GRID)),
         ("04_segments.ipynb", "KMEANS_ITERATIONS", constants.KMEANS_ITERATIONS),
-        ("03_class_activation_maps.ipynb", "LR", cam.CLASSIFIER_LR),
-        ("03_class_activation_maps.ipynb", "WIDTH", cam.CLASSIFIER_WIDTH),
-        ("03_class_activation_maps.ipynb", "BATCH_SIZE", cam.CLASSIFIER_BATCH_SIZE),
+        ("03_class_activation_maps.ipynb", "LR", tag_training.CLASSIFIER_LR),
+        ("03_class_activation_maps.ipynb", "WIDTH", tag_training.CLASSIFIER_WIDTH),
+        ("03_class_activation_maps.ipynb", "BATCH_SIZE", tag_training.CLASSIFIER_BATCH_SIZE),
     ],
 )
 def test_a_lesson_shows_the_library_default(notebook, name, default):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from spml_lab.batch import claims, runner
+from spml_lab.sweeps import claims, runner
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from spml_lab import cli
-from spml_lab.data import datasets
+from spml_lab.data import datasets, writers
 from spml_lab.training import run_folders, runs
 
 
@@ -69,7 +69,7 @@ def test_stage2_of_a_shipped_run_writes_a_copy(tmp_path, capsys, shipped_untouch
 def test_shipped_data_reached_by_another_path_is_refused(shipped_untouched):
     sneaky = runs.SHIPPED_RUNS / ".." / "runs" / "full" / "eval"
     with pytest.raises(ValueError, match="read-only"):
-        with run_folders.one_writer(sneaky):
+        with writers.one_writer(sneaky):
             pass
 
 
@@ -84,8 +84,8 @@ def held_by_another_process(folder):
     """Yield the pid of a process that holds `folder` (`one_writer`); SIGKILL it afterwards."""
     code = textwrap.dedent(f"""
         import time
-        from spml_lab.training import run_folders
-        with run_folders.one_writer({str(folder)!r}):
+        from spml_lab.data import writers
+        with writers.one_writer({str(folder)!r}):
             print("holding", flush=True)
             time.sleep(60)
     """)
@@ -102,16 +102,16 @@ def test_second_writer_is_refused_with_the_holder_named(tmp_path):
     folder = tmp_path / "run"
     with held_by_another_process(folder) as pid:
         with pytest.raises(FileExistsError, match=f"pid {pid}"):
-            with run_folders.one_writer(folder):
+            with writers.one_writer(folder):
                 pass
-    with run_folders.one_writer(folder):  # the OS freed the lock: a --resume goes on
+    with writers.one_writer(folder):  # the OS freed the lock: a --resume goes on
         pass
 
 
 def test_nested_writer_of_the_same_folder_goes_on(tmp_path):
-    with run_folders.one_writer(tmp_path), run_folders.one_writer(tmp_path / "."):
-        assert (tmp_path / run_folders.WRITER_FILE).is_file()
-    assert not (tmp_path / run_folders.WRITER_FILE).exists()
+    with writers.one_writer(tmp_path), writers.one_writer(tmp_path / "."):
+        assert (tmp_path / writers.WRITER_FILE).is_file()
+    assert not (tmp_path / writers.WRITER_FILE).exists()
 
 
 @pytest.mark.parametrize(

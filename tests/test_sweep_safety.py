@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from spml_lab import cli
-from spml_lab.batch import runner, sweep, sweep_run
+from spml_lab.sweeps import runner, sweep, sweep_run
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
@@ -22,7 +22,7 @@ def _notebook(path):
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": KERNELSPEC})
     parameters = nbformat.v4.new_code_cell('A = 1\nB = "x"\nOUT_DIR = "unused"')
     parameters.metadata["tags"] = ["parameters"]
-    summary = "from spml_lab.batch import runner\nrunner.write_summary(OUT_DIR, score=A)"
+    summary = "from spml_lab.sweeps import runner\nrunner.write_summary(OUT_DIR, score=A)"
     nb.cells = [parameters, nbformat.v4.new_code_cell(summary)]
     nbformat.write(nb, path)
     return path

@@ -1,1 +1,1 @@
-"""The classroom: a demo batch to draw relations on, the exercise checks, the lessons' steps."""
+"""The classroom: a lesson batch to draw relations on, the exercise checks, the lessons' steps."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spml_lab.classroom import demo
+from spml_lab.classroom import lesson_batch
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
 from spml_lab.method import losses, relations
 
@@ -96,11 +96,11 @@ class PixelFields:
 
 
 def segment_fields(batch, *, threshold=0.95):
-    """Per-segment tensors of a `demo.DemoBatch`, for the student's expressions.
+    """Per-segment tensors of a `lesson_batch.LessonBatch`, for the student's expressions.
 
     Parameters
     ----------
-    batch : demo.DemoBatch
+    batch : lesson_batch.LessonBatch
     threshold : float, optional
         Cosine threshold of the affinity labels.
 
@@ -124,7 +124,7 @@ def pixel_fields(batch, pixel, *, threshold=0.95):
 
     Parameters
     ----------
-    batch : demo.DemoBatch
+    batch : lesson_batch.LessonBatch
     pixel : int
     threshold : float, optional
         Cosine threshold of the affinity labels.
@@ -160,7 +160,7 @@ def describe_pixel(batch, pixel, *, threshold=0.95):
 
     Parameters
     ----------
-    batch : demo.DemoBatch
+    batch : lesson_batch.LessonBatch
     pixel : int
         Flat pixel index.
     threshold : float, optional
@@ -175,8 +175,8 @@ def describe_pixel(batch, pixel, *, threshold=0.95):
 
     Examples
     --------
-    >>> from spml_lab.classroom import demo
-    >>> batch = demo.make_batch(indices=(0,))
+    >>> from spml_lab.classroom import lesson_batch
+    >>> batch = lesson_batch.make_batch(indices=(0,))
     >>> seg, me = describe_pixel(batch, 0)  # doctest: +ELLIPSIS
     Pixel 0: image 0, own segment ..., superpixel ..., tags ['background', ...]; ... segments
     >>> len(seg.index) == batch.segments.num_segments
@@ -208,7 +208,7 @@ def _low_level(seg, me):
 
 def _semantic_annotation(seg, me):
     same = seg.label == me.label
-    takes_part = seg.label != 255  # unlabelled segments are neither positive nor negative
+    takes_part = seg.label != IGNORE_INDEX  # unlabelled segments are neither positive nor negative
     return losses.segment_roles(same, takes_part, seg.index == me.segment)
 
 
@@ -220,7 +220,8 @@ def _cooccurrence(seg, me):
 
 def _feature_affinity(seg, me):
     same = seg.affinity == me.affinity
-    takes_part = seg.affinity != 255  # no close labelled segment: neither positive nor negative
+    # no close labelled segment: neither positive nor negative
+    takes_part = seg.affinity != IGNORE_INDEX
     return losses.segment_roles(same, takes_part, seg.index == me.segment)
 
 
@@ -278,7 +279,7 @@ class Case:
 
     Attributes
     ----------
-    batch : demo.DemoBatch
+    batch : lesson_batch.LessonBatch
         The notebook's batch, or a copy of it with some segments left out (their pixels
         belong to no segment, so they take no part either).
     pixel : int
@@ -291,7 +292,7 @@ class Case:
         Whether the pixel needs the own-segment fallback (no other segment is "same").
     """
 
-    batch: demo.DemoBatch
+    batch: lesson_batch.LessonBatch
     pixel: int
     index: torch.Tensor
     note: str
@@ -342,7 +343,7 @@ def _alone(batch, relation, pixel, *, rounds=8):
         if not (pos.any() and neg.any()):
             return None
         if pos[index == own].any():  # its own segment is its positive: the fallback
-            b = demo.pixel_position(batch, pixel)[0]
+            b = lesson_batch.pixel_position(batch, pixel)[0]
             note = (
                 f"pixel {pixel} (image {b}) in the batch without the {int((~keep).sum())} "
                 "other segments 'same' as it"
@@ -364,13 +365,13 @@ def cases(batch, relation, pixel, *, others=2):
 
     Parameters
     ----------
-    batch : demo.DemoBatch
+    batch : lesson_batch.LessonBatch
     relation : str
         One of `relations.RELATIONS`.
     pixel : int
         The pixel drawn in the notebook (flat index); tried first.
     others : int, optional
-        Pixels of other images to try (`demo.pick_pixel`, one per image), at most.
+        Pixels of other images to try (`lesson_batch.pick_pixel`, one per image), at most.
 
     Returns
     -------
@@ -390,22 +391,23 @@ def cases(batch, relation, pixel, *, others=2):
     Examples
     --------
     >>> from spml_lab.nets import embedding_nets
-    >>> batch = demo.make_batch(indices=(0, 1, 2), net=embedding_nets.SmallEmbeddingNet(8, 8))
-    >>> tried = cases(batch, "low_level", demo.pick_pixel(batch, "low_level"))
+    >>> net = embedding_nets.SmallEmbeddingNet(8, 8)
+    >>> batch = lesson_batch.make_batch(indices=(0, 1, 2), net=net)
+    >>> tried = cases(batch, "low_level", lesson_batch.pick_pixel(batch, "low_level"))
     >>> len(tried), [case.fallback for case in tried]
     (4, [False, False, False, True])
     """
     _relation(relation)
     segments = batch.segments
     every = torch.arange(segments.num_segments)
-    image = demo.pixel_position(batch, pixel)[0]
+    image = lesson_batch.pixel_position(batch, pixel)[0]
     tried = [Case(batch, int(pixel), every, f"pixel {pixel} (image {image}, the one drawn)")]
     num_images = batch.embeddings.shape[0]
     for k in [(image + j) % num_images for j in range(1, num_images)][: 2 * others]:
         if len(tried) > others:
             break
         try:
-            other = demo.pick_pixel(batch, relation, image=k, tries=1)
+            other = lesson_batch.pick_pixel(batch, relation, image=k, tries=1)
         except ValueError:  # no pixel of image k takes part with positives of its own
             continue
         tried.append(Case(batch, other, every, f"pixel {other} (image {k})"))
@@ -591,7 +593,7 @@ def diagnose(relation, answer_pos, answer_neg, batch, pixel):
         One of `relations.RELATIONS`.
     answer_pos, answer_neg : (S,) bool tensor or None
         The positive and negative segments of `pixel` (what a rule returns for it).
-    batch : demo.DemoBatch
+    batch : lesson_batch.LessonBatch
     pixel : int
         Flat pixel index.
 
@@ -616,7 +618,7 @@ def check(relation, rule, batch, pixel, *, show_solution=False):
     rule : callable or None
         ``rule(seg, me) -> (positives, negatives)``, two (S,) bool tensors over the fields
         of a batch's segments (`SegmentFields`) and of one pixel (`PixelFields`).
-    batch : demo.DemoBatch
+    batch : lesson_batch.LessonBatch
     pixel : int
         The pixel drawn in the notebook (flat index).
     show_solution : bool, optional

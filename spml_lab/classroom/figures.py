@@ -27,6 +27,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.pictures import viz
 from spml_lab.prediction import predict
 from spml_lab.training.config import TrainConfig
@@ -55,7 +56,7 @@ def show_cams(images, cams, tags, class_names, *, truth=None, colours=None, size
     ----------
     images : (B, H, W, 3) uint8 ndarray
     cams : (B, C, h, w) float tensor or ndarray in [0, 1]
-        Class activation maps (`cam.TagClassifier.cams`), channel k for class k; drawn
+        Class activation maps (`tag_classifier.TagClassifier.cams`), channel k for class k; drawn
         stretched over the image whatever their resolution.
     tags : (B, C) bool tensor or ndarray
         The image's classes; background (index 0) is never drawn.
@@ -457,7 +458,7 @@ def show_failures(failures, class_names, colours, *, method, size=2.2):
     """
     rows = [
         [f.picture, viz.colorize(f.truth, colours), viz.colorize(f.labels, colours),
-         viz.overlay(f.picture, np.where(f.labels != f.truth, f.labels, 255), colours, 1.0,
+         viz.overlay(f.picture, np.where(f.labels != f.truth, f.labels, IGNORE_INDEX), colours, 1.0,
                      dim=0.6)]
         for f in failures
     ]  # fmt: skip

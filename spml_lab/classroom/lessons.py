@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from spml_lab.classroom import demo
+from spml_lab.classroom import lesson_batch
 from spml_lab.constants import LESSON_KMEANS_GRID
 from spml_lab.method import relations
 from spml_lab.pictures import viz
@@ -46,9 +46,9 @@ def show_positives_negatives(batch, pixel, positives, negatives, *, col_titles=N
 
     Parameters
     ----------
-    batch : demo.DemoBatch
+    batch : lesson_batch.LessonBatch
     pixel : int
-        Flat pixel index (`demo.pick_pixel`).
+        Flat pixel index (`lesson_batch.pick_pixel`).
     positives, negatives : (S_total,) bool tensors
         The pixel's roles (`relations.positives_negatives`); memory entries are counted in
         the title, not drawn.
@@ -66,7 +66,7 @@ def show_positives_negatives(batch, pixel, positives, negatives, *, col_titles=N
         batch.segments.segment_ids,
         positives,
         negatives,
-        demo.pixel_position(batch, pixel),
+        lesson_batch.pixel_position(batch, pixel),
         col_titles=batch.names if col_titles is None else col_titles,
         **options,
     )
@@ -83,7 +83,7 @@ class KappaSweep:
     batch_loss : list of float
         The relation's loss of the whole batch at each ``kappa``.
     weights : list of (S,) float64 tensors
-        Each segment's share of the pixel's softmax (`demo.segment_weights`).
+        Each segment's share of the pixel's softmax (`lesson_batch.segment_weights`).
     shares : list of float
         The positives' total share: the pixel's loss is ``-log`` of it.
     """
@@ -102,9 +102,9 @@ def kappa_sweep(
 
     Parameters
     ----------
-    batch : demo.DemoBatch
+    batch : lesson_batch.LessonBatch
     pixel : int
-        Flat pixel index (`demo.pick_pixel`).
+        Flat pixel index (`lesson_batch.pick_pixel`).
     relation : str
         One of `relations.RELATIONS`.
     kappas : sequence of float
@@ -113,7 +113,7 @@ def kappa_sweep(
     memory : memory.PrototypeMemory, optional
     location_weight : float, optional
         Of ``"low_level"``: the weight of the location half of the features its loss
-        compares; default the training's (`demo.training_location_weight`).
+        compares; default the training's (`lesson_batch.training_location_weight`).
 
     Returns
     -------
@@ -123,8 +123,8 @@ def kappa_sweep(
     Examples
     --------
     >>> from spml_lab.nets import embedding_nets
-    >>> batch = demo.make_batch(indices=(0, 1), net=embedding_nets.SmallEmbeddingNet(8, 8))
-    >>> pixel = demo.pick_pixel(batch, "low_level")
+    >>> batch = lesson_batch.make_batch(indices=(0, 1), net=embedding_nets.SmallEmbeddingNet(8, 8))
+    >>> pixel = lesson_batch.pick_pixel(batch, "low_level")
     >>> roles = relations.positives_negatives(
     ...     "low_level", pixel, batch.embeddings, batch.labels, batch.tags, batch.segments)
     >>> sweep = kappa_sweep(batch, pixel, "low_level", [1.0, 16.0], *roles)
@@ -132,7 +132,7 @@ def kappa_sweep(
     (2, True)
     """
     if location_weight is None:
-        location_weight = demo.training_location_weight()
+        location_weight = lesson_batch.training_location_weight()
     options = {"location_weight": location_weight}  # the loss's features, for both
     losses, weights = [], []
     for kappa in kappas:
@@ -143,7 +143,9 @@ def kappa_sweep(
         )  # fmt: skip
         losses.append(float(out[relation]))
         roles = (positives, negatives)
-        share = demo.segment_weights(batch, pixel, relation, *roles, kappa, memory, **options)
+        share = lesson_batch.segment_weights(
+            batch, pixel, relation, *roles, kappa, memory, **options
+        )
         weights.append(share)
     shares = [float(w[positives[: len(w)]].sum()) for w in weights]
     return KappaSweep(relation, list(kappas), losses, weights, shares)
@@ -238,12 +240,12 @@ def method_figure(batch, *, image=0, seed=0):
 
     Parameters
     ----------
-    batch : demo.DemoBatch
-        With superpixels, weak labels and tags (`demo.make_batch`).
+    batch : lesson_batch.LessonBatch
+        With superpixels, weak labels and tags (`lesson_batch.make_batch`).
     image : int, optional
         The image of the batch to draw.
     seed : int, optional
-        Which pixel each relation is drawn for (`demo.pick_pixel`).
+        Which pixel each relation is drawn for (`lesson_batch.pick_pixel`).
 
     Returns
     -------
@@ -266,11 +268,11 @@ def method_figure(batch, *, image=0, seed=0):
     ]
     bottom, names = [], []
     for relation in relations.RELATIONS:
-        pixel = demo.pick_pixel(batch, relation, seed=seed, image=image)
+        pixel = lesson_batch.pick_pixel(batch, relation, seed=seed, image=image)
         pos, neg = relations.positives_negatives(
             relation, pixel, batch.embeddings, batch.labels, batch.tags, batch.segments
         )
-        _, y, x = demo.pixel_position(batch, pixel)
+        _, y, x = lesson_batch.pixel_position(batch, pixel)
         bottom.append(viz.relation_picture(picture, ids, pos, neg, int(ids[y, x])))
         names.append(relation.replace("_", " "))
     figure = viz.show_grid(

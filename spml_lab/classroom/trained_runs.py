@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spml_lab.classroom import demo
+from spml_lab.classroom import lesson_batch
 from spml_lab.constants import ANNOTATIONS
 from spml_lab.nets import embedding_nets
 from spml_lab.pictures import embedding_stats, embedding_viz
@@ -196,7 +196,7 @@ class Embedded:
         The softmax head's argmax at the images' size (no flip, no CRF), on the CPU.
     within, across : float
         Mean cosine of pixel pairs of the same class and of different classes
-        (`demo.similarity_within_across` on the truth at the embedding's resolution).
+        (`lesson_batch.similarity_within_across` on the truth at the embedding's resolution).
     miou : float
         The head's mean IoU on the images (one confusion matrix over all of them).
     """
@@ -258,7 +258,7 @@ def embed_and_score(net, head, images, truth, *, scale=1.0, batch_size=8):
     emb = emb.float().cpu()
     # the truth at the embedding's resolution, nearest: every class keeps its label
     classes = F.interpolate(truth[:, None].double(), size=emb.shape[1:3])[:, 0].long()
-    within, across = demo.similarity_within_across(emb, classes)
+    within, across = lesson_batch.similarity_within_across(emb, classes)
     num_classes = head.classifier.out_channels
     miou = metrics.mean_iou(metrics.confusion_matrix(labels, truth, num_classes))[0]
     return Embedded(emb, labels, within, across, miou)
@@ -269,8 +269,8 @@ def compare_embeddings(batches, *, samples=2000, class_names=None, seed=0):
 
     Parameters
     ----------
-    batches : dict of str to demo.DemoBatch
-        Per network, the same images embedded (`demo.make_batch`).
+    batches : dict of str to lesson_batch.LessonBatch
+        Per network, the same images embedded (`lesson_batch.make_batch`).
     samples : int, optional
         Pixels drawn per network (`embedding_stats.sample_pixels` with ``balance=True``:
         otherwise the background, most pixels, would dominate every number).
@@ -327,7 +327,7 @@ def umap_sample(net, data, annotation, *, images=8, samples=800, seed=0):
         `embedding_viz.umap_scatter` colours.
     """
     annotation = annotation if annotation in ANNOTATIONS else "tags"  # tags: no pixel marked
-    seen = demo.make_batch(data, annotation, indices=range(images), net=net)
+    seen = lesson_batch.make_batch(data, annotation, indices=range(images), net=net)
     pixels = embedding_stats.sample_pixels(
         seen.embeddings, seen.truth, annotation=seen.labels, num_samples=samples, balance=True,
         seed=seed,

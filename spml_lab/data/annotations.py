@@ -41,6 +41,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import breadth_first_order
 from skimage.morphology import disk, skeletonize
 
+from spml_lab.constants import IGNORE_INDEX
+
 __all__ = [
     "KINDS",
     "weak_labels",
@@ -66,7 +68,7 @@ _DEFAULTS = {
     # background slivers smaller than this get no mark (each class keeps its largest piece)
     "min_area": 10,
     "keep_fraction": 1.0,
-    "ignore_index": 255,
+    "ignore_index": IGNORE_INDEX,
 }
 
 
@@ -195,7 +197,7 @@ def weak_labels_batch(semantic, instance, kind, *, seed=0, **options):
     )
 
 
-def instance_boxes(semantic, instance=None, *, min_area=10, ignore_index=255):
+def instance_boxes(semantic, instance=None, *, min_area=10, ignore_index=IGNORE_INDEX):
     """Bounding box and class of every object (every non-background region).
 
     Parameters
@@ -265,7 +267,7 @@ def box_label_map(boxes, shape):
     return out
 
 
-def coverage(label_map, ignore_index=255):
+def coverage(label_map, ignore_index=IGNORE_INDEX):
     """Fraction of labelled pixels (value other than `ignore_index`).
 
     Parameters

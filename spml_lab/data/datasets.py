@@ -60,7 +60,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from spml_lab.constants import ANNOTATIONS, PSEUDO_ANNOTATIONS, SHORTENED_SCRIBBLES
+from spml_lab.constants import (
+    ANNOTATIONS,
+    IGNORE_INDEX,
+    PSEUDO_ANNOTATIONS,
+    SHORTENED_SCRIBBLES,
+)
 from spml_lab.data.labelio import read_id_png, read_image, read_label_png
 
 __all__ = [
@@ -176,7 +181,7 @@ class SegmentationList(Dataset):
         class_names=None,
         annotation=None,
         seed=0,
-        ignore_index=255,
+        ignore_index=IGNORE_INDEX,
         cache=False,
     ):
         self.root = Path(root)
@@ -562,7 +567,7 @@ def from_folder(root, split="train", annotation="full", **kwargs):
         A split named in ``dataset.json`` ("train", "val").
     annotation : {"full", "points", "scribbles", "boxes", "tags", "cam_tags", "cam_boxes"}, optional
         Which list to read; "tags" derives the tags from the listed mask and blanks the label;
-        "cam_tags" / "cam_boxes" are CAM pseudo labels written by `cam.write_pseudo_labels`
+        "cam_tags" / "cam_boxes" are CAM pseudo labels written by `label_files.write_pseudo_labels`
         (``spml-lab cam-labels``).
     **kwargs
         Passed to `SegmentationList`.

@@ -37,6 +37,7 @@ from scipy import ndimage
 from skimage.draw import line
 from skimage.morphology import disk
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data.labelio import read_label_png
 
 __all__ = [
@@ -60,7 +61,9 @@ VOC_CLASSES = (
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
     "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
-VOID = 255  # VOC's boundary band and "unlabelled" in every label map here
+# VOC's boundary band in its PNGs (the file format); equal to IGNORE_INDEX, so the band reads
+# as unlabelled in every label map written from them
+VOID = 255
 CLASS_IDS = {name: index for index, name in enumerate(VOC_CLASSES)}
 
 
@@ -387,7 +390,7 @@ def draw_scribbles(scribbles, shape, radius=3):
     >>> labels.tolist()
     [[255, 255, 255, 255, 255, 255], [255, 1, 1, 1, 1, 255], [255, 255, 255, 255, 255, 255]]
     """
-    out = np.full(shape, VOID, dtype=np.uint8)
+    out = np.full(shape, IGNORE_INDEX, dtype=np.uint8)
     footprint = disk(radius).astype(bool) if radius > 0 else None
     for label in sorted({label for label, _ in scribbles}):  # background (0) first
         mask = np.zeros(shape, dtype=bool)
@@ -471,7 +474,7 @@ def tag_label_map(tags, shape):
     [[0, 15, 255], [255, 255, 255]]
     """
     classes = sorted(set(int(t) for t in tags))
-    out = np.full(shape, VOID, dtype=np.uint8)
+    out = np.full(shape, IGNORE_INDEX, dtype=np.uint8)
     out.flat[: len(classes)] = classes
     return out
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from spml_lab.constants import KMEANS_GRID, KMEANS_ITERATIONS
+from spml_lab.constants import IGNORE_INDEX, KMEANS_GRID, KMEANS_ITERATIONS
 
 __all__ = [
     "grid_labels",
@@ -284,7 +284,14 @@ def segment_prototypes(features, segment_ids, num_segments):
 
 
 def build_segments(
-    embeddings, clusters, superpixels=None, labels=None, *, tags=None, valid=None, ignore_index=255
+    embeddings,
+    clusters,
+    superpixels=None,
+    labels=None,
+    *,
+    tags=None,
+    valid=None,
+    ignore_index=IGNORE_INDEX,
 ):
     """Split k-means clusters by superpixel and weak label into segments with prototypes.
 
@@ -398,7 +405,7 @@ def segment_batch(
     tags=None,
     valid=None,
     location_weight=1.0,
-    ignore_index=255,
+    ignore_index=IGNORE_INDEX,
 ):
     """Segment a batch as SPML does: k-means on ``[v, location]``, then the two splits.
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from spml_lab.constants import IGNORE_INDEX
+
 __all__ = [
     "pixel_segment_loss",
     "dense_pixel_segment_loss",
@@ -530,7 +532,7 @@ def pixel_segment_loss(
     concentration,
     reduction="mean",
     *,
-    ignore_index=255,
+    ignore_index=IGNORE_INDEX,
     chunk_size=None,
     pixel_groups=None,
     prototype_groups=None,
@@ -733,7 +735,7 @@ def relation_masks(
     prototype_labels,
     segment_ids,
     *,
-    ignore_index=255,
+    ignore_index=IGNORE_INDEX,
     pixel_groups=None,
     prototype_groups=None,
 ):
@@ -835,7 +837,7 @@ def dense_pixel_segment_loss(
     concentration,
     reduction="mean",
     *,
-    ignore_index=255,
+    ignore_index=IGNORE_INDEX,
     pixel_groups=None,
     prototype_groups=None,
 ):

@@ -57,7 +57,7 @@ def sample_pixels(
     ----------
     embeddings : (B, h, w, D) float ndarray or tensor
         Channels last, as `embedding_nets.embed` gives them (1/4 of the image size for the
-        small net), e.g. ``demo.DemoBatch.embeddings``.
+        small net), e.g. ``lesson_batch.LessonBatch.embeddings``.
     labels : (B, H, W) int ndarray or tensor
         True class per pixel at any resolution (brought to (h, w) by nearest sampling);
         255 = unknown, never drawn.

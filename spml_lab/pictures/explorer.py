@@ -60,8 +60,8 @@ class Explorer:
     ----------
     images : (B, H, W, 3) uint8 ndarray
     embeddings : (B, h, w, D) float ndarray or tensor
-        Channels last, as `embedding_nets.embed` gives them (``demo.DemoBatch.embeddings``; or
-        use `Explorer.from_batch`).
+        Channels last, as `embedding_nets.embed` gives them
+        (``lesson_batch.LessonBatch.embeddings``; or use `Explorer.from_batch`).
     segments : clustering.Segments, optional
         The batch's segments (``segment_ids`` (B, h, w)); needed for relations and the list of
         nearest segments.
@@ -151,11 +151,11 @@ class Explorer:
 
     @classmethod
     def from_batch(cls, batch, *, memory=None, **options):
-        """Explorer of a `demo.DemoBatch` (images, embeddings, segments, weak labels, tags).
+        """Explorer of a `lesson_batch.LessonBatch` (images, embeddings, segments, labels, tags).
 
         Parameters
         ----------
-        batch : demo.DemoBatch
+        batch : lesson_batch.LessonBatch
         memory : optional
             As in the class.
         **options

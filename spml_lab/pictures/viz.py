@@ -351,7 +351,7 @@ def segment_heatmap(segment_ids, values, *, cmap="magma", vmax=None):
     segment_ids : (...) int ndarray or tensor
         Segment of each pixel, e.g. (B, h, w); -1 = left out (drawn as 0).
     values : (S,) float ndarray or tensor
-        One value per segment (e.g. `demo.segment_weights`); at least 0.
+        One value per segment (e.g. `lesson_batch.segment_weights`); at least 0.
     cmap : str, optional
         Matplotlib colour map.
     vmax : float, optional

@@ -1,1 +1,1 @@
-"""From a trained run to masks: kNN retrieval, CAMs, pseudo labels, stage 2, CRF and scores."""
+"""From a trained run to masks: kNN retrieval, pseudo labels, stage 2, CRF and scores."""

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from spml_lab import checks, devices
+from spml_lab.data import writers
 from spml_lab.prediction import metrics
 from spml_lab.prediction.crf import dense_crf_batch
 from spml_lab.prediction.predict import (
@@ -44,7 +45,6 @@ from spml_lab.prediction.predict import (
     predict_softmax,
     to_uint8,
 )
-from spml_lab.training import run_folders
 from spml_lab.training.config import option
 from spml_lab.training.runs import EVAL_DIR, STAGE2, load_run
 
@@ -183,7 +183,7 @@ def evaluate_run(
         Show a progress bar.
     out : str or Path, optional
         Folder the eval files go to instead of the run's own; needed for a shipped run,
-        which is read-only (`run_folders.refuse_shipped`).
+        which is read-only (`writers.refuse_shipped`).
 
     Returns
     -------
@@ -201,7 +201,7 @@ def evaluate_run(
     ValueError
         On an unknown method or a bad argument, or when the folder to write is shipped.
     FileExistsError
-        When another process is writing the same run (`run_folders.one_writer`).
+        When another process is writing the same run (`writers.one_writer`).
 
     Notes
     -----
@@ -216,7 +216,7 @@ def evaluate_run(
         checks.in_range("max_images", max_images, 1)
     run = load_run(run_dir, device=device)
     folder = scores_folder(run.path, split, out)
-    with run_folders.one_writer(folder.parent if out is None else folder):
+    with writers.one_writer(folder.parent if out is None else folder):
         results = _evaluate(run, split, methods, max_images, batch_size, knn_options,
                             crf_options, progress, tic)  # fmt: skip
         _write(folder, results)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from spml_lab.constants import KMEANS_GRID, KMEANS_ITERATIONS
+from spml_lab.constants import IGNORE_INDEX, KMEANS_GRID, KMEANS_ITERATIONS
 from spml_lab.method import clustering
 from spml_lab.prediction import probabilities
 
@@ -119,7 +119,7 @@ def build_prototype_bank(
     grid=GRID,
     iterations=KMEANS_ITERATIONS,
     superpixels=None,
-    ignore_index=255,
+    ignore_index=IGNORE_INDEX,
 ):
     """Prototypes and labels of the labelled segments of a batch of training images.
 

@@ -1,18 +1,30 @@
-"""Segmentation scores: confusion matrix and intersection-over-union.
+"""Segmentation scores: confusion matrix and intersection-over-union, and pseudo labels' quality.
 
 Rows of the confusion matrix are ground truth and columns are predictions, as in
-``sklearn.metrics.confusion_matrix(target, pred)``.
+``sklearn.metrics.confusion_matrix(target, pred)``. `pseudo_label_quality` scores pseudo labels
+(CAM labels, `spml_lab.labelling`) on the pixels they claim, and how many they claim.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
-__all__ = ["confusion_matrix", "image_miou", "mean_iou", "background_miou"]
+from spml_lab.constants import IGNORE_INDEX
+
+__all__ = [
+    "confusion_matrix",
+    "image_miou",
+    "mean_iou",
+    "background_miou",
+    "PseudoLabelQuality",
+    "pseudo_label_quality",
+]
 
 
-def confusion_matrix(pred, target, num_classes, ignore_index=255):
+def confusion_matrix(pred, target, num_classes, ignore_index=IGNORE_INDEX):
     """Count (ground truth, prediction) pairs over all pixels.
 
     Parameters
@@ -92,7 +104,7 @@ def mean_iou(confusion):
     return miou, iou
 
 
-def image_miou(pred, target, num_classes, ignore_index=255):
+def image_miou(pred, target, num_classes, ignore_index=IGNORE_INDEX):
     """Mean IoU of every image on its own, over the classes in its truth or prediction.
 
     Parameters
@@ -130,7 +142,7 @@ def image_miou(pred, target, num_classes, ignore_index=255):
     return (intersection / union).nanmean(dim=1)  # a class absent from both: NaN, left out
 
 
-def background_miou(target, num_classes, *, background=0, ignore_index=255):
+def background_miou(target, num_classes, *, background=0, ignore_index=IGNORE_INDEX):
     """Return the mIoU of calling every pixel background: the floor a segmenter must beat.
 
     Parameters
@@ -156,3 +168,71 @@ def background_miou(target, num_classes, *, background=0, ignore_index=255):
     target = torch.as_tensor(target)
     pred = torch.full_like(target, background)
     return mean_iou(confusion_matrix(pred, target, num_classes, ignore_index))[0]
+
+
+class PseudoLabelQuality(NamedTuple):
+    """How good pseudo labels are: right where they speak, and how much they speak."""
+
+    miou_on_labelled: float
+    labelled_fraction: float
+
+
+def pseudo_label_quality(pseudo, truth, num_classes, *, ignore_index=IGNORE_INDEX):
+    """Score pseudo labels against the ground truth on the pixels they label.
+
+    Parameters
+    ----------
+    pseudo : (...) int tensor, or sequence of them
+        Pseudo labels, `ignore_index` = unlabelled; a sequence holds one map per image (their
+        sizes may differ).
+    truth : (...) int tensor, or sequence of them
+        Ground truth of the same shape(s); its `ignore_index` pixels are not scored.
+    num_classes : int
+        C, background included.
+    ignore_index : int, optional
+
+    Returns
+    -------
+    quality : PseudoLabelQuality
+        ``miou_on_labelled``: mIoU (`mean_iou`) of one confusion matrix over every
+        pixel the pseudo labels claim, NaN if they claim none; ``labelled_fraction``: claimed
+        pixels / all pixels.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+
+    Notes
+    -----
+    The two numbers pull against each other: a higher CAM threshold labels fewer pixels, and
+    those it keeps are more often right. SPML trains its semantic-annotation relation on the
+    claimed pixels only, so both matter. The ground truth is for the student and the
+    benchmark to look at; SPML never sees it.
+
+    Examples
+    --------
+    >>> pseudo = torch.tensor([[0, 1, 255], [1, 1, 255]])
+    >>> truth = torch.tensor([[0, 1, 1], [0, 1, 1]])
+    >>> q = pseudo_label_quality(pseudo, truth, 2)  # IoU 1/2 (background), 2/3 (class 1)
+    >>> round(q.miou_on_labelled, 4), round(q.labelled_fraction, 4)
+    (0.5833, 0.6667)
+    """
+    if torch.is_tensor(pseudo):
+        pseudo, truth = [pseudo], [truth]
+    if len(pseudo) != len(truth):
+        raise ValueError(f"{len(pseudo)} pseudo-label maps but {len(truth)} ground-truth maps")
+    for p, t in zip(pseudo, truth, strict=True):
+        if tuple(p.shape) != tuple(t.shape):
+            raise ValueError(f"pseudo labels {tuple(p.shape)} and truth {tuple(t.shape)} differ")
+    pseudo = torch.cat([torch.as_tensor(p).reshape(-1).long() for p in pseudo])  # (P,)
+    truth = torch.cat([torch.as_tensor(t).reshape(-1).long() for t in truth])
+    known = pseudo != ignore_index  # score only the pixels the pseudo labels claim
+    confusion = confusion_matrix(
+        torch.where(known, pseudo, 0),
+        torch.where(known, truth, ignore_index),
+        num_classes,
+        ignore_index=ignore_index,
+    )
+    fraction = float(known.sum()) / max(known.numel(), 1)
+    return PseudoLabelQuality(mean_iou(confusion)[0], fraction)

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spml_lab import schedules
 from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import superpixels as superpixel_maps
 from spml_lab.method.memory import PrototypeMemory
@@ -389,7 +390,7 @@ def _network(method, image, scribbles, num_classes, steps, seed, callback, choic
     device = torch.device("cpu")
     mask = None
     for step in range(1, steps + 1):
-        lr = train.poly_lr(step - 1, cfg.lr, steps, warmup_steps=cfg.warmup_steps)
+        lr = schedules.poly_lr(step - 1, cfg.lr, steps, warmup_steps=cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
         train.train_step(crops.batch(), net, head, optimizer, memory, cfg, device)

@@ -59,9 +59,7 @@ def _affinity_chunk(features, columns, sharpness, threshold):
     return affinity
 
 
-def random_walk(
-    probs, embeddings, *, steps=64, scale=5.0, power=20.0, threshold=None, chunk_size=None
-):
+def random_walk(probs, embeddings, *, steps=64, sharpness=100.0, threshold=None, chunk_size=None):
     """Propagate class probabilities over the embedding affinity by a random walk.
 
     Parameters
@@ -73,9 +71,11 @@ def random_walk(
         here).
     steps : int, optional
         Walk steps. The paper squares its transition matrix 6 times: 2**6 = 64 steps.
-    scale, power : float, optional
-        Affinity ``a_ij = exp(scale * (cos_ij - 1)) ** power``, the paper's 5 and 20; only
-        the product matters (``exp(100 (cos - 1))``: cos 0.99 -> 0.37, cos 0.9 -> 5e-5).
+    sharpness : float, optional
+        Affinity ``a_ij = exp(sharpness * (cos_ij - 1))``: at the paper's 100, cos 0.99 gives
+        0.37 and cos 0.9 gives 5e-5. The paper writes ``exp(5 (cos - 1)) ** 20`` (a scale and
+        a power), but ``exp(s x) ** p = exp(s p x)``: only their product, 100, changes the
+        walk, so one parameter holds it.
     threshold : float, optional
         If given, affinities of pixel pairs with cosine below it are set to exactly 0.
     chunk_size : int, optional
@@ -134,7 +134,7 @@ def random_walk(
         features = F.normalize(channels_first.reshape(num_images, -1, num_pixels), dim=1)
         walked = probs.detach().float().reshape(num_images, num_classes, num_pixels)
         chunks = [slice(start, start + chunk_size) for start in range(0, num_pixels, chunk_size)]
-        sharpness = float(scale) * float(power)
+        sharpness = float(sharpness)
 
         def transitions():
             for columns in chunks:

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spml_lab import checks, devices
+from spml_lab import checks, devices, schedules
 from spml_lab.constants import IGNORE_INDEX
+from spml_lab.data import writers
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.prediction import metrics, pseudo_labels
 from spml_lab.prediction.predict import dataset_for, image_batches
-from spml_lab.training import run_folders, train
+from spml_lab.training import run_folders
 from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import option
 from spml_lab.training.runs import STAGE2, load_run
@@ -203,7 +204,7 @@ def fit_head(
     steps : int, optional
         SGD steps of the head.
     lr : float, optional
-        Base learning rate (poly decay, `train.poly_lr`); the stage-1 head trains at
+        Base learning rate (poly decay, `schedules.poly_lr`); the stage-1 head trains at
         ``cfg.lr * head_lr_mult`` = 0.1 by default.
     batch_size : int, optional
         Images per step (and per forward pass while caching).
@@ -253,9 +254,9 @@ def fit_head(
         raise ValueError(f"lr must be > 0, got {lr}")
     run = load_run(run_dir, device=device)
     if out is not None:
-        run_folders.refuse_shipped(out)
+        writers.refuse_shipped(out)
         run = load_run(run_folders.copy_run(run.path, out), device=device)
-    with run_folders.one_writer(run.path):
+    with writers.one_writer(run.path):
         return _fit_head(run, steps, lr, batch_size, momentum, weight_decay, seed, max_images,
                          flip, pseudo_options, progress)  # fmt: skip
 
@@ -340,7 +341,7 @@ def _sgd_head(groups, run, steps, lr, batch_size, momentum, weight_decay, seed, 
         emb, labels = groups[sizes[int(torch.multinomial(weights, 1, generator=generator))]]
         pick = torch.randint(len(labels), (min(batch_size, len(labels)),), generator=generator)
         for group in optimizer.param_groups:
-            group["lr"] = train.poly_lr(step, lr, steps)
+            group["lr"] = schedules.poly_lr(step, lr, steps)
         x = emb[pick].to(device).float()
         target = labels[pick].to(device).long()  # (b, H, W); uint8 255 would also be ignored
         logits = head(x, size=tuple(target.shape[-2:]))

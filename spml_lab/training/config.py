@@ -291,14 +291,17 @@ class TrainConfig:
         return getattr(paper_settings(self.annotation)[name], part) if value is None else value
 
     @property
-    def head_weight(self):
-        """Weight of the softmax head's cross-entropy in the loss (`softmax_weight` resolved).
+    def resolved_softmax_weight(self):
+        """The `softmax_weight` training uses: the field, else its default for the run.
+
+        Unset (None), it is the semantic annotation weight (the paper's ``(CE + L_ann) x w_ann``),
+        or 1 when the head trains the embedding (the baselines).
 
         Examples
         --------
-        >>> TrainConfig(annotation="points").head_weight
+        >>> TrainConfig(annotation="points").resolved_softmax_weight
         0.1
-        >>> TrainConfig(annotation="points", head_trains_embedding=True).head_weight
+        >>> TrainConfig(annotation="points", head_trains_embedding=True).resolved_softmax_weight
         1.0
         """
         if self.softmax_weight is not None:

@@ -2,9 +2,9 @@
 
 The files and their names are `spml_lab.training.runs`; here are the rules for writing them:
 `open_run` decides what a training run does with its folder, `prepare_run_folder` what a
-notebook does with the folder it is given, `refuse_shipped` keeps the shipped data read-only,
-`one_writer` lets one process write a folder at a time, and `copy_run` gives a read-only run a
-copy of the user's to write into.
+notebook does with the folder it is given, and `copy_run` gives a read-only run a copy of the
+user's to write into. That the shipped data stays read-only and that one process writes a
+folder at a time holds for every folder, run or not: `spml_lab.data.writers`.
 
 `prepare_run_folder` decides, before `train.fit` runs, between:
 
@@ -12,7 +12,7 @@ copy of the user's to write into.
 * a run with the **same config** (up to `config.RESUMABLE_CHANGES`): it is resumed, so a killed
   run continues from its last checkpoint and a finished one is only reloaded;
 * a **finished run of the same notebook** (the ``notebook`` entry of its ``summary.json``,
-  written by `spml_lab.batch.runner.write_summary`, names it) with another config: its run
+  written by `spml_lab.sweeps.runner.write_summary`, names it) with another config: its run
   files (`runs.RUN_FILES`) are
   deleted and a new run starts (rerunning with another annotation just works; other files in
   the folder, like a sweep's executed notebook, stay);
@@ -22,17 +22,10 @@ copy of the user's to write into.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import socket
-import sys
 from pathlib import Path
 
-import filelock
-
-from spml_lab.data import datasets
 from spml_lab.training.checkpoints import read_checkpoint
 from spml_lab.training.config import RESUMABLE_CHANGES, TrainConfig
 from spml_lab.training.runs import (
@@ -46,7 +39,7 @@ from spml_lab.training.runs import (
     SUMMARY,
 )
 
-__all__ = ["open_run", "prepare_run_folder", "refuse_shipped", "one_writer", "copy_run"]
+__all__ = ["open_run", "prepare_run_folder", "copy_run"]
 
 
 def _owner(folder):
@@ -172,108 +165,6 @@ def open_run(run, cfg, *, start_if_empty=True):
             "resume=True (--resume) to continue it, or choose another out_dir"
         )
     return None
-
-
-# ---------------------------------------------------------------------- writers
-
-# Only `make sample-runs` sets this: it is the one command that rewrites the shipped runs.
-WRITE_SHIPPED_ENV = "SPML_LAB_WRITE_SHIPPED"
-# An OS lock (flock) on this file marks the folder's one writer. The OS frees it when its
-# process dies, however it dies, so a killed run never blocks its own --resume.
-LOCK_FILE = ".writer.lock"
-WRITER_FILE = ".writer.json"  # who holds the lock, for the message a second writer gets
-_HELD = set()  # the folders this process holds: a nested writer of the same folder goes on
-
-
-def refuse_shipped(folder):
-    """Raise if `folder` lies inside the package's shipped data (read-only).
-
-    Parameters
-    ----------
-    folder : str or Path
-        Where something is about to be written; resolved, so ``..``, absolute paths and
-        symlinks cannot reach the shipped data another way.
-
-    Raises
-    ------
-    ValueError
-        Naming the folder and what to do instead.
-
-    Examples
-    --------
-    >>> from spml_lab.training.runs import SHIPPED_RUNS
-    >>> refuse_shipped(SHIPPED_RUNS / "full")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: .../runs/full is shipped with spml_lab and read-only; ...
-    """
-    if os.environ.get(WRITE_SHIPPED_ENV) == "1":
-        return
-    resolved, shipped = Path(folder).resolve(), datasets.DATA_SAMPLES.resolve()
-    if resolved == shipped or shipped in resolved.parents:
-        raise ValueError(
-            f"{resolved} is shipped with spml_lab and read-only; write into a folder of yours "
-            "(the commands' --out option copies a shipped run there first)"
-        )
-
-
-@contextlib.contextmanager
-def one_writer(folder):
-    """Hold `folder` as its only writer while the block runs (train, stage 2, evaluate...).
-
-    Parameters
-    ----------
-    folder : str or Path
-        Created if missing; refused when it is shipped data (`refuse_shipped`).
-
-    Yields
-    ------
-    folder : Path
-
-    Raises
-    ------
-    FileExistsError
-        If another process is writing the folder; the message names it (pid, host, command).
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> with one_writer(tempfile.mkdtemp()) as folder:
-    ...     (folder / WRITER_FILE).is_file()
-    True
-    """
-    folder = Path(folder)
-    refuse_shipped(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    key = folder.resolve()
-    if key in _HELD:  # this process already holds it (train.fit scoring its own run)
-        yield folder
-        return
-    lock = filelock.FileLock(folder / LOCK_FILE)
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise FileExistsError(
-            f"{folder} is being written by another process ({_writer(folder)}); wait for it to "
-            "finish, or stop it and --resume"
-        ) from None
-    try:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)}
-        (folder / WRITER_FILE).write_text(json.dumps(holder) + "\n")
-        _HELD.add(key)
-        yield folder
-    finally:
-        _HELD.discard(key)
-        (folder / WRITER_FILE).unlink(missing_ok=True)
-        lock.release()
-
-
-def _writer(folder):
-    try:
-        holder = json.loads((folder / WRITER_FILE).read_text())
-        return f"pid {holder['pid']} on {holder['host']}: {holder['command']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "it has not said who it is yet"
 
 
 def copy_run(run_dir, out, *, stage2=False):

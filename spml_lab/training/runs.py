@@ -7,7 +7,7 @@ A run lives in one folder; these are the only names its files have::
     checkpoint.pt   CHECKPOINT  latest training state, replaced atomically (for a resume)
     final.pt        FINAL       network + head + config, written when training ends
     stage2.pt       STAGE2      the stage-2 head (`spml_lab.prediction.stage2.fit_head`)
-    summary.json    SUMMARY     a notebook's final numbers (`spml_lab.batch.runner.write_summary`)
+    summary.json    SUMMARY     a notebook's final numbers (`spml_lab.sweeps.runner.write_summary`)
     eval/           EVAL_DIR    scores of the val split; ``eval_{split}/`` for another split
 
 A run is named by its folder (or its ``final.pt``), or ``"shipped:NAME"`` for one of the runs

@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from spml_lab.constants import IGNORE_INDEX  # one definition of "unlabelled"
-from spml_lab.data import datasets
+from spml_lab.data import datasets, writers
 from spml_lab.devices import resolve_device  # kept here too: notebooks call train.resolve_device
 from spml_lab.method import clustering, distributed, relations
 
@@ -62,6 +62,7 @@ from spml_lab.method import clustering, distributed, relations
 from spml_lab.method.label_maps import downsample_nearest, step_maps  # noqa: F401
 from spml_lab.method.memory import PrototypeMemory
 from spml_lab.nets.build import build_model
+from spml_lab.schedules import epoch_order, poly_lr
 from spml_lab.training import checkpoints, run_folders, runs
 from spml_lab.training.checkpoints import save_checkpoint
 from spml_lab.training.config import TrainConfig
@@ -72,10 +73,8 @@ __all__ = [
     "batch_losses",
     "network_precision",
     "train_step",
-    "poly_lr",
     "param_groups",
     "build_dataset",
-    "epoch_order",
     "softmax_cross_entropy",
 ]
 
@@ -89,42 +88,6 @@ def _is_main_process():
 
 
 # ---------------------------------------------------------------------- building blocks
-
-
-def poly_lr(step, base_lr, max_steps, *, warmup_steps=0, power=0.9, policy="poly"):
-    """Learning rate of step `step` (0-based): poly decay with a linear warm-up.
-
-    Parameters
-    ----------
-    step : int
-        Steps done so far.
-    base_lr : float
-    max_steps : int
-    warmup_steps : int, optional
-        The LR ramps linearly from ``base_lr / 10`` to `base_lr` over these steps.
-    power : float, optional
-        Poly exponent: ``base_lr * (1 - step / max_steps) ** power``.
-    policy : {"poly", "constant"}, optional
-
-    Returns
-    -------
-    lr : float
-
-    Notes
-    -----
-    As the paper's ``lr_poly``: during warm-up the LR is the smaller of the ramp and the
-    decay, so a warm-up longer than the run never overshoots it.
-
-    Examples
-    --------
-    >>> poly_lr(0, 0.01, 100, warmup_steps=10), round(poly_lr(50, 0.01, 100), 6)
-    (0.001, 0.005359)
-    """
-    factor = 1.0 if policy == "constant" else (1.0 - step / max_steps) ** power
-    if step < warmup_steps:
-        ramp = step / warmup_steps
-        factor = min(0.1 * (1.0 - ramp) + ramp, factor)
-    return base_lr * factor
 
 
 def _is_head(name):
@@ -198,18 +161,6 @@ def build_dataset(cfg):
         "cache": cfg.cache_data,
     }
     return datasets.open_data(cfg.data, cfg.split, cfg.annotation, **options)
-
-
-def epoch_order(num_items, seed, epoch):
-    """Return the order in which epoch `epoch` visits the data: a permutation of (seed, epoch).
-
-    Examples
-    --------
-    >>> order = epoch_order(5, 0, 1)
-    >>> bool((order == epoch_order(5, 0, 1)).all()), sorted(order.tolist())
-    (True, [0, 1, 2, 3, 4])
-    """
-    return np.random.default_rng([seed, epoch]).permutation(num_items)
 
 
 def softmax_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX):
@@ -435,8 +386,8 @@ def train_step(
     )  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
     # the paper's stage-1 loss: relations + (cross-entropy + L_ann) x w_ann, whose L_ann x w_ann
-    # is already in the total; the baselines weigh their cross-entropy 1 (`cfg.head_weight`)
-    (losses["total"] + cfg.head_weight * losses["softmax_ce"]).backward()
+    # is already in the total; the baselines weigh their cross-entropy 1 (`resolved_softmax_weight`)
+    (losses["total"] + cfg.resolved_softmax_weight * losses["softmax_ce"]).backward()
     optimizer.step()
     if segments is not None:
         memory.push(segments)
@@ -507,7 +458,7 @@ def fit(cfg, *, start_if_empty=True):
     if not run.is_dir():  # nothing to read yet: a refusal here leaves no folder behind
         run_folders.open_run(run, cfg, start_if_empty=start_if_empty)
     main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-    with run_folders.one_writer(run) if main else contextlib.nullcontext():
+    with writers.one_writer(run) if main else contextlib.nullcontext():
         # read as the folder's one writer: a run started at the same moment into the same folder
         # has either been refused, or has finished and left its files to resume from
         state = run_folders.open_run(run, cfg, start_if_empty=start_if_empty)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from spml_lab.classroom import demo, exercises
+from spml_lab.classroom import exercises, lesson_batch
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method import relations
 from spml_lab.method.clustering import build_segments
 from spml_lab.nets import embedding_nets
@@ -25,7 +26,6 @@ from spml_lab.nets import embedding_nets
 #   8 I  2      0           -      z          bg (from J)     {bg}
 #   9 J  2      0           bg     z          bg
 # ---------------------------------------------------------------------------------------------
-U = 255
 X, Y, Z = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]
 NX = [0.98, math.sqrt(1 - 0.98**2), 0.0]
 NY = [math.sqrt(1 - 0.98**2), 0.98, 0.0]
@@ -41,10 +41,16 @@ def hand_batch():
     )  # (3, 2, 3, 3)
     clusters = torch.tensor([[[0, 1, 2], [0, 1, 2]], [[0, 0, 0], [0, 0, 0]], [[0] * 3] * 2])
     superpixels = torch.tensor([[[0, 0, 1], [0, 0, 1]], [[0, 0, 0], [1, 1, 1]], [[0] * 3] * 2])
-    labels = torch.tensor([[[1, U, U], [1, U, 2]], [[1, 1, U], [U, U, 3]], [[0, U, U], [U] * 3]])
+    labels = torch.tensor(
+        [
+            [[1, IGNORE_INDEX, IGNORE_INDEX], [1, IGNORE_INDEX, 2]],
+            [[1, 1, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX, 3]],
+            [[0, IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX] * 3],
+        ]
+    )
     tags = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 0, 0]], dtype=torch.bool)
     segments = build_segments(emb, clusters, superpixels, labels, tags=tags)
-    return demo.DemoBatch(
+    return lesson_batch.LessonBatch(
         images=np.zeros((3, 8, 12, 3), np.uint8),
         truth=np.zeros((3, 8, 12), np.int64),
         embeddings=emb,
@@ -78,8 +84,9 @@ EXPECTED = {
 def test_hand_batch_is_as_drawn():
     batch = hand_batch()
     seg = exercises.segment_fields(batch)
-    assert seg.label.tolist() == [1, U, U, 2, U, 1, U, 3, U, 0]
-    assert seg.affinity.tolist() == [1, 1, U, 2, 3, 1, U, 3, 0, 0]
+    assert seg.label.tolist() == [1, IGNORE_INDEX, IGNORE_INDEX, 2, IGNORE_INDEX,
+                                  1, IGNORE_INDEX, 3, IGNORE_INDEX, 0]  # fmt: skip
+    assert seg.affinity.tolist() == [1, 1, IGNORE_INDEX, 2, 3, 1, IGNORE_INDEX, 3, 0, 0]
     assert seg.superpixel.tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 0, 0]
     me = exercises.pixel_fields(batch, PIXEL_A)
     assert (me.image, me.segment, me.superpixel, me.label, me.affinity) == (0, 0, 0, 1, 1)
@@ -189,10 +196,12 @@ def test_bad_relation_and_pixel():
 @pytest.mark.parametrize("relation", relations.RELATIONS)
 def test_solutions_agree_with_the_loss_on_embedded_data(relation):
     torch.manual_seed(0)
-    batch = demo.make_batch("objects", "scribbles", net=embedding_nets.SmallEmbeddingNet(8, 8))
+    batch = lesson_batch.make_batch(
+        "objects", "scribbles", net=embedding_nets.SmallEmbeddingNet(8, 8)
+    )
     seg = exercises.segment_fields(batch)
     for seed in range(2):
-        pixel = demo.pick_pixel(batch, relation, seed=seed, image=None)
+        pixel = lesson_batch.pick_pixel(batch, relation, seed=seed, image=None)
         pos, neg = exercises.solution(
             relation, seg, exercises.pixel_fields(batch, pixel), show=False
         )
@@ -207,8 +216,10 @@ def test_describe_pixel_prints_the_pixel_and_returns_its_fields(capsys):
         "Pixel 5: image 0, own segment 3, superpixel 1, label 2, affinity label 2, "
         "tags ['background', 'a', 'b']; 10 segments\n"
     )
-    assert seg.label.tolist() == [1, U, U, 2, U, 1, U, 3, U, 0]  # the table's columns
-    assert seg.affinity.tolist() == [1, 1, U, 2, 3, 1, U, 3, 0, 0]
+    # the table's columns
+    assert seg.label.tolist() == [1, IGNORE_INDEX, IGNORE_INDEX, 2, IGNORE_INDEX,
+                                  1, IGNORE_INDEX, 3, IGNORE_INDEX, 0]  # fmt: skip
+    assert seg.affinity.tolist() == [1, 1, IGNORE_INDEX, 2, 3, 1, IGNORE_INDEX, 3, 0, 0]
     assert (me.image, me.segment, me.superpixel, me.label, me.affinity) == (0, 3, 1, 2, 2)
 
 
@@ -230,15 +241,15 @@ def test_show_solution_prints_and_checks_the_reference_answer(key, capsys):
 def _notebook_pixels(relation, seed):
     """The batch and pixel a relation notebook (05-08) draws with its stored or CI seed."""
     if relation == "feature_affinity":
-        batch = demo.make_batch("parts", "points", seed=seed)
+        batch = lesson_batch.make_batch("parts", "points", seed=seed)
         affinity = relations.affinity_labels(batch.segments)[batch.segments.segment_ids]
-        where = (batch.labels == 255) & (affinity != 255) & (affinity > 0)
+        where = (batch.labels == IGNORE_INDEX) & (affinity != IGNORE_INDEX) & (affinity > 0)
     else:
         annotation = "tags" if relation == "cooccurrence" else "scribbles"
-        batch = demo.make_batch("objects", annotation, seed=seed)
-        labelled_object = (batch.labels > 0) & (batch.labels != 255)
+        batch = lesson_batch.make_batch("objects", annotation, seed=seed)
+        labelled_object = (batch.labels > 0) & (batch.labels != IGNORE_INDEX)
         where = labelled_object if relation == "semantic_annotation" else None
-    return batch, demo.pick_pixel(batch, relation, seed=seed, where=where)
+    return batch, lesson_batch.pick_pixel(batch, relation, seed=seed, where=where)
 
 
 @pytest.mark.parametrize("seed", [0, 1])  # the notebooks' stored seed and the CI one
@@ -271,13 +282,13 @@ def student_rule(relation, *, fallback=True):
             negatives = mine & ~same
         elif relation == "semantic_annotation":
             same = seg.label == me.label
-            negatives = (seg.label != 255) & ~same
+            negatives = (seg.label != IGNORE_INDEX) & ~same
         elif relation == "cooccurrence":
             same = (seg.tags[:, 1:] & me.tags[1:]).any(1)
             negatives = ~same
         else:
             same = seg.affinity == me.affinity
-            negatives = (seg.affinity != 255) & ~same
+            negatives = (seg.affinity != IGNORE_INDEX) & ~same
         positives = same & (seg.index != me.segment)
         if fallback and not positives.any():
             positives = seg.index == me.segment

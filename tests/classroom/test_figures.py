@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from spml_lab.classroom import figures  # noqa: E402
+from spml_lab.constants import IGNORE_INDEX
 
 
 @pytest.fixture(autouse=True)
@@ -127,8 +128,8 @@ def _steps():
     fields = {name: maps for name in PseudoLabels._fields}
     pseudo = PseudoLabels(**{**fields, "labels": torch.full((2, 4, 4), 2)})
     tags = torch.tensor([[True, False, True], [True, True, False]])
-    batch = {"image": torch.rand(2, 3, 4, 4), "label": torch.full((2, 4, 4), 255), "tags": tags,
-             "name": ["a", "b"]}  # fmt: skip
+    batch = {"image": torch.rand(2, 3, 4, 4), "label": torch.full((2, 4, 4), IGNORE_INDEX),
+             "tags": tags, "name": ["a", "b"]}  # fmt: skip
     labels = {s: torch.full((2, 4, 4), 2) for s in ("softmax", "walked", "crf")}
     miou = {"softmax": 0.1, "walked": 0.2, "crf": 0.3}
     return PseudoLabelSteps(miou, batch, torch.zeros(2, 4, 4, dtype=torch.long), labels, pseudo)

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from spml_lab.classroom import demo, lessons  # noqa: E402
+from spml_lab.classroom import lesson_batch, lessons  # noqa: E402
 from spml_lab.method import memory, relations  # noqa: E402
 from spml_lab.nets import embedding_nets  # noqa: E402
 from spml_lab.pictures import viz  # noqa: E402
@@ -22,8 +22,8 @@ def batches():
     net = embedding_nets.SmallEmbeddingNet(8, 8)
     # two images without a tag in common (besides background): co-occurrence has positives
     # and negatives in each
-    batch = demo.make_batch("objects", "scribbles", indices=(0, 2), net=net)
-    earlier = demo.make_batch("objects", "scribbles", indices=(1, 3), net=net)
+    batch = lesson_batch.make_batch("objects", "scribbles", indices=(0, 2), net=net)
+    earlier = lesson_batch.make_batch("objects", "scribbles", indices=(1, 3), net=net)
     bank = memory.PrototypeMemory(1)
     bank.push(earlier.segments)
     return batch, bank
@@ -45,7 +45,7 @@ def direct_loss(relation, batch, bank, kappa):
 def test_kappa_sweep_gives_each_relations_loss_and_the_pixels_softmax_shares(batches, relation):
     batch, bank = batches
     bank = None if relation == "low_level" else bank
-    pixel = demo.pick_pixel(batch, relation, memory=bank)
+    pixel = lesson_batch.pick_pixel(batch, relation, memory=bank)
     pos, neg = relations.positives_negatives(
         relation, pixel, batch.embeddings, batch.labels, batch.tags, batch.segments, bank
     )
@@ -54,7 +54,9 @@ def test_kappa_sweep_gives_each_relations_loss_and_the_pixels_softmax_shares(bat
     want = [float(direct_loss(relation, batch, bank, k)) for k in kappas]
     assert sweep.batch_loss == pytest.approx(want, rel=1e-6)
     for kappa, w, share in zip(kappas, sweep.weights, sweep.shares, strict=True):
-        assert torch.equal(w, demo.segment_weights(batch, pixel, relation, pos, neg, kappa, bank))
+        assert torch.equal(
+            w, lesson_batch.segment_weights(batch, pixel, relation, pos, neg, kappa, bank)
+        )
         assert share == pytest.approx(float(w[pos].sum())) and 0 < share <= 1
     loss_figure, weights_figure = lessons.show_kappa_sweep(sweep, batch)
     assert list(loss_figure.axes[0].lines[0].get_ydata()) == sweep.batch_loss
@@ -99,7 +101,7 @@ def test_method_figure_draws_the_pipeline_and_one_pixel_per_relation(batches):
 
 def test_kappa_sweep_losses_are_finite_and_each_pixels_weights_sum_to_one(batches):
     batch, bank = batches
-    pixel = demo.pick_pixel(batch, "cooccurrence", memory=bank)
+    pixel = lesson_batch.pick_pixel(batch, "cooccurrence", memory=bank)
     roles = relations.positives_negatives(
         "cooccurrence", pixel, batch.embeddings, batch.labels, batch.tags, batch.segments, bank
     )

@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import annotations, labelio, synthetic
 
 
@@ -12,7 +13,7 @@ def _scene():
     instance = np.zeros((40, 40), np.int32)
     semantic[5:25, 5:25], instance[5:25, 5:25] = 1, 1  # 20x20 box
     semantic[20:30, 20:30], instance[20:30, 20:30] = 2, 2  # 10x10 box on its corner
-    semantic[35:, :] = 255  # void
+    semantic[35:, :] = IGNORE_INDEX  # void
     return semantic, instance
 
 
@@ -20,7 +21,7 @@ def _regions_of(semantic, instance):
     """(mask, class) per instance, split by class."""
     out = []
     for inst in np.unique(instance[instance > 0]):
-        for cls in np.unique(semantic[(instance == inst) & (semantic != 255)]):
+        for cls in np.unique(semantic[(instance == inst) & (semantic != IGNORE_INDEX)]):
             out.append(((instance == inst) & (semantic == cls), int(cls)))
     return out
 
@@ -64,7 +65,7 @@ def test_instance_boxes_rows():
 def test_boxes_cover_every_object_pixel(scenes):
     for s in scenes.values():
         labels = annotations.weak_labels_batch(s.semantic, s.instance, "boxes")
-        assert labels.dtype == np.uint8 and (labels != 255).all()
+        assert labels.dtype == np.uint8 and (labels != IGNORE_INDEX).all()
         fg = s.semantic > 0
         assert (labels[fg] > 0).all()  # every object pixel lies in some box
 
@@ -80,7 +81,7 @@ def test_marks_carry_only_the_true_class(scenes, kind, scene_kind):
         options = {} if fraction is None else {"keep_fraction": fraction}
         labels = annotations.weak_labels_batch(s.semantic, s.instance, kind, radius=3, **options)
         assert labels.shape == s.semantic.shape and labels.dtype == np.uint8
-        marked = labels != 255
+        marked = labels != IGNORE_INDEX
         assert marked.any()
         np.testing.assert_array_equal(labels[marked], s.semantic[marked])
 
@@ -99,8 +100,8 @@ def test_points_are_one_pixel_per_region_at_radius_zero():
     semantic, instance = _scene()
     points = annotations.weak_labels(semantic, instance, "points", radius=0)
     # regions: instance 1, instance 2, and the (connected) background
-    assert (points != 255).sum() == 3
-    assert sorted(points[points != 255].tolist()) == [0, 1, 2]
+    assert (points != IGNORE_INDEX).sum() == 3
+    assert sorted(points[points != IGNORE_INDEX].tolist()) == [0, 1, 2]
 
 
 def test_points_sit_inside_away_from_the_boundary():
@@ -135,7 +136,7 @@ def test_marks_are_clipped_to_their_region():
     semantic[:, 6:] = 1
     instance = (semantic > 0).astype(np.int32)
     labels = annotations.weak_labels(semantic, instance, "scribbles", radius=6)
-    marked = labels != 255
+    marked = labels != IGNORE_INDEX
     np.testing.assert_array_equal(labels[marked], semantic[marked])
 
 
@@ -143,7 +144,7 @@ def test_void_pixels_are_never_marked():
     semantic, instance = _scene()
     for kind in ("points", "scribbles"):
         labels = annotations.weak_labels(semantic, instance, kind, radius=5)
-        assert (labels[35:] == 255).all()
+        assert (labels[35:] == IGNORE_INDEX).all()
 
 
 def test_without_instances_components_are_objects():
@@ -160,7 +161,7 @@ def test_parts_get_one_point_per_part_class():
     semantic[2:10, 5:15], semantic[10:18, 5:15] = 1, 2  # one figure, two parts
     instance[2:18, 5:15] = 7
     points = annotations.weak_labels(semantic, instance, "points", radius=0)
-    assert sorted(points[points != 255].tolist()) == [0, 1, 2]
+    assert sorted(points[points != IGNORE_INDEX].tolist()) == [0, 1, 2]
 
 
 def test_keep_fraction_shortens_scribbles_proportionally(scenes):
@@ -170,7 +171,7 @@ def test_keep_fraction_shortens_scribbles_proportionally(scenes):
         labels = annotations.weak_labels_batch(
             s.semantic, s.instance, "scribbles", radius=0, keep_fraction=fraction
         )
-        counts[fraction] = (labels != 255).sum()
+        counts[fraction] = (labels != IGNORE_INDEX).sum()
     regions = sum(len(_regions_of(s.semantic[n], s.instance[n])) + 3 for n in range(len(s)))
     for fraction in (0.8, 0.5, 0.3):  # rounding costs at most one pixel per region
         assert abs(counts[fraction] - fraction * counts[1.0]) <= regions
@@ -198,7 +199,7 @@ def test_shortened_scribble_is_one_connected_piece():
 def test_keep_fraction_zero_gives_one_skeleton_pixel():
     semantic, instance = _scene()
     labels = annotations.weak_labels(semantic, instance, "scribbles", radius=0, keep_fraction=0)
-    assert (labels != 255).sum() == 3
+    assert (labels != IGNORE_INDEX).sum() == 3
 
 
 def test_same_seed_same_labels_other_seed_other_labels(scenes):
@@ -263,7 +264,7 @@ def test_bad_arguments():
 
 
 def test_coverage():
-    labels = np.full((2, 4, 5), 255, np.uint8)
+    labels = np.full((2, 4, 5), IGNORE_INDEX, np.uint8)
     labels[0, :2] = 1
     np.testing.assert_allclose(annotations.coverage(labels), [0.5, 0.0])
     assert annotations.coverage(labels[0]) == 0.5
@@ -275,7 +276,7 @@ def test_coverage():
 @pytest.mark.parametrize("palette", [True, False])
 def test_label_png_round_trip(tmp_path, palette):
     label = np.random.default_rng(0).integers(0, 21, (17, 23)).astype(np.uint8)
-    label[3:5] = 255
+    label[3:5] = IGNORE_INDEX
     path = tmp_path / "sub" / "label.png"
     labelio.write_label_png(path, label, palette=palette)
     with Image.open(path) as image:

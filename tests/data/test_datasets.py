@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from spml_lab import constants
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import datasets, labelio
 
 
@@ -32,7 +33,7 @@ def _make_data_folder(root, num=3, size=24):
         _write_image(root / "images" / "train" / f"{name}.jpg", image)
         labelio.write_label_png(root / "semantic" / "train" / f"{name}.png", label)
         labelio.write_id_png(root / "superpixels" / "train" / f"{name}.png", superpixel)
-        sparse = np.where(rng.random(label.shape) < 0.1, label, 255).astype(np.uint8)
+        sparse = np.where(rng.random(label.shape) < 0.1, label, IGNORE_INDEX).astype(np.uint8)
         for annotation in ("points", "scribbles", "boxes"):
             labelio.write_label_png(root / annotation / "train" / f"{name}.png", sparse)
         for annotation in constants.ANNOTATIONS:
@@ -96,7 +97,7 @@ def test_a_superpixel_column_repeating_the_label_means_no_superpixels(tmp_path):
 
 
 def test_flip_classes_swap_left_and_right_in_a_mirrored_item(tmp_path):
-    label = np.full((6, 8), 255, dtype=np.uint8)
+    label = np.full((6, 8), IGNORE_INDEX, dtype=np.uint8)
     label[2, 1:3] = 1  # a "right" part on the left half
     image = np.random.default_rng(1).integers(0, 256, (6, 8, 3), dtype=np.uint8)
     list_file = _png_list(tmp_path, image, label)
@@ -122,10 +123,10 @@ def test_from_folder_and_tags_only(tmp_path):
     assert full.class_names == ["background", "a", "b", "c"] and full.has_superpixels
     tags = datasets.from_folder(root, "train", "tags")
     item, reference = tags[2], full[2]
-    assert (item["label"] == 255).all()  # the mask only gave the tags
+    assert (item["label"] == IGNORE_INDEX).all()  # the mask only gave the tags
     assert torch.equal(item["tags"], reference["tags"]) and item["tags"][0]
     points = datasets.from_folder(root, "train", "points")[0]
-    assert (points["label"] != 255).float().mean() < 0.3
+    assert (points["label"] != IGNORE_INDEX).float().mean() < 0.3
     with pytest.raises(ValueError, match=r"no split 'test'; it has \['train'\]"):
         datasets.from_folder(root, "test", "full")
     with pytest.raises(ValueError, match="unknown annotation"):
@@ -208,11 +209,13 @@ def test_size_mismatch_is_reported_at_load_time(tmp_path):
 
 def test_label_out_of_range(tmp_path):
     image, label, _ = _random_sample(np.random.default_rng(0), 8, 8, 2)
-    label[0, 0], label[1, 1] = 7, 255
+    label[0, 0], label[1, 1] = 7, IGNORE_INDEX
     data = datasets.SegmentationList(tmp_path, _png_list(tmp_path, image, label), 2)
     with pytest.raises(ValueError, match=r"x_lab\.png: label values \[7\] are out of range for "):
         data[0]
-    assert datasets.SegmentationList(tmp_path, tmp_path / "x.txt", 8)[0]["label"][1, 1] == 255
+    assert (
+        datasets.SegmentationList(tmp_path, tmp_path / "x.txt", 8)[0]["label"][1, 1] == IGNORE_INDEX
+    )
 
 
 def test_unreadable_png(tmp_path):
@@ -257,9 +260,9 @@ def test_crop_size_and_pad_values(coded):
     item = data[0]
     assert item["image"].shape == (3, 48, 40) and item["label"].shape == (48, 40)
     pad = item["superpixel"] == -1
-    assert pad.any() and (item["label"][pad] == 255).all()
+    assert pad.any() and (item["label"][pad] == IGNORE_INDEX).all()
     assert (item["image"][:, pad] == 0).all()
-    assert (item["label"][~pad] != 255).all()  # the coded label has no unlabelled pixel
+    assert (item["label"][~pad] != IGNORE_INDEX).all()  # the coded label has no unlabelled pixel
 
 
 def test_crop_smaller_than_image(coded):

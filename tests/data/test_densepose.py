@@ -5,6 +5,7 @@ import pytest
 from mini_densepose import write_mini_densepose
 from skimage.draw import disk
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import datasets, densepose, densepose_files, labelio
 
 
@@ -61,14 +62,14 @@ def test_ground_truth_is_the_part_grids_in_their_boxes_and_others_unknown(mini, 
     for name, expected in mini.semantic.items():
         written = labelio.read_label_png(prepared / "semantic" / f"{name}.png")
         np.testing.assert_array_equal(written, expected, err_msg=name)
-    assert (mini.semantic["COCO_train2014_000000000049"] == 255).any()
-    assert (mini.semantic["COCO_train2014_000000000061"] == 255).any()  # the crowd
+    assert (mini.semantic["COCO_train2014_000000000049"] == IGNORE_INDEX).any()
+    assert (mini.semantic["COCO_train2014_000000000061"] == IGNORE_INDEX).any()  # the crowd
 
 
 def test_one_point_per_part_nearest_the_mean_of_the_points_on_their_part(mini, prepared):
     for name, points in mini.points.items():
         semantic = mini.semantic[name]
-        expected = np.full(semantic.shape, 255, dtype=np.uint8)
+        expected = np.full(semantic.shape, IGNORE_INDEX, dtype=np.uint8)
         for part, row, col in points:
             # pixels within POINT_RADIUS of the point, inclusive (draw.disk is strict: + 1e-6)
             rows, cols = disk((row, col), densepose.POINT_RADIUS + 1e-6, shape=semantic.shape)
@@ -76,7 +77,7 @@ def test_one_point_per_part_nearest_the_mean_of_the_points_on_their_part(mini, p
             expected[rows[keep], cols[keep]] = part
         written = labelio.read_label_png(prepared / "points" / f"{name}.png")
         np.testing.assert_array_equal(written, expected, err_msg=name)
-        labelled = written != 255
+        labelled = written != IGNORE_INDEX
         assert (written[labelled] == semantic[labelled]).all()  # only true classes
     # the trap: a "right hand" point lies on the arm; no hand is seen, so no hand point
     assert not any(2 in {part for part, *_ in points} for points in mini.points.values())

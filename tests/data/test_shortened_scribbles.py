@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import datasets, labelio, make_data
 from spml_lab.method import relations
 
@@ -24,11 +25,13 @@ def test_shorter_scribbles_are_pieces_of_longer_ones(root):
     whole, half, third = (_labels(root, a) for a in ("scribbles", "scribbles_50", "scribbles_30"))
     truth = _labels(root, "full")
     for short, longer in ((half, whole), (third, half)):
-        marked = short != 255
+        marked = short != IGNORE_INDEX
         # the same walk along each region's skeleton, stopped earlier: a subset, same classes
         assert np.array_equal(short[marked], longer[marked])
-        assert 0 < marked.sum() < (longer != 255).sum()
-    assert np.array_equal(third[third != 255], truth[third != 255])  # only true classes
+        assert 0 < marked.sum() < (longer != IGNORE_INDEX).sum()
+    assert np.array_equal(
+        third[third != IGNORE_INDEX], truth[third != IGNORE_INDEX]
+    )  # only true classes
 
 
 def test_shortened_scribbles_train_as_scribbles():

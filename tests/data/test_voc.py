@@ -6,6 +6,7 @@ from mini_voc import CLASSES, write_mini_voc, write_palette_png
 from PIL import Image
 from scipy import ndimage
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import datasets, labelio, voc, voc_files
 
 
@@ -49,8 +50,10 @@ def test_dense_labels_are_the_palette_indices_or_the_sbd_class_map(mini, prepare
         written = labelio.read_label_png(prepared / "semantic" / f"{name}.png")
         np.testing.assert_array_equal(written, mini.semantic[name])
     # SegmentationClass wins where both exist: its 255 band is in the written file
-    assert (labelio.read_label_png(prepared / "semantic" / "2007_000001.png") == 255).any()
-    assert not (labelio.read_label_png(prepared / "semantic" / "2008_000001.png") == 255).any()
+    assert (labelio.read_label_png(prepared / "semantic" / "2007_000001.png") == IGNORE_INDEX).any()
+    assert not (
+        labelio.read_label_png(prepared / "semantic" / "2008_000001.png") == IGNORE_INDEX
+    ).any()
     assert datasets.read_metadata(prepared / "dataset.json")["ground_truth"] == {
         "SegmentationClass": 5,
         "SBD GTcls": 3,
@@ -80,7 +83,7 @@ def test_tags_are_the_xml_object_names_and_background(mini, prepared):
         item = data[index]
         expected = {0} | {CLASSES.index(n) for n in mini.names[item["name"]]}
         assert set(np.flatnonzero(item["tags"].numpy()).tolist()) == expected
-        assert (item["label"] == 255).all()  # tags only: no pixel is labelled
+        assert (item["label"] == IGNORE_INDEX).all()  # tags only: no pixel is labelled
 
 
 def test_scribbles_are_the_polylines_and_points_their_middles(mini, prepared):
@@ -94,9 +97,9 @@ def test_scribbles_are_the_polylines_and_points_their_middles(mini, prepared):
         # a 3 px disc around a 1 px line: nothing labelled 4 rows away from every stroke
         rows = {int(v[0, 0]) for _, v in mini.scribble_lines[name]}
         far = [r for r in range(scribbles.shape[0]) if min(abs(r - s) for s in rows) > 3]
-        assert (scribbles[far] == 255).all()
+        assert (scribbles[far] == IGNORE_INDEX).all()
         # one point per scribble, each a disc of radius 6 at most
-        components = ndimage.label(points != 255)[1]
+        components = ndimage.label(points != IGNORE_INDEX)[1]
         assert 1 <= components <= len(mini.scribble_lines[name])
     meta = datasets.read_metadata(prepared / "dataset.json")
     assert meta["points"]["source"] == "scribbles" and meta["scribbles"]["radius"] == 3
@@ -121,7 +124,7 @@ def test_points_from_masks_one_per_instance_or_component(mini, tmp_path):
     for name in mini.train_aug:
         points = labelio.read_label_png(out / "points" / f"{name}.png")
         truth = mini.full_semantic[name]
-        labelled = points != 255
+        labelled = points != IGNORE_INDEX
         assert (points[labelled] == truth[labelled]).all()  # only ever the true class
         objects = {cls for cls, *_ in mini.boxes[name].tolist()}
         assert set(np.unique(points[labelled]).tolist()) >= objects  # every object has one
@@ -291,8 +294,8 @@ def test_draw_scribbles_equals_a_whole_image_dilation():
     rng = np.random.default_rng(0)
     scribbles = [(c, rng.uniform(-5, 60, (4, 2))) for c in (0, 3, 3, 7)]  # some off the image
     got = voc_files.draw_scribbles(scribbles, (50, 40), radius=4)
-    expected = np.full((50, 40), 255, np.uint8)
+    expected = np.full((50, 40), IGNORE_INDEX, np.uint8)
     for cls in (0, 3, 7):
         lines = voc_files.draw_scribbles([s for s in scribbles if s[0] == cls], (50, 40), 0)
-        expected[ndimage.binary_dilation(lines != 255, structure=disk(4))] = cls
+        expected[ndimage.binary_dilation(lines != IGNORE_INDEX, structure=disk(4))] = cls
     np.testing.assert_array_equal(got, expected)

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import adjusted_rand_score
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method import clustering
 
 
@@ -154,7 +155,7 @@ def random_partition(seed, num_images=3, height=6, width=7, dim=5, num_classes=3
     clusters = torch.randint(0, 4, shape, generator=g)
     superpixels = torch.randint(0, 5, shape, generator=g)
     labels = torch.randint(0, num_classes, shape, generator=g)
-    labels[torch.rand(shape, generator=g) < 0.4] = 255
+    labels[torch.rand(shape, generator=g) < 0.4] = IGNORE_INDEX
     tags = torch.rand(num_images, num_classes, generator=g) < 0.5
     return emb, clusters, superpixels, labels, tags
 
@@ -210,7 +211,7 @@ def test_build_segments_leaves_out_invalid_pixels_and_defaults():
     plain = clustering.build_segments(emb, clusters.clamp(min=0))
     per_image = clusters.clamp(min=0).reshape(3, -1)
     assert plain.num_segments == sum(len(torch.unique(row)) for row in per_image)
-    assert torch.all(plain.labels == 255) and plain.tags is None
+    assert torch.all(plain.labels == IGNORE_INDEX) and plain.tags is None
 
 
 def test_build_segments_rejects_bad_input():
@@ -235,7 +236,7 @@ def test_segment_batch_end_to_end():
     superpixels = torch.zeros(2, 8, 8, dtype=torch.long)
     superpixels[:, 4:, :4] = 1
     superpixels[:, :, 4:] = 2
-    labels = torch.full((2, 8, 8), 255)
+    labels = torch.full((2, 8, 8), IGNORE_INDEX)
     labels[:, 0, :4], labels[:, 0, 4:] = 3, 5
     tags = torch.tensor([[True, False], [False, True]])
     # embeddings alone: each half is one cluster, split by superpixel and label; per image
@@ -245,7 +246,7 @@ def test_segment_batch_end_to_end():
     )
     assert seg.segment_ids.shape == (2, 8, 8)
     assert seg.num_segments == 10
-    assert seg.labels.tolist() == [255, 3, 255, 255, 5] * 2
+    assert seg.labels.tolist() == [IGNORE_INDEX, 3, IGNORE_INDEX, IGNORE_INDEX, 5] * 2
     assert torch.equal(seg.tags[seg.image_ids == 1], tags[1].expand(5, 2))
     # with location the 2 x 2 grid cells stay apart: the right half splits top / bottom too
     seg = clustering.segment_batch(emb, superpixels, labels, (2, 2), 5, tags=tags)

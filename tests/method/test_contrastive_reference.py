@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method import losses
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "contrastive_speed.py"
@@ -41,7 +42,7 @@ def block_batches(num_batches=3, size=12, seed=0):
         rows = torch.arange(size)
         blocks = (rows[:, None] // 3) * 4 + rows[None, :] // 3  # 16 superpixels of 3 x 3
         superpixels = blocks.expand(4, size, size).clone()
-        labels = torch.full((4, size, size), 255)
+        labels = torch.full((4, size, size), IGNORE_INDEX)
         classes = torch.randint(0, 4, (4, 3), generator=g)
         for k in range(3):  # three scribbled rows per image, one class each
             labels[:, 1 + 4 * k, 2:-2] = classes[:, k, None]

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method import losses
 from spml_lab.method.losses import default_chunk_size, pixel_segment_loss
 
@@ -17,7 +18,7 @@ def unit(rows, dim, seed, dtype=torch.float64):
     return F.normalize(torch.randn(rows, dim, generator=g, dtype=dtype), dim=1)
 
 
-def brute_force(v, labels, seg, u, plabels, kappa, ignore_index=255, groups=None):
+def brute_force(v, labels, seg, u, plabels, kappa, ignore_index=IGNORE_INDEX, groups=None):
     """The formula of DESIGN.md, one pixel and one prototype at a time, in float64.
 
     With ``groups = (pixel_groups, prototype_groups)`` a pixel only sees its group's prototypes.
@@ -58,9 +59,9 @@ def single_label_case(seed, num_pixels=40, num_prototypes=12, num_labels=4):
     g = torch.Generator().manual_seed(seed)
     v, u = unit(num_pixels, 5, seed), unit(num_prototypes, 5, seed + 100)
     plabels = torch.randint(0, num_labels, (num_prototypes,), generator=g)
-    plabels[0] = 255  # one unlabelled prototype
+    plabels[0] = IGNORE_INDEX  # one unlabelled prototype
     labels = torch.randint(0, num_labels + 1, (num_pixels,), generator=g)  # num_labels: rare
-    labels[:3] = torch.tensor([255, -1, 255])  # unlabelled pixels
+    labels[:3] = torch.tensor([IGNORE_INDEX, -1, IGNORE_INDEX])  # unlabelled pixels
     seg = torch.randint(0, num_prototypes, (num_pixels,), generator=g)
     return v, labels, seg, u, plabels
 
@@ -168,7 +169,7 @@ def test_gradients_match_dense_autograd_reference():
 
     def dense(v, u):
         logits = kappa * v @ u.T
-        keep = (plabels != 255)[None, :]
+        keep = (plabels != IGNORE_INDEX)[None, :]
         same = (labels[:, None] == plabels[None, :]) & keep
         others = same.clone()
         others[torch.arange(len(seg)), seg] = False
@@ -176,7 +177,7 @@ def test_gradients_match_dense_autograd_reference():
         lse = lambda m: torch.logsumexp(logits.masked_fill(~m, -1e30), 1)  # noqa: E731
         log_pos = torch.where(others.any(1), lse(others), own)
         log_neg = lse(~same & keep)
-        valid = (labels >= 0) & (labels != 255)
+        valid = (labels >= 0) & (labels != IGNORE_INDEX)
         return (torch.logaddexp(log_pos, log_neg) - log_pos)[valid].mean()
 
     v1, u1 = v.clone().requires_grad_(), u.clone().requires_grad_()
@@ -241,7 +242,7 @@ def test_identical_embeddings_are_finite_with_exact_value():
 @pytest.mark.parametrize(
     "labels, plabels",
     [
-        (torch.full((8,), 255), torch.tensor([0, 1, 255])),
+        (torch.full((8,), IGNORE_INDEX), torch.tensor([0, 1, IGNORE_INDEX])),
         (torch.zeros(8, 3, dtype=torch.bool), torch.eye(3, dtype=torch.bool)),
     ],
 )
@@ -273,7 +274,9 @@ def test_no_prototypes_gives_zero():
 def test_all_prototypes_ignored_is_finite():
     v, u = unit(4, 3, 15), unit(3, 3, 16)
     labels, seg = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 2, 0])
-    loss = pixel_segment_loss(v, labels, seg, u, torch.full((3,), 255), 5.0, reduction="none")
+    loss = pixel_segment_loss(
+        v, labels, seg, u, torch.full((3,), IGNORE_INDEX), 5.0, reduction="none"
+    )
     assert torch.all(loss == 0)  # own segment as positive, no negatives: -log(1)
 
 
@@ -288,9 +291,9 @@ def test_huge_kappa_stays_finite():
 def test_ignore_index_none_treats_255_as_a_label():
     v, u = unit(3, 3, 18), unit(3, 3, 19)
     labels, seg, plabels = (
-        torch.tensor([255, 255, 3]),
+        torch.tensor([IGNORE_INDEX, IGNORE_INDEX, 3]),
         torch.tensor([0, 1, 2]),
-        torch.tensor([255, 255, 3]),
+        torch.tensor([IGNORE_INDEX, IGNORE_INDEX, 3]),
     )
     got = pixel_segment_loss(v, labels, seg, u, plabels, 4.0, reduction="none", ignore_index=None)
     torch.testing.assert_close(got, brute_force(v, labels, seg, u, plabels, 4.0, ignore_index=None))
@@ -368,7 +371,7 @@ def test_loss_on_built_segments_backpropagates_through_prototypes():
 
     g = torch.Generator().manual_seed(21)
     emb = F.normalize(torch.randn(2, 8, 8, 6, generator=g), dim=-1).requires_grad_()
-    labels = torch.full((2, 8, 8), 255)
+    labels = torch.full((2, 8, 8), IGNORE_INDEX)
     labels[:, :2] = torch.randint(0, 3, (2, 2, 8), generator=g)
     superpixels = torch.arange(64).reshape(8, 8).div(16, rounding_mode="floor").expand(2, 8, 8)
     seg = clustering.segment_batch(emb, superpixels, labels, (2, 2), 3)
@@ -610,7 +613,7 @@ def test_the_readable_dense_loss_equals_the_blockwise_one_with_gradients(case, r
     torch.testing.assert_close(got, want)
 
 
-def brute_force_sets(labels, seg, plabels, ignore_index=255, groups=None):
+def brute_force_sets(labels, seg, plabels, ignore_index=IGNORE_INDEX, groups=None):
     """Each pixel's positive and negative prototype sets, read off DESIGN.md one pair at a time."""
     multi = labels.ndim == 2
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method.clustering import Segments, build_segments
 from spml_lab.method.memory import MemoryBank, PrototypeMemory
 from spml_lab.method.relations import affinity_labels, semantic_annotation
@@ -18,7 +19,7 @@ def batch(seed, num_images=2, num_pixels=12, dim=4, requires_grad=False):
     labels = torch.where(
         torch.rand(num_images, num_pixels, generator=g) < 0.4,
         torch.randint(0, 3, (num_images, num_pixels), generator=g),
-        255,
+        IGNORE_INDEX,
     )
     tags = torch.rand(num_images, 3, generator=g) < 0.5
     tags[:, 0] = True

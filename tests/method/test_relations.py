@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from spml_lab import constants
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method import relations
 from spml_lab.method.clustering import Segments, build_segments
 from spml_lab.method.losses import pixel_segment_loss, relation_masks
@@ -42,17 +43,16 @@ from spml_lab.method.relations import (
 # ---------------------------------------------------------------------------------------------
 X, Y, Z = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]
 NEAR_X = [0.98, math.sqrt(1 - 0.98**2), 0.0]
-U = 255
 
 
 def hand_batch(tags1=(True, True, True, False)):
     emb = torch.tensor([[X, X, NEAR_X, Y], [X, X, Z, Y]], dtype=torch.float64)  # (2, 4, 3)
-    labels = torch.tensor([[1, 1, U, 0], [2, 2, U, 2]])
+    labels = torch.tensor([[1, 1, IGNORE_INDEX, 0], [2, 2, IGNORE_INDEX, 2]])
     tags = torch.tensor([[True, True, False, False], list(tags1)])
     segments = Segments(
         segment_ids=torch.tensor([[0, 0, 1, 2], [3, 3, 4, 5]]),
         prototypes=torch.tensor([X, NEAR_X, Y, X, Z, Y], dtype=torch.float64),
-        labels=torch.tensor([1, U, 0, 2, U, 2]),
+        labels=torch.tensor([1, IGNORE_INDEX, 0, 2, IGNORE_INDEX, 2]),
         image_ids=torch.tensor([0, 0, 0, 1, 1, 1]),
         superpixels=torch.tensor([0, 0, 1, 0, 1, 1]),
         clusters=torch.tensor([0, 1, 2, 0, 1, 2]),
@@ -65,10 +65,10 @@ def hand_batch(tags1=(True, True, True, False)):
 def hand_memory():
     return MemoryBank(
         prototypes=torch.tensor([X, Y, Z], dtype=torch.float64),
-        labels=torch.tensor([1, 3, U]),
+        labels=torch.tensor([1, 3, IGNORE_INDEX]),
         tags=torch.tensor([[1, 1, 0, 0], [1, 0, 0, 1], [1, 0, 0, 0]], dtype=torch.bool),
         image_ids=torch.tensor([-1, -2, -3]),
-        affinity_labels=torch.tensor([1, 3, U]),
+        affinity_labels=torch.tensor([1, 3, IGNORE_INDEX]),
     )
 
 
@@ -88,9 +88,10 @@ def test_hand_batch_is_what_build_segments_makes():
 
 def test_affinity_labels_of_hand_batch():
     _, _, _, segments = hand_batch()
-    assert affinity_labels(segments).tolist() == [1, 1, 0, 2, U, 2]
+    assert affinity_labels(segments).tolist() == [1, 1, 0, 2, IGNORE_INDEX, 2]
     # s1 to s0 has cosine 0.98: a stricter threshold leaves s1 unlabelled
-    assert affinity_labels(segments, threshold=0.99).tolist() == [1, U, 0, 2, U, 2]
+    strict = affinity_labels(segments, threshold=0.99)
+    assert strict.tolist() == [1, IGNORE_INDEX, 0, 2, IGNORE_INDEX, 2]
 
 
 # (relation, pixel) -> (positives, negatives), prototypes 0-5 = s0-s5, 6-8 = m0-m2
@@ -220,7 +221,7 @@ def brute_force(relation, emb, seg_ids, superpixels, labels, tags, bank, kappa, 
                 "u": normalise(total),
                 "image": b0,
                 "sp": int(superpixels[b0, n0]),
-                "label": None if lab == U else lab,
+                "label": None if lab == IGNORE_INDEX else lab,
                 "tags": {c for c in range(1, tags.shape[1]) if tags[b0, c]},
             }
         )
@@ -231,14 +232,14 @@ def brute_force(relation, emb, seg_ids, superpixels, labels, tags, bank, kappa, 
             {
                 "u": bank.prototypes[m].double().tolist(),
                 "image": int(bank.image_ids[m]),
-                "label": None if int(bank.labels[m]) == U else int(bank.labels[m]),
+                "label": None if int(bank.labels[m]) == IGNORE_INDEX else int(bank.labels[m]),
                 "tags": {c for c in range(1, bank.tags.shape[1]) if bank.tags[m, c]},
             }
             for m in range(len(bank.labels))
         ]
         for p, a in zip(mem, hand_affinity(mem, threshold), strict=True):
             p["aff"] = a
-        want = [U if a is None else a for a in (p["aff"] for p in mem)]
+        want = [IGNORE_INDEX if a is None else a for a in (p["aff"] for p in mem)]
         assert bank.affinity_labels.tolist() == want  # what the memory stored at push time
         protos = protos + mem
 
@@ -253,7 +254,7 @@ def brute_force(relation, emb, seg_ids, superpixels, labels, tags, bank, kappa, 
                 cand = [s for s, p in enumerate(protos) if p["image"] == b]
                 same = {s for s in cand if protos[s]["sp"] == key}
             elif relation == "semantic_annotation":
-                if int(labels[b, n]) == U:
+                if int(labels[b, n]) == IGNORE_INDEX:
                     continue
                 key = int(labels[b, n])
                 cand = [s for s, p in enumerate(protos) if p["label"] is not None]
@@ -401,8 +402,8 @@ def random_batch(seed, num_images=2, size=6, dim=5, num_classes=4):
     clusters = ((rows[:, None] // 4) * 2 + rows[None, :] // 4).expand(num_images, -1, -1)
     clusters = clusters.clone()
     clusters[0, 5, 5] = clusters[1, 0, 3] = -1  # pixels left out
-    labels = torch.where(torch.rand(classes.shape, generator=g) < 0.3, classes, U)
-    labels[1, :, :2] = U  # class-0 pixels of image 1 unlabelled
+    labels = torch.where(torch.rand(classes.shape, generator=g) < 0.3, classes, IGNORE_INDEX)
+    labels[1, :, :2] = IGNORE_INDEX  # class-0 pixels of image 1 unlabelled
     tags = torch.zeros(num_images, num_classes, dtype=torch.bool)
     tags[torch.arange(num_images)[:, None, None], classes] = True
     segments = build_segments(emb, clusters, superpixels, labels, tags=tags)
@@ -460,9 +461,9 @@ def test_relation_losses_match_brute_force(relation, with_memory):
 
 def test_random_batch_exercises_affinity_both_ways():
     _, _, _, _, segments = random_batch(0)
-    unlabelled = segments.labels == U
+    unlabelled = segments.labels == IGNORE_INDEX
     aff = affinity_labels(segments, threshold=THRESHOLD)
-    assert (unlabelled & (aff != U)).any() and (unlabelled & (aff == U)).any()
+    assert (unlabelled & (aff != IGNORE_INDEX)).any() and (unlabelled & (aff == IGNORE_INDEX)).any()
 
 
 def test_relations_accept_flat_and_image_shaped_inputs():
@@ -552,7 +553,7 @@ def test_pixel_whose_only_positive_is_its_own_segment():
     # only pixel 3 (label 0, embedding y) counts; s2 is the only label-0 segment; negatives are
     # the labelled s0 (x), s3 (x), s5 (y): loss = log((e^k + 1 + 1 + e^k) / e^k)
     emb, labels, _, segments = hand_batch()
-    only = torch.full_like(labels, U)
+    only = torch.full_like(labels, IGNORE_INDEX)
     only[0, 3] = 0
     kappa = 6.0
     got = semantic_annotation(emb, only, segments, concentration=kappa)
@@ -562,7 +563,7 @@ def test_pixel_whose_only_positive_is_its_own_segment():
 def test_no_labelled_pixels_gives_zero_with_a_graph():
     emb, labels, tags, superpixels, _ = random_batch(5)
     emb = emb.clone().requires_grad_()
-    none = torch.full_like(labels, U)
+    none = torch.full_like(labels, IGNORE_INDEX)
     for relation in ("semantic_annotation", "feature_affinity"):
         segments = build_segments(emb, torch.zeros_like(labels), superpixels, none, tags=tags)
         out = spml_loss(emb, none, tags, segments, settings={relation: RelationSetting(10.0, 1.0)})
@@ -574,7 +575,7 @@ def test_no_labelled_pixels_gives_zero_with_a_graph():
 def test_image_without_labels_beside_a_labelled_one_is_finite():
     emb, labels, tags, superpixels, _ = random_batch(6)
     labels = labels.clone()
-    labels[1] = U
+    labels[1] = IGNORE_INDEX
     segments = build_segments(emb, torch.zeros_like(labels), superpixels, labels, tags=tags)
     out = all_losses(emb, labels, tags, segments, filled_memory(0.95), 12.0)
     assert all(torch.isfinite(v) for v in out.values())

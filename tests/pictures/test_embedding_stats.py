@@ -3,6 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import silhouette_samples, silhouette_score
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method.clustering import build_segments
 from spml_lab.pictures import embedding_stats
 
@@ -17,8 +18,8 @@ def test_sample_pixels_layout_and_nearest_downsampling():
     emb = position_map()  # (2, 3, 4, 4)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, size=(2, 12, 16))  # 4x the embedding size
-    labels[0, ::4, ::4][0, 0] = 255  # one unknown pixel at a kept position
-    weak = np.full((2, 12, 16), 255)
+    labels[0, ::4, ::4][0, 0] = IGNORE_INDEX  # one unknown pixel at a kept position
+    weak = np.full((2, 12, 16), IGNORE_INDEX)
     weak[1, 4, 8] = 2  # one labelled pixel: embedding pixel (1, 1, 2)
     sample = embedding_stats.sample_pixels(emb, labels, annotation=weak, num_samples=None)
     assert len(sample["classes"]) == 2 * 3 * 4 - 1  # all but the unknown pixel
@@ -63,25 +64,25 @@ def test_sample_pixels_refuses_bad_input():
     with pytest.raises(ValueError, match="labels hold 2 images"):
         embedding_stats.sample_pixels(emb, np.zeros((2, 4, 4)))
     with pytest.raises(ValueError, match="unknown"):
-        embedding_stats.sample_pixels(emb, np.full((1, 4, 4), 255))
+        embedding_stats.sample_pixels(emb, np.full((1, 4, 4), IGNORE_INDEX))
 
 
 def test_sample_segments_matches_a_loop_over_segments():
     rng = np.random.default_rng(3)
     emb = torch.nn.functional.normalize(torch.randn(2, 6, 6, 3), dim=-1)
     clusters = torch.from_numpy(rng.integers(0, 3, size=(2, 6, 6)))
-    weak = torch.full((2, 6, 6), 255)
+    weak = torch.full((2, 6, 6), IGNORE_INDEX)
     weak[0, :2] = 1
     segments = build_segments(emb, clusters, labels=weak)
     truth = rng.integers(0, 4, size=(2, 12, 12))
-    truth[1, :, :] = np.where(rng.random((12, 12)) < 0.3, 255, truth[1])
+    truth[1, :, :] = np.where(rng.random((12, 12)) < 0.3, IGNORE_INDEX, truth[1])
     sample = embedding_stats.sample_segments(segments, truth)
     small = truth[:, ::2, ::2]
     ids = segments.segment_ids.numpy()
     expected = []
     for s in range(segments.num_segments):
         values = small[ids == s]
-        values = values[values != 255]
+        values = values[values != IGNORE_INDEX]
         if len(values):
             counts = np.bincount(values)
             ys, xs = np.nonzero(ids[segments.image_ids[s]] == s)
@@ -91,7 +92,7 @@ def test_sample_segments_matches_a_loop_over_segments():
     assert sample["classes"].tolist() == [e[1] for e in expected]
     assert sample["y"].tolist() == [e[2] for e in expected]
     assert sample["x"].tolist() == [e[3] for e in expected]
-    assert sample["labelled"].tolist() == (segments.labels[rows] != 255).tolist()
+    assert sample["labelled"].tolist() == (segments.labels[rows] != IGNORE_INDEX).tolist()
     assert sample["sizes"].tolist() == segments.sizes[rows].tolist()
     assert sample["segment"].all()
 

@@ -10,7 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from spml_lab.classroom import demo
+from spml_lab.classroom import lesson_batch
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method import memory, relations
 from spml_lab.nets import embedding_nets
 from spml_lab.pictures import embedding_viz, explorer
@@ -21,7 +22,7 @@ from spml_lab.pictures.explorer import ExplorerState  # noqa: E402
 def batch():
     torch.manual_seed(0)
     net = embedding_nets.SmallEmbeddingNet(embedding_dim=8, width=8)
-    return demo.make_batch("objects", "scribbles", indices=(0, 1), net=net)
+    return lesson_batch.make_batch("objects", "scribbles", indices=(0, 1), net=net)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_bottom_row_shows_the_cosine_to_the_query(ex, batch):
 
 def test_relation_overlay_uses_the_relation_positives(ex, batch):
     state = ExplorerState(0, 12, 20, "cooccurrence")
-    pixel = demo.pixel_index(batch, 0, 12, 20)
+    pixel = lesson_batch.pixel_index(batch, 0, 12, 20)
     pos, neg = relations.positives_negatives(
         "cooccurrence", pixel, batch.embeddings, batch.labels, batch.tags, batch.segments
     )
@@ -100,7 +101,7 @@ def test_nearest_segments_are_the_most_similar_prototypes(ex, batch):
     own = int(batch.segments.segment_ids[1, 20, 11])
     assert all(r["own"] == (r["segment"] == own) for r in rows)
     labels = batch.segments.labels[[r["segment"] for r in rows]].tolist()
-    names = [batch.class_names[v] if v != 255 else "unlabelled" for v in labels]
+    names = [batch.class_names[v] if v != IGNORE_INDEX else "unlabelled" for v in labels]
     assert [r["label"] for r in rows] == names
 
 
@@ -152,7 +153,7 @@ def test_memory_segments_are_counted_in_the_summary(batch):
     bank.push(batch.segments, tags=batch.tags)
     ex = explorer.Explorer.from_batch(batch, memory=bank)
     state = ExplorerState(0, 12, 20, "cooccurrence")
-    pixel = demo.pixel_index(batch, 0, 12, 20)
+    pixel = lesson_batch.pixel_index(batch, 0, 12, 20)
     pos, neg = relations.positives_negatives(
         "cooccurrence", pixel, batch.embeddings, batch.labels, batch.tags, batch.segments, bank
     )

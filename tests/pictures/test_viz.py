@@ -7,6 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.pictures import viz
 
 
@@ -93,7 +94,7 @@ def test_show_relation_draws_one_panel_per_image_and_a_zoom(zoom):
 
 def test_label_pictures_colours_maps_or_draws_them_over_their_images():
     colours = np.array([[0, 0, 0], [200, 100, 0]], np.uint8)
-    labels = np.array([[[1, 255]], [[0, 1]]])
+    labels = np.array([[[1, IGNORE_INDEX]], [[0, 1]]])
     plain = viz.label_pictures(labels, colours)
     assert [p.tolist() for p in plain] == [
         [[[200, 100, 0], [255, 255, 255]]], [[[0, 0, 0], [200, 100, 0]]]

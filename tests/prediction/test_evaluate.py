@@ -12,6 +12,7 @@ from PIL import Image
 from sklearn.metrics import jaccard_score
 
 from spml_lab import cli
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method import label_maps
 from spml_lab.nets.build import build_model
 from spml_lab.pictures import viz
@@ -134,8 +135,8 @@ def test_bank_comes_from_the_training_images_weak_labels(run_dir):
     want = knn.build_prototype_bank(emb, small, grid=KNN["grid"])
     assert torch.equal(bank.labels, want.labels)
     torch.testing.assert_close(bank.prototypes, want.prototypes)
-    present = set(small[small != 255].unique().tolist())
-    assert set(bank.labels.tolist()) == present and 255 not in present
+    present = set(small[small != IGNORE_INDEX].unique().tolist())
+    assert set(bank.labels.tolist()) == present and IGNORE_INDEX not in present
 
 
 def test_knn_prediction_segments_test_images_as_the_bank_was_built(run_dir):
@@ -158,7 +159,7 @@ def test_knn_prediction_segments_test_images_as_the_bank_was_built(run_dir):
 
 def sklearn_scores(pred, target, num_classes):
     pred, target = pred.numpy().ravel(), target.numpy().ravel()
-    keep = target != 255
+    keep = target != IGNORE_INDEX
     labels = list(range(num_classes))
     iou = jaccard_score(target[keep], pred[keep], labels=labels, average=None, zero_division=0)
     # a class in neither ground truth nor prediction has no IoU (0 / 0): NaN, as mean_iou

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method import clustering
 from spml_lab.prediction import knn
 
@@ -112,7 +113,7 @@ def test_knn_rejects_bad_banks():
 
 def test_build_prototype_bank_keeps_labelled_segments_only():
     emb = halves(0, 90)
-    labels = torch.full((1, 4, 6), 255)
+    labels = torch.full((1, 4, 6), IGNORE_INDEX)
     labels[0, 0, 0], labels[0, 1, 1] = 2, 2  # two pixels of class 2 on the left
     labels[0, 3, 4] = 1  # one pixel of class 1 on the right
     bank = knn.build_prototype_bank(emb, labels, grid=(1, 2))
@@ -124,7 +125,15 @@ def test_build_prototype_bank_splits_a_cluster_by_label():
     # one k-means cluster holding pixels of two classes gives two prototypes
     g = torch.Generator().manual_seed(7)
     emb = F.normalize(torch.tensor([1.0, 0.0]) + 0.1 * torch.randn(1, 3, 4, 2, generator=g), dim=-1)
-    labels = torch.tensor([[[0, 0, 255, 255], [255, 255, 255, 255], [255, 255, 3, 3]]])
+    labels = torch.tensor(
+        [
+            [
+                [0, 0, IGNORE_INDEX, IGNORE_INDEX],
+                [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX],
+                [IGNORE_INDEX, IGNORE_INDEX, 3, 3],
+            ]
+        ]
+    )
     bank = knn.build_prototype_bank(emb, labels, grid=(1, 1))
     assert bank.labels.tolist() == [0, 3]
     want = torch.stack([emb[0, 0, :2].mean(0), emb[0, 2, 2:].mean(0)])
@@ -134,9 +143,9 @@ def test_build_prototype_bank_splits_a_cluster_by_label():
 def test_bank_from_train_images_predicts_their_classes():
     # train and test images share the two half-plane classes: retrieval must recover them
     train = torch.cat([halves(0, 90), halves(5, 95)])
-    labels = torch.full((2, 4, 6), 255)
+    labels = torch.full((2, 4, 6), IGNORE_INDEX)
     labels[:, :, :3], labels[:, :, 3:] = 1, 2
-    labels[:, 1:3] = 255  # only a few labelled rows
+    labels[:, 1:3] = IGNORE_INDEX  # only a few labelled rows
     banks = [knn.build_prototype_bank(train[i : i + 1], labels[i : i + 1]) for i in range(2)]
     bank = knn.PrototypeBank.concat(banks)
     assert len(bank) == sum(len(b) for b in banks) and set(bank.labels.tolist()) == {1, 2}

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.prediction import one_image
 
 COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [220, 220, 40]], np.uint8)
@@ -15,7 +16,7 @@ def quadrants(size=48):
     image = COLOURS[truth].copy()
     rng = np.random.default_rng(0)  # mild noise: the net must not rely on exact colours
     image = np.clip(image + rng.integers(-15, 16, image.shape), 0, 255).astype(np.uint8)
-    scribbles = np.full((size, size), 255, np.uint8)
+    scribbles = np.full((size, size), IGNORE_INDEX, np.uint8)
     for r, c in ((0, 0), (0, 1), (1, 0), (1, 1)):
         y, x = r * half + half // 2, c * half + 4
         scribbles[y - 2 : y + 2, x : x + half - 8] = truth[y, x]
@@ -25,7 +26,7 @@ def quadrants(size=48):
 def test_forest_recovers_two_colour_halves_away_from_the_step():
     image = np.zeros((32, 40, 3), np.uint8)
     image[:, 20:] = 255
-    scribbles = np.full((32, 40), 255, np.uint8)
+    scribbles = np.full((32, 40), IGNORE_INDEX, np.uint8)
     scribbles[10:20, 2:6], scribbles[10:20, 30:34] = 1, 0  # ids need not follow the picture
     mask = one_image.segment(image, scribbles, "forest")
     truth = np.where(np.arange(40) < 20, 1, 0)[None].repeat(32, 0)
@@ -82,7 +83,7 @@ def test_crops_are_crops_of_the_image_flipped_or_not():
 
 def image_and_scribbles():
     image = np.zeros((20, 24, 3), np.uint8)
-    scribbles = np.full((20, 24), 255, np.uint8)
+    scribbles = np.full((20, 24), IGNORE_INDEX, np.uint8)
     scribbles[2, :5], scribbles[9, :5] = 0, 1
     return image, scribbles
 
@@ -91,7 +92,7 @@ def image_and_scribbles():
     ("change", "message"),
     [
         (lambda i, s: (i, s[:10]), "scribbles are 10 x 24 pixels but image is 20 x 24"),
-        (lambda i, s: (i, np.full_like(s, 255)), "hold no scribble"),
+        (lambda i, s: (i, np.full_like(s, IGNORE_INDEX)), "hold no scribble"),
         (lambda i, s: (i, np.where(s == 1, 0, s)), "one class only"),
         (lambda i, s: (i, np.where(s == 1, 3, s)), r"ids out of range.*\[1, 2\] have no scribble"),
         (lambda i, s: (i, s[..., None].repeat(3, -1)), "single channel"),

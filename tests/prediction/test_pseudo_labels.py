@@ -52,7 +52,7 @@ def test_random_walk_matches_dense_matrix_power(chunk_size, threshold):
     emb = torch.randn(2, 4, 5, 3, generator=g)  # (B, h, w, D), not unit: the walk normalises
     probs = torch.rand(2, 4, 4, 5, generator=g)
     got = pseudo_labels.random_walk(
-        probs, emb, steps=5, scale=0.5, power=4, threshold=threshold, chunk_size=chunk_size
+        probs, emb, steps=5, sharpness=2.0, threshold=threshold, chunk_size=chunk_size
     )
     want = brute_force_walk(probs, emb, 5, 2.0, threshold)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -63,7 +63,7 @@ def test_random_walk_zero_steps_is_identity_and_rows_stay_distributions():
     emb = torch.randn(1, 5, 5, 6, generator=g)
     probs = torch.softmax(torch.randn(1, 3, 5, 5, generator=g), dim=1)
     torch.testing.assert_close(pseudo_labels.random_walk(probs, emb, steps=0), probs)
-    walked = pseudo_labels.random_walk(probs, emb, steps=64, scale=0.1, power=1)
+    walked = pseudo_labels.random_walk(probs, emb, steps=64, sharpness=0.1)
     torch.testing.assert_close(walked.sum(dim=1), torch.ones(1, 5, 5))
     assert walked.min() >= 0
 

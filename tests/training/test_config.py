@@ -136,7 +136,8 @@ def test_unset_relation_knobs_take_the_papers_per_kind_values(annotation, ann, o
     ) == ann
     assert (settings["cooccurrence"].concentration, settings["cooccurrence"].weight) == occ
     assert settings["low_level"] == RelationSetting(16.0, 0.1)
-    assert TrainConfig(annotation=annotation).head_weight == ann[1]  # (CE + L_ann) x w_ann
+    # (CE + L_ann) x w_ann
+    assert TrainConfig(annotation=annotation).resolved_softmax_weight == ann[1]
     given = TrainConfig(annotation=annotation, cooccurrence_weight=0.7).relation_settings()
     assert given["cooccurrence"].weight == 0.7 and given["cooccurrence"].concentration == occ[0]
 
@@ -149,9 +150,10 @@ def test_unset_knobs_follow_a_changed_annotation_and_stay_unset_in_yaml(tmp_path
     assert back.semantic_annotation_weight is None and back == cfg
 
 
-def test_head_weight_and_contrast_set():
-    assert TrainConfig(head_trains_embedding=True, annotation="points").head_weight == 1.0
-    assert TrainConfig(softmax_weight=0.5).head_weight == 0.5
+def test_resolved_softmax_weight_and_contrast_set():
+    baseline = TrainConfig(head_trains_embedding=True, annotation="points")
+    assert baseline.resolved_softmax_weight == 1.0
+    assert TrainConfig(softmax_weight=0.5).resolved_softmax_weight == 0.5
     assert TrainConfig(head_dropout=0.75).head_dropout == TrainConfig().head_dropout
     # the paper's contrast set: 16 live images + 2 memory batches of 16 = 48 images
     assert TrainConfig(batch_size=16).memory_batches() == 2

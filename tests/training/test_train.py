@@ -6,15 +6,16 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from spml_lab.constants import IGNORE_INDEX
+from spml_lab.data import writers
 from spml_lab.nets import embedding_nets, heads
 from spml_lab.nets.build import build_model
-from spml_lab.training import checkpoints, run_folders, runs, train
+from spml_lab.training import checkpoints, runs, train
 from spml_lab.training.config import TrainConfig
 
 # Tiny runs: 64 px crops give 16 x 16 embeddings; a step takes tens of milliseconds.
@@ -28,16 +29,6 @@ def _rows(run):
 
 
 # ---------------------------------------------------------------------- building blocks
-
-
-def test_poly_lr_warms_up_from_a_tenth_and_decays_to_zero():
-    lrs = [train.poly_lr(s, 1.0, 100, warmup_steps=10) for s in range(101)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(0.55)
-    assert lrs[10] == pytest.approx(0.9**0.9) and lrs[100] == 0.0
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
-    # the ramp never exceeds the decay (a warm-up longer than the run)
-    assert train.poly_lr(9, 1.0, 10, warmup_steps=100) == pytest.approx(0.1**0.9)
-    assert train.poly_lr(50, 0.3, 100, policy="constant") == 0.3
 
 
 def test_param_groups_hold_every_parameter_once_with_the_paper_multipliers():
@@ -64,19 +55,13 @@ def test_downsample_nearest_matches_interpolate(shape, size):
 
 def test_softmax_cross_entropy_of_an_unlabelled_batch_is_zero_with_a_gradient():
     logits = torch.randn(2, 3, 4, 4, requires_grad=True)
-    loss = train.softmax_cross_entropy(logits, torch.full((2, 4, 4), 255))
+    loss = train.softmax_cross_entropy(logits, torch.full((2, 4, 4), IGNORE_INDEX))
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
     labels = torch.randint(0, 3, (2, 4, 4))
-    labels[0, 0] = 255
-    ref = F.cross_entropy(logits, labels, ignore_index=255)
+    labels[0, 0] = IGNORE_INDEX
+    ref = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
     assert torch.allclose(train.softmax_cross_entropy(logits, labels), ref)
-
-
-def test_epoch_order_is_a_seeded_permutation():
-    a, b = train.epoch_order(10, 3, 0), train.epoch_order(10, 3, 1)
-    assert sorted(a.tolist()) == list(range(10)) and not np.array_equal(a, b)
-    assert np.array_equal(a, train.epoch_order(10, 3, 0))
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -143,8 +128,8 @@ def test_same_seed_same_run_and_run_folder_contents(tmp_path):
     cfg = TrainConfig(**TINY, max_steps=4, checkpoint_every=2, out_dir=str(tmp_path / "a"))
     a = train.fit(cfg)
     b = train.fit(cfg.replace(out_dir=str(tmp_path / "b")))
-    # besides the hidden lock file of its one writer (`run_folders.one_writer`)
-    assert sorted(p.name for p in a.iterdir() if p.name != run_folders.LOCK_FILE) == [
+    # besides the hidden lock file of its one writer (`writers.one_writer`)
+    assert sorted(p.name for p in a.iterdir() if p.name != writers.LOCK_FILE) == [
         "checkpoint.pt",
         "config.yaml",
         "final.pt",
@@ -287,7 +272,7 @@ def test_the_head_loss_is_weighted_as_the_papers_stage_one():
             low_level=False,
             semantic_annotation=False,
             cooccurrence=False,
-        ).head_weight
+        ).resolved_softmax_weight
         == 1.0
     )
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from spml_lab import cli
-from spml_lab.batch import runner, sweep, sweep_run
+from spml_lab.sweeps import runner, sweep, sweep_run
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
@@ -32,7 +32,7 @@ def _notebook(path):
         ),
         nbformat.v4.new_code_cell(
             "import pathlib\n"
-            "from spml_lab.batch import runner\n"
+            "from spml_lab.sweeps import runner\n"
             'if B == "x":  # summary.json\n'
             "    runner.write_summary(OUT_DIR, score=A * 10, seen_b=B, out_dir=OUT_DIR)\n"
             "else:  # the trainer's metrics file: the last row counts\n"
@@ -216,7 +216,7 @@ def _parallel_notebook(path):
         "        time.sleep(0.2)"
     )
     report = (
-        "from spml_lab.batch import runner\n"
+        "from spml_lab.sweeps import runner\n"
         "runner.write_summary(OUT_DIR, score=A * 10, device=DEVICE,\n"
         '    threads=os.environ["OMP_NUM_THREADS"],\n'
         '    visible=os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), parent=os.getppid())'
@@ -276,7 +276,7 @@ def test_a_killed_parallel_sweep_resumes_with_what_finished(tmp_path, capsys):
         '    (root / f"kernel-{os.getpid()}").touch()\n'
         '    while not (root / "release").exists():\n'
         "        time.sleep(0.2)\n"
-        "from spml_lab.batch import runner\n"
+        "from spml_lab.sweeps import runner\n"
         "runner.write_summary(OUT_DIR, score=A * 10)"
     )
     nb.cells = [parameters, nbformat.v4.new_code_cell(hold)]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from spml_lab.batch import claims
+from spml_lab.sweeps import claims
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 

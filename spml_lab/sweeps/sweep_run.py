@@ -21,7 +21,7 @@ from pathlib import Path
 
 import filelock
 
-from spml_lab.batch import parallel, runner
+from spml_lab.sweeps import parallel, runner
 
 __all__ = ["Task", "execute_run", "collect_metrics"]
 

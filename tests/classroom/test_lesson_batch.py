@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spml_lab.classroom import demo, lessons
+from spml_lab.classroom import lesson_batch, lessons
+from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import datasets
 from spml_lab.method import clustering, losses, memory, relations
 from spml_lab.nets import embedding_nets
@@ -19,7 +20,7 @@ def small_net(seed=0):
 
 
 def test_make_batch_brings_labels_and_superpixels_to_embedding_size():
-    batch = demo.make_batch("objects", "scribbles", indices=(2, 5), net=small_net())
+    batch = lesson_batch.make_batch("objects", "scribbles", indices=(2, 5), net=small_net())
     data = datasets.embedded("objects", "train", "scribbles")
     assert batch.images.shape == (2, 96, 96, 3) and batch.images.dtype == np.uint8
     assert tuple(batch.embeddings.shape) == (2, 24, 24, 8) and batch.scale == 4
@@ -39,28 +40,28 @@ def test_make_batch_brings_labels_and_superpixels_to_embedding_size():
 
 
 def test_make_batch_default_net_is_seeded():
-    a = demo.make_batch("parts", "points", indices=(0,), seed=3)
-    b = demo.make_batch("parts", "points", indices=(0,), seed=3)
+    a = lesson_batch.make_batch("parts", "points", indices=(0,), seed=3)
+    b = lesson_batch.make_batch("parts", "points", indices=(0,), seed=3)
     assert torch.equal(a.embeddings, b.embeddings)
     assert torch.allclose(a.embeddings.norm(dim=-1), torch.ones(1, 32, 32))
 
 
 def test_make_batch_with_tags_has_no_pixel_labels():
-    batch = demo.make_batch("objects", "tags", indices=(0, 1), net=small_net())
-    assert (batch.labels == 255).all() and batch.tags[:, 1:].any(1).all()
+    batch = lesson_batch.make_batch("objects", "tags", indices=(0, 1), net=small_net())
+    assert (batch.labels == IGNORE_INDEX).all() and batch.tags[:, 1:].any(1).all()
 
 
 @pytest.mark.parametrize("indices", [(), (0, 10_000), (-1,)])
 def test_make_batch_refuses_bad_indices(indices):
     with pytest.raises(ValueError, match="indices"):
-        demo.make_batch(indices=indices, net=small_net())
+        lesson_batch.make_batch(indices=indices, net=small_net())
 
 
 def test_pixel_index_and_position_round_trip():
-    batch = demo.make_batch(indices=(0, 1), net=small_net())
+    batch = lesson_batch.make_batch(indices=(0, 1), net=small_net())
     for b, y, x in [(0, 0, 0), (1, 23, 23), (1, 5, 17)]:
-        pixel = demo.pixel_index(batch, b, y, x)
-        assert demo.pixel_position(batch, pixel) == (b, y, x)
+        pixel = lesson_batch.pixel_index(batch, b, y, x)
+        assert lesson_batch.pixel_position(batch, pixel) == (b, y, x)
         assert batch.embeddings.reshape(-1, 8)[pixel].equal(batch.embeddings[b, y, x])
 
 
@@ -68,11 +69,11 @@ def test_pixel_index_and_position_round_trip():
 def test_pick_pixel_has_positives_other_than_its_own_segment(relation):
     # a fine grid: enough suitable segments in image 0 for different seeds to pick different
     # pixels (on training's 2 x 2 grid every seed picks the same for semantic annotation)
-    batch = demo.make_batch("objects", "scribbles", net=small_net(), grid=(5, 5))
+    batch = lesson_batch.make_batch("objects", "scribbles", net=small_net(), grid=(5, 5))
     picks = set()
     for seed in range(5):
-        pixel = demo.pick_pixel(batch, relation, seed=seed)
-        b, y, x = demo.pixel_position(batch, pixel)
+        pixel = lesson_batch.pick_pixel(batch, relation, seed=seed)
+        b, y, x = lesson_batch.pixel_position(batch, pixel)
         assert b == 0
         own = int(batch.segments.segment_ids[b, y, x])
         pos, neg = relations.positives_negatives(
@@ -80,14 +81,14 @@ def test_pick_pixel_has_positives_other_than_its_own_segment(relation):
         )
         assert pos.any() and neg.any() and not pos[own]
         picks.add(pixel)
-    assert pixel == demo.pick_pixel(batch, relation, seed=4)  # same seed, same pixel
+    assert pixel == lesson_batch.pick_pixel(batch, relation, seed=4)  # same seed, same pixel
     assert len(picks) > 1
 
 
 def test_pick_pixel_without_candidates_raises():
-    batch = demo.make_batch("objects", "tags", indices=(0,), net=small_net())
+    batch = lesson_batch.make_batch("objects", "tags", indices=(0,), net=small_net())
     with pytest.raises(ValueError, match="no pixel"):
-        demo.pick_pixel(batch, "cooccurrence")  # one image: nothing to contrast with
+        lesson_batch.pick_pixel(batch, "cooccurrence")  # one image: nothing to contrast with
 
 
 def brute_within_across(emb, partition):
@@ -96,7 +97,7 @@ def brute_within_across(emb, partition):
         rows, ids = e.reshape(-1, e.shape[-1]), p.reshape(-1)
         same, diff = [], []
         for i, j in itertools.permutations(range(len(ids)), 2):
-            if ids[i] in (-1, 255) or ids[j] in (-1, 255):
+            if ids[i] in (-1, IGNORE_INDEX) or ids[j] in (-1, IGNORE_INDEX):
                 continue
             (same if ids[i] == ids[j] else diff).append(float(rows[i] @ rows[j]))
         within.append(np.mean(same))
@@ -108,18 +109,18 @@ def test_similarity_within_across_matches_brute_force():
     gen = torch.Generator().manual_seed(0)
     emb = F.normalize(torch.randn(2, 3, 4, 5, generator=gen), dim=-1)
     partition = torch.randint(0, 3, (2, 3, 4), generator=gen)
-    partition[0, 0, 0], partition[1, 2, 3] = 255, -1  # left out
-    got = demo.similarity_within_across(emb, partition)
+    partition[0, 0, 0], partition[1, 2, 3] = IGNORE_INDEX, -1  # left out
+    got = lesson_batch.similarity_within_across(emb, partition)
     assert np.allclose(got, brute_within_across(emb, partition))
 
 
 def test_segment_weights_give_the_pixel_loss():
-    batch = demo.make_batch("objects", "scribbles", net=small_net(1))
-    pixel = demo.pick_pixel(batch, "semantic_annotation")
+    batch = lesson_batch.make_batch("objects", "scribbles", net=small_net(1))
+    pixel = lesson_batch.pick_pixel(batch, "semantic_annotation")
     pos, neg = relations.positives_negatives(
         "semantic_annotation", pixel, batch.embeddings, batch.labels, batch.tags, batch.segments
     )
-    weights = demo.segment_weights(batch, pixel, "semantic_annotation", pos, neg, 6.0)
+    weights = lesson_batch.segment_weights(batch, pixel, "semantic_annotation", pos, neg, 6.0)
     assert torch.isclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
     assert (weights[~(pos | neg)] == 0).all()
     per_pixel = losses.pixel_segment_loss(
@@ -130,13 +131,13 @@ def test_segment_weights_give_the_pixel_loss():
         batch.segments.labels,
         6.0,
         reduction="none",
-        ignore_index=255,
+        ignore_index=IGNORE_INDEX,
     )
     assert torch.isclose(-weights[pos].sum().log(), per_pixel[pixel].double(), atol=1e-5)
 
 
 def test_upsample_gives_blocks_at_image_size():
-    batch = demo.make_batch(indices=(0,), net=small_net())
+    batch = lesson_batch.make_batch(indices=(0,), net=small_net())
     up = batch.upsample(batch.labels)
     assert up.shape == (1, 96, 96)
     assert (up[:, ::4, ::4] == batch.labels.numpy()).all() and (
@@ -145,47 +146,47 @@ def test_upsample_gives_blocks_at_image_size():
 
 
 def test_pick_pixel_respects_where():
-    batch = demo.make_batch("objects", "scribbles", net=small_net())
-    objects = (batch.labels > 0) & (batch.labels != 255)
+    batch = lesson_batch.make_batch("objects", "scribbles", net=small_net())
+    objects = (batch.labels > 0) & (batch.labels != IGNORE_INDEX)
     for seed in range(3):
-        pixel = demo.pick_pixel(batch, "semantic_annotation", seed=seed, where=objects)
+        pixel = lesson_batch.pick_pixel(batch, "semantic_annotation", seed=seed, where=objects)
         assert objects.reshape(-1)[pixel]
-    unlabelled = batch.labels == 255
-    pixel = demo.pick_pixel(batch, "feature_affinity", where=unlabelled)
+    unlabelled = batch.labels == IGNORE_INDEX
+    pixel = lesson_batch.pick_pixel(batch, "feature_affinity", where=unlabelled)
     assert unlabelled.reshape(-1)[pixel]
 
 
 def test_segment_weights_with_memory_cover_the_memory_too():
     net = small_net(2)
-    batch = demo.make_batch("objects", "scribbles", net=net)
-    earlier = demo.make_batch("objects", "scribbles", indices=(4, 5), net=net)
+    batch = lesson_batch.make_batch("objects", "scribbles", net=net)
+    earlier = lesson_batch.make_batch("objects", "scribbles", indices=(4, 5), net=net)
     bank = memory.PrototypeMemory(1)
     bank.push(earlier.segments)
-    objects = (batch.labels > 0) & (batch.labels != 255)
-    pixel = demo.pick_pixel(batch, "semantic_annotation", where=objects)
+    objects = (batch.labels > 0) & (batch.labels != IGNORE_INDEX)
+    pixel = lesson_batch.pick_pixel(batch, "semantic_annotation", where=objects)
     pos, neg = relations.positives_negatives(
         "semantic_annotation", pixel, batch.embeddings, batch.labels, batch.tags,
         batch.segments, bank,
     )  # fmt: skip
-    weights = demo.segment_weights(batch, pixel, "semantic_annotation", pos, neg, 6.0, bank)
+    weights = lesson_batch.segment_weights(batch, pixel, "semantic_annotation", pos, neg, 6.0, bank)
     assert len(weights) == len(pos) > batch.segments.num_segments
     assert torch.isclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
     assert (weights[batch.segments.num_segments :] > 0).any()
-    only_batch = demo.segment_weights(batch, pixel, "semantic_annotation", pos, neg, 6.0)
+    only_batch = lesson_batch.segment_weights(batch, pixel, "semantic_annotation", pos, neg, 6.0)
     assert len(only_batch) == batch.segments.num_segments
 
 
 def test_nearest_labels_matches_brute_force():
-    batch = demo.make_batch("objects", "tags", indices=(0, 1), net=small_net(3))
-    reference = demo.make_batch("objects", "scribbles", indices=(2, 3), net=small_net(3))
+    batch = lesson_batch.make_batch("objects", "tags", indices=(0, 1), net=small_net(3))
+    reference = lesson_batch.make_batch("objects", "scribbles", indices=(2, 3), net=small_net(3))
     protos, labels = reference.segments.prototypes, reference.segments.labels
-    got = demo.nearest_labels(batch, protos, labels)
-    labelled = torch.nonzero(labels != 255)[:, 0]
+    got = lesson_batch.nearest_labels(batch, protos, labels)
+    labelled = torch.nonzero(labels != IGNORE_INDEX)[:, 0]
     for s in range(0, batch.segments.num_segments, 37):
         best = max(labelled.tolist(), key=lambda r: float(batch.segments.prototypes[s] @ protos[r]))
         assert (got[batch.segments.segment_ids == s] == labels[best]).all()
-    none = demo.nearest_labels(batch, protos, torch.full_like(labels, 255))
-    assert (none == 255).all()
+    none = lesson_batch.nearest_labels(batch, protos, torch.full_like(labels, IGNORE_INDEX))
+    assert (none == IGNORE_INDEX).all()
 
 
 def per_pixel_loss(relation, batch, kappa):
@@ -213,7 +214,7 @@ def per_pixel_loss(relation, batch, kappa):
     else:  # cooccurrence: image tag sets without background
         labels = batch.tags[:, 1:].repeat_interleave(height * width, 0)
         proto_labels = batch.tags[seg.image_ids][:, 1:]
-    ignore = 255 if relation == "semantic_annotation" else None
+    ignore = IGNORE_INDEX if relation == "semantic_annotation" else None
     return losses.pixel_segment_loss(
         emb.reshape(-1, dim), labels, ids, seg.prototypes, proto_labels, kappa,
         reduction="none", ignore_index=ignore,
@@ -223,15 +224,15 @@ def per_pixel_loss(relation, batch, kappa):
 @pytest.mark.parametrize("relation", ["low_level", "semantic_annotation", "cooccurrence"])
 def test_minus_log_of_the_positives_share_is_the_pixels_loss(relation):
     # the lesson's statement: -log of the positives' share of a pixel's softmax is its loss
-    batch = demo.make_batch("objects", "scribbles", indices=(0, 2), net=small_net(1))
+    batch = lesson_batch.make_batch("objects", "scribbles", indices=(0, 2), net=small_net(1))
     kappa = 16.0
     per_pixel = per_pixel_loss(relation, batch, kappa).double()
     for seed in range(2):
-        pixel = demo.pick_pixel(batch, relation, seed=seed, image=None)
+        pixel = lesson_batch.pick_pixel(batch, relation, seed=seed, image=None)
         pos, neg = relations.positives_negatives(
             relation, pixel, batch.embeddings, batch.labels, batch.tags, batch.segments
         )
-        weights = demo.segment_weights(batch, pixel, relation, pos, neg, kappa)
+        weights = lesson_batch.segment_weights(batch, pixel, relation, pos, neg, kappa)
         assert float(-weights[pos].sum().log()) == pytest.approx(float(per_pixel[pixel]), abs=1e-5)
         sweep = lessons.kappa_sweep(batch, pixel, relation, [kappa], pos, neg)
         assert -math.log(sweep.shares[0]) == pytest.approx(float(per_pixel[pixel]), abs=1e-5)

@@ -1,6 +1,6 @@
 """Where a sweep's runs go: options, slots, pinning, dispatch, and the Slurm executor.
 
-No kernel runs here; `tests/batch/test_sweep.py` runs real sweeps through these pieces.
+No kernel runs here; `tests/sweeps/test_sweep.py` runs real sweeps through these pieces.
 """
 
 import os
@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from spml_lab import cli
-from spml_lab.batch import parallel
+from spml_lab.sweeps import parallel
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 

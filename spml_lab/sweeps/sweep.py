@@ -46,9 +46,9 @@ from pathlib import Path
 
 import filelock
 
-from spml_lab.batch import parallel, runner, sweep_run
-from spml_lab.batch.sweep_run import DEVICE, FIXED, MARKER, Task, execute_run
-from spml_lab.training import run_folders
+from spml_lab.data import writers
+from spml_lab.sweeps import parallel, runner, sweep_run
+from spml_lab.sweeps.sweep_run import DEVICE, FIXED, MARKER, Task, execute_run
 
 __all__ = [
     "Trial",
@@ -338,7 +338,7 @@ def run_sweep(
     runs = plan(notebook, grid, out_dir, force=force)  # its refusals come before any write
     if options[1] and DEVICE in runs[0].parameters:
         raise ValueError(f"{DEVICE} cannot be swept with --devices: the sweep sets it per run")
-    with run_folders.one_writer(out_dir):  # a second sweep into the folder is refused
+    with writers.one_writer(out_dir):  # a second sweep into the folder is refused
         return _run_sweep(notebook, grid, out_dir, force, kernel_name, echo, *options)
 
 

@@ -1,11 +1,11 @@
-"""Small embedded batches, embedded by a network and segmented, for pictures and exercises.
+"""Lesson batches: a few images of the embedded data, run through a network and segmented.
 
 The relation notebooks look at *one* batch the way a training step sees it: the images, their
 pixel embeddings at the network's output resolution, the weak labels and superpixels brought
 down to that resolution, the image tags, and the `clustering.Segments` built from all of it.
-`make_batch` assembles such a batch from the committed embedded data; `pick_pixel` chooses a
-pixel worth drawing; `similarity_within_across` measures how much an embedding follows a
-partition (superpixels, classes).
+`make_batch` assembles such a batch (a `LessonBatch`) from the committed embedded data;
+`pick_pixel` chooses a pixel worth drawing; `similarity_within_across` measures how much an
+embedding follows a partition (superpixels, classes).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from spml_lab.nets import embedding_nets
 from spml_lab.training.config import TrainConfig
 
 __all__ = [
-    "DemoBatch",
+    "LessonBatch",
     "make_batch",
     "pixel_index",
     "pixel_position",
@@ -36,7 +36,7 @@ __all__ = [
 
 
 @dataclass
-class DemoBatch:
+class LessonBatch:
     """One batch as a training step sees it, plus what the pictures need.
 
     Attributes
@@ -132,7 +132,7 @@ def make_batch(
 
     Returns
     -------
-    batch : DemoBatch
+    batch : LessonBatch
 
     Raises
     ------
@@ -164,7 +164,7 @@ def make_batch(
     segments = clustering.segment_batch(
         embeddings, superpixels, labels, grid, iterations, tags=tags, valid=valid
     )
-    return DemoBatch(
+    return LessonBatch(
         images=(images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),
         truth=np.stack([full[i]["label"].numpy() for i in indices]),
         embeddings=embeddings,
@@ -182,7 +182,7 @@ def pixel_index(batch, image, y, x):
 
     Parameters
     ----------
-    batch : DemoBatch
+    batch : LessonBatch
     image, y, x : int
         Image of the batch and row, column at embedding resolution.
 
@@ -205,7 +205,7 @@ def pixel_position(batch, pixel):
 
     Parameters
     ----------
-    batch : DemoBatch
+    batch : LessonBatch
     pixel : int
 
     Returns
@@ -222,7 +222,7 @@ def pick_pixel(batch, relation, *, seed=0, image=0, where=None, tries=8, memory=
 
     Parameters
     ----------
-    batch : DemoBatch
+    batch : LessonBatch
     relation : str
         One of `relations.RELATIONS`.
     seed : int, optional
@@ -230,7 +230,7 @@ def pick_pixel(batch, relation, *, seed=0, image=0, where=None, tries=8, memory=
     image : int or None, optional
         Image of the batch to choose from; None: any image.
     where : (B, h, w) bool tensor, optional
-        Pixels allowed (e.g. ``(batch.labels > 0) & (batch.labels != 255)``: a labelled
+        Pixels allowed (e.g. ``(batch.labels > 0) & (batch.labels != IGNORE_INDEX)``: a labelled
         object pixel); the test is made on the chosen pixel of each segment.
     tries : int, optional
         Of the first `tries` suitable pixels (in the seeded order) take the one whose positive
@@ -353,7 +353,7 @@ def compared_features(batch, relation, *, location_weight=None):
 
     Parameters
     ----------
-    batch : DemoBatch
+    batch : LessonBatch
     relation : str
         One of `relations.RELATIONS`.
     location_weight : float, optional
@@ -375,7 +375,7 @@ def compared_features(batch, relation, *, location_weight=None):
     --------
     >>> from spml_lab.method.clustering import build_segments
     >>> emb = torch.eye(2)[None, None]  # one image, 1 x 2 pixels, orthogonal
-    >>> batch = DemoBatch(None, None, emb, None, None, None,
+    >>> batch = LessonBatch(None, None, emb, None, None, None,
     ...                   build_segments(emb, torch.tensor([[[0, 1]]])), [], [])
     >>> rows, protos = compared_features(batch, "low_level")
     >>> tuple(rows.shape), tuple(protos.shape)  # [v, location]: two more columns
@@ -410,7 +410,7 @@ def segment_weights(
 
     Parameters
     ----------
-    batch : DemoBatch
+    batch : LessonBatch
     pixel : int
         Flat pixel index.
     relation : str
@@ -443,7 +443,7 @@ def segment_weights(
 
     >>> from spml_lab.method.clustering import build_segments
     >>> emb = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])  # one image, 1 x 2 pixels
-    >>> batch = DemoBatch(None, None, emb, None, None, None,
+    >>> batch = LessonBatch(None, None, emb, None, None, None,
     ...                   build_segments(emb, torch.tensor([[[0, 1]]])), [], [])
     >>> pos, neg = torch.tensor([True, False]), torch.tensor([False, True])
     >>> w = segment_weights(batch, 0, "semantic_annotation", pos, neg, 2.0)
@@ -476,7 +476,7 @@ def nearest_labels(batch, prototypes, labels, *, ignore_index=IGNORE_INDEX):
 
     Parameters
     ----------
-    batch : DemoBatch
+    batch : LessonBatch
         The images to label (their segments' prototypes are compared).
     prototypes : (R, D) float tensor
         Reference prototypes, e.g. the segments of training images.
@@ -493,7 +493,7 @@ def nearest_labels(batch, prototypes, labels, *, ignore_index=IGNORE_INDEX):
     --------
     >>> from spml_lab.method.clustering import build_segments
     >>> emb = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # one image, 1 x 2 pixels
-    >>> batch = DemoBatch(None, None, emb, None, None, None,
+    >>> batch = LessonBatch(None, None, emb, None, None, None,
     ...                   build_segments(emb, torch.tensor([[[0, 1]]])), [], [])
     >>> refs = torch.tensor([[0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
     >>> nearest_labels(batch, refs, torch.tensor([3, 5, 255]))

@@ -1,1 +1,0 @@
-"""Batch work: run a notebook headlessly with parameters, and sweep a grid of runs."""
