@@ -7,7 +7,9 @@
 
 In a document (`DOCUMENTS`), a table made here follows a line ``<!-- tables.py: NAME -->``;
 `--write` replaces the table under each such line and `--check` (a test) fails where one
-differs, so the documents' numbers are the CSVs' and nothing else.
+differs, so the documents' numbers are the CSVs' and nothing else. The accuracy and relations
+tables are built here; the tables of time and memory in `tables_speed.py`, those of the
+calibration and the shipped runs in `tables_runs.py`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a source checkout
+
+import tables_runs  # noqa: E402
+import tables_speed  # noqa: E402
 
 from spml_lab.sweeps import claims  # noqa: E402
 
@@ -60,7 +65,14 @@ DOCUMENTS = {
         "predictors",
         "sparsity",
         "mechanisms",
+        "run_times",
+        "difficulty",
+        "calibration",
     ),
+    "docs/data.md": ("synthetic_speed",),
+    "docs/embedding.md": ("embedding",),
+    "docs/gpu.md": ("prepare_speed", "contrastive_speed", "train_speed"),
+    "docs/reference.md": ("predict_memory", "shipped_runs", "sweep_speed"),
 }
 
 
@@ -192,6 +204,8 @@ def main():
     parser.add_argument("--write", action="store_true", help="rewrite the documents' tables")
     args = parser.parse_args()
     tables = {**accuracy_tables(args.tag), **relations_tables()}
+    built = {**tables_speed.tables(RESULTS), **tables_runs.tables(ROOT, RESULTS)}
+    tables.update({name: _table(*table) for name, table in built.items()})
     if args.write:
         for document in DOCUMENTS:
             path = ROOT / document

@@ -85,6 +85,14 @@ def test_accuracy_claims_need_two_standard_errors():
     assert accuracy.check_claims(tight)[0]["holds"] == "PASS"
 
 
+def test_synthetic_speed_reports_cpu_time_without_writing():
+    before = (ROOT / "benchmarks/results/synthetic_speed.csv").read_text()
+    out = run(ROOT / "benchmarks/synthetic_speed.py", "--num-images", "2", "--size", "48",
+              "--no-write")  # fmt: skip
+    assert "CPU time" in out and "appended" not in out
+    assert (ROOT / "benchmarks/results/synthetic_speed.csv").read_text() == before
+
+
 def test_documented_tables_equal_the_committed_csvs():
     assert "tables equal the committed CSVs" in run(ROOT / "benchmarks" / "tables.py", "--check")
 
