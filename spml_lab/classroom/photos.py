@@ -19,7 +19,7 @@ from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import labelio
 from spml_lab.data.datasets import DATA_SAMPLES
 
-__all__ = ["PHOTOS", "SIDE", "fit", "load", "photo", "stored", "scribbles"]
+__all__ = ["PHOTOS", "SIDE", "fit", "load", "photo", "stored", "stored_scribbles", "scribbles"]
 
 # scikit-image's bundled colour photographs
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
@@ -111,6 +111,38 @@ def load(source, side=SIDE):
 def stored():
     """Return the stored strokes: photo name -> {"classes", "radius", "strokes"}."""
     return json.loads(STROKES.read_text())
+
+
+def stored_scribbles(name, shape):
+    """Return the stored strokes of a photo as a label map, at the photo's size.
+
+    Parameters
+    ----------
+    name : str
+        A photo with stored strokes (a key of `stored`).
+    shape : (int, int)
+        ``(H, W)`` of the photo, e.g. ``photo(name, side).shape[:2]``: strokes and brush are
+        scaled from `SIDE`, the size they were drawn at.
+
+    Returns
+    -------
+    labels : (H, W) uint8 ndarray
+        Class ids where painted, 255 elsewhere (`scribbles`).
+
+    Examples
+    --------
+    >>> labels = stored_scribbles("chelsea", (85, 128))
+    >>> labels.shape, sorted(set(labels.ravel().tolist()))
+    ((85, 128), [0, 1, 2, 255])
+    """
+    entries = stored()
+    if name not in entries:
+        raise ValueError(f"no stored strokes for {name!r}; photos with strokes: {sorted(entries)}")
+    entry = entries[name]
+    scale = max(shape) / SIDE
+    strokes = [(c, [(x * scale, y * scale) for x, y in line]) for c, line in entry["strokes"]]
+    # a brush of at least one pixel, so a thin stroke survives a small picture
+    return scribbles(shape, strokes, max(1, round(entry["radius"] * scale)))
 
 
 def scribbles(shape, strokes, radius):

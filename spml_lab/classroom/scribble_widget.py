@@ -136,13 +136,7 @@ class ScribbleWidget:
         else:
             image = photos.load(photo, self.side)
         if scribbles is None and stored is not None:
-            # the strokes were drawn at photos.SIDE: scale them (and the brush) to this side
-            scale = max(image.shape[:2]) / photos.SIDE
-            strokes = [
-                (c, [(x * scale, y * scale) for x, y in line]) for c, line in stored["strokes"]
-            ]
-            radius = max(1, round(stored["radius"] * scale))
-            scribbles = photos.scribbles(image.shape[:2], strokes, radius)
+            scribbles = photos.stored_scribbles(photo, image.shape[:2])
         if scribbles is None:
             scribbles = np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
         scribbles = np.asarray(scribbles)
