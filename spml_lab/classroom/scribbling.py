@@ -247,7 +247,17 @@ def masks_figure(image, scribbles, masks, class_names, *, title=None, size=2.6):
             pictures[f"{method} (not trained)"] = image
         else:
             pictures[method] = viz.overlay(image, mask, colours, alpha=0.5)
-    return viz.show_grid(
-        [list(pictures.values())], col_titles=list(pictures), size=size,
-        class_names=class_names, colours=colours, title=title,
+    fig = viz.show_grid([list(pictures.values())], col_titles=list(pictures), size=size)
+    # the legend on as few lines as the row is wide (show_grid's own has five names a line,
+    # which a single row of pictures has no room for)
+    per_line = max(1, min(len(class_names), 2 * len(pictures)))
+    lines = -(-len(class_names) // per_line)
+    fig.legend(
+        handles=viz.legend_handles(class_names, colours), loc="lower center", ncol=per_line,
+        fontsize=8, frameon=False,
     )  # fmt: skip
+    inches = 0.3 / size  # a line of text, as a fraction of the figure's height
+    fig.tight_layout(rect=(0, min(0.5, lines * inches), 1, 1 - 1.2 * inches if title else 1))
+    if title:
+        fig.suptitle(title, y=1 - 0.2 * inches, va="top", fontsize=11)
+    return fig
