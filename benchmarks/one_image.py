@@ -205,26 +205,25 @@ def report(out):
 
 SPEED_OUT = RESULTS / "one_image_speed.csv"
 SPEED_COLUMNS = [
-    "photo", "height", "width", "threads", "run", "steps", "first_mask_s", "first_spml_s",
+    "photo", "height", "width", "threads", "steps", "first_mask_s", "first_spml_s",
     "max_gap_s", "last_mask_s", "masks", "cpu_s", "load_before", "load_after", "target_met",
 ]  # fmt: skip
 FIRST_MASK_TARGET, GAP_TARGET = 10.0, 2.0  # seconds: the widget's promise on 2 cores
 
 
-def speed(steps, threads=(1, 2), out=SPEED_OUT):
+def speed(steps, threads=(1,), out=SPEED_OUT):
     """Time what the widget's Train button runs, on the bundled photos at 256 px.
 
     `scribbling.Training` (the forest, then SPML with a progress mask every
-    ``one_image.RECIPE.update_every`` steps) on each photo with stored strokes, with 1 and 2
-    torch threads (a Jupyter kernel takes as many as there are cores). The first photo runs
-    twice at first: ``cold`` pays the process's lazy imports and first calls, as the first
-    Train press of a fresh kernel does; every other run is ``warm``. Per run: seconds from
-    start to the first mask (the forest's), to SPML's first mask, the longest gap between two
-    masks after the first one, and the process's CPU seconds (with load, wall time exceeds
-    them). Written to `out` with the load average before and after.
+    ``one_image.RECIPE.update_every`` steps) on each photo with stored strokes, after
+    `scribbling.warm_up` (which the widget runs when it is made, while its user paints), with
+    each number of torch threads in `threads` (the widget uses `scribbling.THREADS`). Per run:
+    seconds from start to the first mask (the forest's), to SPML's first mask, the longest gap
+    between two masks after the first one, and the process's CPU seconds (with load, wall time
+    exceeds them). Written to `out` with the load average before and after each run.
 
     Hardware of the committed CSV: AMD EPYC, 2 cores, shared with other jobs (see the load
-    columns); python benchmarks/one_image.py --speed.
+    columns); ``python benchmarks/one_image.py --speed --threads 1 2``.
     """
     import os
 
@@ -232,38 +231,38 @@ def speed(steps, threads=(1, 2), out=SPEED_OUT):
 
     print(f"targets: first mask <= {FIRST_MASK_TARGET:g} s after Train, then an update at "
           f"least every {GAP_TARGET:g} s; {os.cpu_count()} cores")  # fmt: skip
+    tic = time.perf_counter()
+    scribbling.warm_up().join()
+    print(f"warm-up (once per process, when a widget is made): {time.perf_counter() - tic:.1f} s")
     rows = []
     for count in threads:
-        torch.set_num_threads(count)
         for name in photos.stored():
             image = photos.photo(name)
             strokes = photos.stored_scribbles(name, image.shape[:2])
-            for run_kind in ("cold", "warm") if not rows else ("warm",):
-                load = os.getloadavg()[0]
-                cpu = time.process_time()
-                training = scribbling.Training(lambda *mask: None, steps=steps)
-                training.start(image, strokes)
-                training.join()
-                if training.error is not None:
-                    raise training.error
-                times = sorted(training.times.values())
-                first_spml = min(t for (m, _), t in training.times.items() if m == "spml")
-                gap = float(np.diff(times).max(initial=0))
-                row = {
-                    "photo": name, "height": image.shape[0], "width": image.shape[1],
-                    "threads": count, "run": run_kind, "steps": steps,
-                    "first_mask_s": round(times[0], 2), "first_spml_s": round(first_spml, 2),
-                    "max_gap_s": round(gap, 2), "last_mask_s": round(times[-1], 2),
-                    "masks": len(times), "cpu_s": round(time.process_time() - cpu, 2),
-                    "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-                    "target_met": times[0] <= FIRST_MASK_TARGET and gap <= GAP_TARGET,
-                }  # fmt: skip
-                rows.append(row)
-                print(f"{name:10s} {image.shape[0]}x{image.shape[1]} {count} thread(s) "
-                      f"{run_kind}: first mask {times[0]:4.1f} s, SPML's {first_spml:4.1f} s, "
-                      f"then every {gap:3.1f} s at most ({len(times)} masks in "
-                      f"{times[-1]:4.1f} s, {row['cpu_s']:4.1f} CPU s, "
-                      f"load {load:.1f})")  # fmt: skip
+            load = os.getloadavg()[0]
+            cpu = time.process_time()
+            training = scribbling.Training(lambda *mask: None, steps=steps, threads=count)
+            training.start(image, strokes)
+            training.join()
+            if training.error is not None:
+                raise training.error
+            times = sorted(training.times.values())
+            first_spml = min(t for (m, _), t in training.times.items() if m == "spml")
+            gap = float(np.diff(times).max(initial=0))
+            row = {
+                "photo": name, "height": image.shape[0], "width": image.shape[1],
+                "threads": count, "steps": steps,
+                "first_mask_s": round(times[0], 2), "first_spml_s": round(first_spml, 2),
+                "max_gap_s": round(gap, 2), "last_mask_s": round(times[-1], 2),
+                "masks": len(times), "cpu_s": round(time.process_time() - cpu, 2),
+                "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+                "target_met": times[0] <= FIRST_MASK_TARGET and gap <= GAP_TARGET,
+            }  # fmt: skip
+            rows.append(row)
+            print(f"{name:10s} {image.shape[0]}x{image.shape[1]} {count} thread(s): first mask "
+                  f"{times[0]:4.1f} s, SPML's {first_spml:4.1f} s, then every {gap:3.1f} s at "
+                  f"most ({len(times)} masks in {times[-1]:4.1f} s, {row['cpu_s']:4.1f} CPU s, "
+                  f"load {load:.1f})")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, SPEED_COLUMNS)
@@ -285,10 +284,10 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=None,
                         help=f"subset of {list(METHODS) + list(VARIANTS)}")  # fmt: skip
     parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="torch threads (default 1; --speed: each of 1 and 2)")  # fmt: skip
+                        help="torch threads (default 1; --speed: each one given)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.speed:
-        return speed(args.steps, threads=args.threads or (1, 2), out=args.out or SPEED_OUT)
+        return speed(args.steps, threads=args.threads or (1,), out=args.out or SPEED_OUT)
     torch.set_num_threads((args.threads or [1])[0])
     if args.quick:
         args.scenes, args.steps = 2, 10

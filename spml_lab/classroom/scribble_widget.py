@@ -104,6 +104,7 @@ class ScribbleWidget:
         )
         self._build_widget(radius, live)
         self.load(photo, class_names=class_names, scribbles=scribbles)
+        scribbling.warm_up()  # while the user paints, so that the first Train is quick
 
     # ------------------------------------------------------------------ state
 

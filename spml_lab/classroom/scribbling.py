@@ -16,17 +16,56 @@ import threading
 import time
 
 import numpy as np
+import torch
 
 from spml_lab.constants import IGNORE_INDEX
 from spml_lab.pictures import viz
 from spml_lab.prediction import one_image
 
-__all__ = ["ORDER", "Training", "masks_figure", "paint"]
+__all__ = ["ORDER", "THREADS", "Training", "masks_figure", "paint", "warm_up"]
 
 # The forest first: it is ready in a second or two, so there is something to look at while
 # SPML trains (sequential, not side by side: on two cores, two threads of work plus torch's own
 # threads would only slow both down)
 ORDER = ("forest", "spml")
+# Torch threads of a training thread. One: the masks are then those of `spml-lab segment` and
+# the benchmarks (one thread each), and the second core stays free for the kernel and the
+# browser. Two threads on two cores that other work also uses spin and wait: the widget's
+# Train on astronaut at 256 px took 79 s instead of 13 s (one_image_speed.csv, load about 5).
+THREADS = 1
+
+_WARM = {"thread": None}  # the one warm-up thread of this process (`warm_up`)
+_WARM_LOCK = threading.Lock()
+
+
+def warm_up():
+    """Run the forest and SPML once on a tiny picture in the background, once per process.
+
+    The first `one_image.segment` of a process pays one-off costs (torch imports its compiler
+    when the first optimizer is made, scikit-learn and the CRF load): about 3 CPU seconds,
+    which would otherwise delay the first Train press. A widget starts this when it is made,
+    while its user paints; `Training` runs wait for it, so runs never overlap.
+
+    Returns
+    -------
+    thread : threading.Thread
+        The warm-up thread (already finished when called again).
+    """
+    with _WARM_LOCK:
+        if _WARM["thread"] is None:
+            image = np.zeros((24, 24, 3), np.uint8)
+            image[:, 12:] = 255
+            scribbles = np.full((24, 24), IGNORE_INDEX, np.uint8)
+            scribbles[4:20, 3:6], scribbles[4:20, 18:21] = 0, 1
+
+            def run():
+                torch.set_num_threads(THREADS)
+                for method in ORDER:
+                    one_image.segment(image, scribbles, method, steps=1)
+
+            _WARM["thread"] = threading.Thread(target=run, daemon=True)
+            _WARM["thread"].start()
+        return _WARM["thread"]
 
 
 def paint(labels, start, end, radius, value):
@@ -99,7 +138,10 @@ class Training:
     `start` runs the forest, then SPML (`ORDER`), with `one_image.segment`; SPML reports a
     progress mask every ``one_image.RECIPE.update_every`` steps through its callback. A new
     `start` or a `stop` ends the running run at its next report (the forest cannot be cut
-    short: about a second at 256 px), and nothing it computes is reported after that.
+    short: about a second at 256 px), and nothing it computes is reported after that. A run
+    starts training only once the run before it (and `warm_up`) has ended: runs never overlap,
+    so each one's masks are those `one_image.segment` gives alone (its seed draws torch's
+    global random numbers, which an overlapping run would also draw from).
 
     Parameters
     ----------
@@ -114,6 +156,8 @@ class Training:
         As in `one_image.segment`: same scribbles and seed, same masks.
     methods : tuple of str, optional
         Which of `ORDER` to run, in that order.
+    threads : int, optional
+        Torch threads of the training thread (`THREADS`: why one).
 
     Attributes
     ----------
@@ -134,13 +178,16 @@ class Training:
     (['forest'], None)
     """
 
-    def __init__(self, on_mask, on_status=None, *, steps=None, seed=0, methods=ORDER):
+    def __init__(
+        self, on_mask, on_status=None, *, steps=None, seed=0, methods=ORDER, threads=THREADS
+    ):
         unknown = sorted(set(methods) - set(ORDER))
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; choose from {ORDER}")
         self.on_mask, self.on_status = on_mask, on_status or (lambda text: None)
         self.steps = one_image.RECIPE.steps if steps is None else steps
         self.seed, self.methods = seed, tuple(m for m in ORDER if m in methods)
+        self.threads = threads
         self.times, self.error = {}, None
         self._lock = threading.Lock()  # a stopped run reports nothing once `start` returns
         self._stop = threading.Event()
@@ -168,6 +215,7 @@ class Training:
             self._stop = stop
             self.times, self.error = {}, None
         args = (np.array(image), np.array(scribbles), num_classes, stop, time.perf_counter())
+        args += (self._thread,)  # the run before, which this one waits for
         self._thread = threading.Thread(target=self._run, args=args, daemon=True)
         self._thread.start()
 
@@ -193,7 +241,11 @@ class Training:
             if not stop.is_set():
                 self.on_status(text)
 
-    def _run(self, image, scribbles, num_classes, stop, tic):
+    def _run(self, image, scribbles, num_classes, stop, tic, previous):
+        for other in (previous, _WARM["thread"]):
+            if other is not None:
+                other.join()  # ends at its next report: a second or two
+        torch.set_num_threads(self.threads)  # set here, the kernel's main thread keeps its own
         try:
             for method in self.methods:
                 self._status(stop, f"training {method}...")

@@ -3,6 +3,7 @@ import threading
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 from skimage import draw, morphology
 
 from spml_lab.classroom import photos, scribbling
@@ -110,6 +111,24 @@ def test_a_new_start_stops_the_old_run_and_nothing_of_it_is_reported_after():
     run.join(timeout=60)
     assert set(reports[:mark]) == {(40, 40)}
     assert set(reports[mark:]) <= {(32, 48)}
+
+
+def test_a_run_sets_its_own_threads_and_the_callers_keep_theirs():
+    image, scribbles = halves()
+    seen = []
+    before = torch.get_num_threads()
+    run = scribbling.Training(lambda *r: seen.append(torch.get_num_threads()), threads=2,
+                              methods=("forest",))  # fmt: skip
+    run.start(image, scribbles)
+    run.join(timeout=60)
+    assert seen == [2] and torch.get_num_threads() == before
+
+
+def test_warm_up_runs_once_per_process():
+    first = scribbling.warm_up()
+    assert scribbling.warm_up() is first
+    first.join(timeout=120)
+    assert not first.is_alive()
 
 
 def test_bad_scribbles_end_the_run_with_their_message():
