@@ -161,8 +161,12 @@ class ScribbleWidget:
         self.canvas.layout.width = f"{round(width * zoom)}px"
         self.canvas.layout.height = f"{round(height * zoom)}px"
         self._controls["classes"].value = ", ".join(names)  # the brushes follow
-        if isinstance(photo, str) and photo in photos.PHOTOS:
-            self._controls["photo"].value = photo
+        # the drop-down names the photo shown, or none (an array, a file)
+        self._controls["photo"].index = (
+            photos.PHOTOS.index(photo)
+            if isinstance(photo, str) and photo in photos.PHOTOS
+            else None
+        )
         for method, picture in self._masks.items():
             picture.layout.width = f"{round(width * zoom / 2)}px"
             picture.value = _png(image)  # the plain photo until a mask comes
@@ -250,8 +254,8 @@ class ScribbleWidget:
             "path": widgets.Text(placeholder="or the path of your photo", description="file"),
             "load": widgets.Button(description="Load"),
             "classes": widgets.Text(description="classes"),
-            "brush": widgets.ToggleButtons(options=(), description="brush"),
-            "radius": widgets.IntSlider(radius, 1, 15, description="size"),
+            "brush": widgets.ToggleButtons(options=(), style={"button_width": "auto"}),
+            "radius": widgets.IntSlider(radius, 1, 15, description="brush size"),
             "train": widgets.Button(description="Train", button_style="primary"),
             "live": widgets.Checkbox(value=live, description="live", indent=False),
             "clear": widgets.Button(description="Clear"),
@@ -292,6 +296,9 @@ class ScribbleWidget:
 
     def _load_clicked(self, _button):
         source = self._controls["path"].value.strip() or self._controls["photo"].value
+        if source is None:
+            self._show_status("choose a photo, or type the path of yours")
+            return
         try:
             self.load(source)
         except (OSError, ValueError) as error:

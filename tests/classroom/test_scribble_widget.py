@@ -112,6 +112,11 @@ def test_a_photo_that_cannot_be_loaded_is_said_in_the_status(tmp_path):
     pad._controls["load"].click()
     assert pad.image.shape == (64, 256, 3) and (pad.scribbles == 255).all()
     assert pad.class_names == ["background", "object"]
+    assert pad._controls["photo"].value is None  # no bundled photo is shown
+    pad._controls["path"].value = ""
+    pad._controls["photo"].value = "coffee"
+    pad._controls["load"].click()
+    np.testing.assert_array_equal(pad.image, photos.photo("coffee"))
 
 
 def test_bad_inputs_are_named():
