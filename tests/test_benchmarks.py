@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from spml_lab.classroom import photos
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -113,3 +115,17 @@ def test_one_image_benchmark_writes_rows_and_resumes(tmp_path):
     assert "spml - forest" in printed and (tmp_path / "one.png").is_file()
     run(ROOT / "benchmarks/one_image.py", *args)  # a rerun scores nothing again
     assert out.read_text().splitlines() == rows
+
+
+@pytest.mark.slow  # a Train press per stored photo at 256 px
+def test_one_image_speed_times_the_widgets_train(tmp_path):
+    out = tmp_path / "speed.csv"
+    run(ROOT / "benchmarks/one_image.py", "--speed", "--steps", "5", "--threads", "1", "--out", out)
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    header, rows = rows[0], [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
+    assert header[:4] == ["photo", "height", "width", "threads"]
+    assert [r["photo"] for r in rows] == list(photos.stored())
+    for r in rows:
+        assert max(int(r["height"]), int(r["width"])) == 256
+        assert r["masks"] == "2"  # the forest's, then SPML's after 5 steps (its last)
+        assert 0 < float(r["first_mask_s"]) <= float(r["first_spml_s"]) == float(r["last_mask_s"])

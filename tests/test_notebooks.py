@@ -46,6 +46,13 @@ CI_PARAMETERS = {
         "STAGE2_STEPS": 30,
     },
     "12_relation_ablation.ipynb": {"METRIC": "miou_knn"},
+    "13_your_own_photo.ipynb": {
+        "SHOW_SOLUTIONS": True,
+        "SEED": 1,
+        "SIDE": 64,
+        "STEPS": 10,
+        "SCENE_SIZE": 64,
+    },
 }
 
 

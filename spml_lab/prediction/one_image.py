@@ -121,10 +121,11 @@ SPML_CHOICES = {
     "predictor": "knn",  # "knn" (nearest labelled prototypes) or "head"
     "crf": True,  # dense CRF on the returned mask (progress masks go without)
     "feature_affinity": False,  # the fourth relation
+    "low_level": True,  # low-level similarity (off: semantic annotation alone, for lessons)
 }
 
 
-def _config(method, num_classes, feature_affinity):
+def _config(method, num_classes, feature_affinity, low_level=True):
     """Return the TrainConfig whose relations and head `train.train_step` applies."""
     common = {
         "crop_size": RECIPE.crop,
@@ -139,7 +140,7 @@ def _config(method, num_classes, feature_affinity):
         return TrainConfig(
             low_level=False, semantic_annotation=False, head_trains_embedding=True, **common
         )
-    return TrainConfig(feature_affinity=feature_affinity, **common)
+    return TrainConfig(feature_affinity=feature_affinity, low_level=low_level, **common)
 
 
 # ---------------------------------------------------------------------- input checks
@@ -378,7 +379,7 @@ def _network(method, image, scribbles, num_classes, steps, seed, callback, choic
     """Train the one-image network; return the final mask, calling `callback` on the way."""
     torch.manual_seed(seed)
     superpixels = _superpixels(image)
-    cfg = _config(method, num_classes, choices["feature_affinity"])
+    cfg = _config(method, num_classes, choices["feature_affinity"], choices["low_level"])
     net, head = train.build_model(cfg, num_classes)
     optimizer = torch.optim.SGD(
         train.param_groups(net, head, cfg), lr=cfg.lr, momentum=cfg.momentum
@@ -434,8 +435,8 @@ def segment(
     num_classes : int, optional
         K, when some classes may have no scribble (`check_inputs`).
     choices : dict, optional
-        Overrides of `SPML_CHOICES` (``predictor``, ``crf``, ``feature_affinity``), for the
-        benchmark that decided them.
+        Overrides of `SPML_CHOICES` (``predictor``, ``crf``, ``feature_affinity``,
+        ``low_level``), for the benchmark that decided them and for lessons.
 
     Returns
     -------

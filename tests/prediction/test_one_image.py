@@ -123,3 +123,13 @@ def test_ids_at_or_above_num_classes_are_out_of_range():
 def test_bad_options_are_named(options, message):
     with pytest.raises(ValueError, match=message):
         one_image.segment(*image_and_scribbles(), **options)
+
+
+def test_low_level_choice_turns_the_relation_off_and_its_default_is_on():
+    image, _, scribbles = quadrants(48)  # smaller or shorter runs may end in the same mask
+    default = one_image.segment(image, scribbles, steps=10, seed=1)
+    on = one_image.segment(image, scribbles, steps=10, seed=1, choices={"low_level": True})
+    off = one_image.segment(image, scribbles, steps=10, seed=1, choices={"low_level": False})
+    np.testing.assert_array_equal(default, on)
+    assert one_image.SPML_CHOICES["low_level"] is True
+    assert not np.array_equal(default, off)  # the loss changed, so did the training
