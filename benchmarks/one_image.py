@@ -20,10 +20,13 @@ Protocol (written before the full run)
   as extra methods: the measurement behind `one_image.SPML_CHOICES`.
 
 Resumable: the CSV gets one row per scene x method x label kind as soon as it is scored, and a
-rerun skips the rows already there. The figure and the summary are redrawn from the whole CSV.
+rerun skips the rows already there. The figure, ``one_image_summary.csv`` (mean, std, n, time
+per cell) and ``one_image_claims.csv`` (SPML against each method, with the verdict) are
+rewritten from the whole CSV after each run, or alone with ``--report``.
 
     python benchmarks/one_image.py                  # 30 scenes per kind, the committed result
     python benchmarks/one_image.py --quick          # 2 scenes, 10 steps: a smoke run (outputs/)
+    python benchmarks/one_image.py --report         # summary, claims and figure of the CSV
     python benchmarks/one_image.py --speed          # the widget's Train at 256 px: `speed`
 """
 
@@ -201,7 +204,19 @@ def report(out):
         print(f"{v['dataset']:8s} {v['kind']:13s} spml - {v['versus']:13s} "
               f"{v['difference']:+.3f} (SE {se}): {v['verdict']}")  # fmt: skip
     plot(summary, out.with_suffix(".png"))
-    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    written = {"_summary": summary, "_claims": verdicts}  # what tables.py reads for the docs
+    for suffix, rows in written.items():
+        path = out.with_name(out.stem + suffix + ".csv")
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(rows[0]))
+            writer.writeheader()
+            writer.writerows({k: _rounded(v) for k, v in row.items()} for row in rows)
+    print(f"\nwrote {out}, its _summary.csv, _claims.csv and {out.with_suffix('.png')}")
+
+
+def _rounded(value):
+    """Four decimals for a CSV (a mean or SE), anything else as it is."""
+    return f"{value:.4f}" if isinstance(value, float) else value
 
 
 SPEED_OUT = RESULTS / "one_image_speed.csv"
@@ -279,6 +294,7 @@ def main(argv=None):
     parser.add_argument("--variants", action="store_true", help="also SPML's alternatives")
     parser.add_argument("--quick", action="store_true", help="2 scenes, 10 steps, into outputs/")
     parser.add_argument("--speed", action="store_true", help="time the widget's Train button")
+    parser.add_argument("--report", action="store_true", help="run nothing; report the CSV")
     parser.add_argument("--out", type=Path, default=None, help=f"CSV (default {OUT})")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--kinds", nargs="+", choices=list(LABELS), default=list(LABELS))
@@ -289,6 +305,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.speed:
         return speed(args.steps, threads=args.threads or (1,), out=args.out or SPEED_OUT)
+    if args.report:
+        return report(args.out or OUT)
     torch.set_num_threads((args.threads or [1])[0])
     if args.quick:
         args.scenes, args.steps = 2, 10

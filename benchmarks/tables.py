@@ -68,6 +68,7 @@ DOCUMENTS = {
         "run_times",
         "difficulty",
         "calibration",
+        "one_image",
     ),
     "docs/data.md": ("synthetic_speed",),
     "docs/embedding.md": ("embedding",),

@@ -1,4 +1,4 @@
-"""Tables of the data's calibration and of the shipped runs, from the committed CSVs.
+"""Tables of the calibration, the shipped runs and the one-image benchmark, from their CSVs.
 
 Each function returns ``{NAME: (header, rows)}`` for `tables.py`, which formats, writes and
 checks them; the CSVs are read as their scripts wrote them (`claims.read_results`).
@@ -97,7 +97,33 @@ def embedding(results):
     return {"embedding": (("network", "silhouette", "gap"), rows)}
 
 
+ONE_IMAGE_METHODS = {"spml": "SPML", "forest": "forest", "partial_ce": "partial CE"}
+ONE_IMAGE_LABELS = {"scribbles": "scribbles", "scribbles_30": "30 % of each scribble",
+                    "points": "points"}  # fmt: skip
+
+
+def one_image(results):
+    """`one_image.py`: mIoU per method on single generated scenes, and SPML's differences."""
+    summary = claims.read_results("one_image_summary.csv", results)
+    verdicts = claims.read_results("one_image_claims.csv", results)
+    cells = {(r["dataset"], r["kind"], r["method"]): r for r in summary}
+    rows = []
+    for dataset, kind in dict.fromkeys((r["dataset"], r["kind"]) for r in summary):
+        scores = [f"{float(c['miou_mean']):.3f} ± {float(c['miou_std']):.3f}"
+                  for m in ONE_IMAGE_METHODS if (c := cells.get((dataset, kind, m)))]  # fmt: skip
+        versus = [f"{float(v['difference']):+.3f} ± {2 * float(v['se']):.3f} ({v['verdict']})"
+                  for v in verdicts if (v["dataset"], v["kind"]) == (dataset, kind)]  # fmt: skip
+        n = cells[(dataset, kind, "spml")]["n"]
+        seconds = " / ".join(f"{float(cells[(dataset, kind, m)]['seconds_mean']):.1f}"
+                             for m in ONE_IMAGE_METHODS)  # fmt: skip
+        rows.append((dataset, ONE_IMAGE_LABELS.get(kind, kind), n, *scores, *versus, seconds))
+    header = ("scenes", "labels", "n", *ONE_IMAGE_METHODS.values(),
+              "SPML - forest (± 2 SE)", "SPML - partial CE (± 2 SE)",
+              "s per image (" + " / ".join(ONE_IMAGE_METHODS.values()) + ")")  # fmt: skip
+    return {"one_image": (header, rows)}
+
+
 def tables(root, results):
     """Every table of this module by name, as ``(header, rows)``."""
     return {**calibration(results), **difficulty(results), **shipped_runs(root),
-            **embedding(results)}  # fmt: skip
+            **embedding(results), **one_image(results)}  # fmt: skip
