@@ -6,6 +6,7 @@ that the notebooks stay thin:
 
 * `show_cams`: each image beside the class activation map of each of its tagged classes (03);
 * `show_curves`: a few numbers against one swept setting, one panel per number (03, 04);
+* `show_distributions`: a number's spread over images, one box per setting (02);
 * `show_cells`: benchmark cells as one dot per seeded run with the mean +- std (12);
 * `show_claims`: each claim's difference of means with its 2-standard-error bar (12);
 * `show_relation_effects`: what removing each relation changes, per setting (05, 07, 08, 12);
@@ -20,7 +21,6 @@ Every function returns the figure; the notebook shows and closes it.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import matplotlib
@@ -29,13 +29,15 @@ import numpy as np
 
 from spml_lab.constants import IGNORE_INDEX
 from spml_lab.pictures import viz
+from spml_lab.pictures.arrays import to_numpy
 from spml_lab.prediction import predict
 from spml_lab.training.config import TrainConfig
-from spml_lab.training.runs import CONFIG, METRICS
+from spml_lab.training.runs import CONFIG, read_metrics
 
 __all__ = [
     "show_cams",
     "show_curves",
+    "show_distributions",
     "show_cells",
     "show_claims",
     "show_relation_effects",
@@ -49,7 +51,9 @@ __all__ = [
 VERDICT_COLOURS = {"helps": "tab:green", "hurts": "tab:red", "no measurable effect": "tab:grey"}
 
 
-def show_cams(images, cams, tags, class_names, *, truth=None, colours=None, size=1.9):
+def show_cams(
+    images, cams, tags, class_names, *, truth=None, colours=None, num_show=None, size=1.9
+):
     """Draw each image, its ground truth, and the CAM of each of its tagged classes over it.
 
     Parameters
@@ -61,10 +65,12 @@ def show_cams(images, cams, tags, class_names, *, truth=None, colours=None, size
     tags : (B, C) bool tensor or ndarray
         The image's classes; background (index 0) is never drawn.
     class_names : list of str
-    truth : (B, H, W) int ndarray, optional
+    truth : (B, H, W) int ndarray or tensor, optional
         Ground truth, drawn as a second column (for the student: SPML never sees it).
     colours : (C, 3) uint8 ndarray, optional
         Class colours for the truth (default `viz.palette`).
+    num_show : int, optional
+        Draw only the first `num_show` images (default all).
     size : float, optional
         Inches per panel.
 
@@ -74,8 +80,10 @@ def show_cams(images, cams, tags, class_names, *, truth=None, colours=None, size
         One row per image; the CAM panels hold the image and the map (``jet``, 0 to 1) as
         two layers, titled by class.
     """
-    cams, tags = np.asarray(cams, dtype=np.float32), np.asarray(tags, dtype=bool)
-    images = np.asarray(images)
+    shown = slice(0, num_show)  # num_show=None: every image
+    cams, tags = to_numpy(cams[shown], np.float32), to_numpy(tags[shown], bool)
+    images = to_numpy(images[shown])
+    truth = None if truth is None else to_numpy(truth[shown])
     height, width = images.shape[1:3]
     lead = 1 if truth is None else 2
     per_image = [np.flatnonzero(t[1:]) + 1 for t in tags]  # tagged foreground classes
@@ -135,6 +143,42 @@ def show_curves(x, panels, *, xlabel, size=(3.6, 2.6), logx=False):
             ax.set_xticks(list(x), [f"{v:g}" for v in x])
         if len(curves) > 1:
             ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def show_distributions(panels, *, logy=(), size=(5.5, 3.6)):
+    """Draw how a few numbers spread over images: one box per setting, one panel per number.
+
+    Parameters
+    ----------
+    panels : dict of str to dict of str to sequence of float
+        Panel title (the number) -> setting (box label) -> one value per image; NaN values
+        (an image the number does not apply to) are left out.
+    logy : collection of str, optional
+        Titles of the panels drawn with a logarithmic y axis.
+    size : (float, float), optional
+        Inches per panel.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        Per panel, one box per setting in the given order: the box spans the quartiles, the
+        line inside is the median, the whiskers reach the furthest value within 1.5 box
+        lengths, and values beyond them are drawn as dots.
+    """
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(size[0] * len(panels), size[1]), squeeze=False
+    )
+    for ax, (title, groups) in zip(axes[0], panels.items(), strict=True):
+        values = [np.asarray(v, np.float64) for v in groups.values()]
+        boxes = ax.boxplot([v[np.isfinite(v)] for v in values], patch_artist=True)
+        for k, box in enumerate(boxes["boxes"]):  # one shade per setting, light to dark
+            box.set_facecolor(plt.cm.viridis(0.9 - 0.8 * k / max(len(values) - 1, 1)))
+        ax.set_xticks(range(1, len(values) + 1), list(groups), rotation=30, ha="right")
+        ax.set_title(title, fontsize=9)
+        if title in logy:
+            ax.set_yscale("log")
     fig.tight_layout()
     return fig
 
@@ -264,13 +308,6 @@ def show_relation_effects(effects, *, ax=None, title=None):
     return ax.figure
 
 
-def _read_metrics(run):
-    """Read a run's metrics.csv as columns: name -> (rows,) float ndarray."""
-    with open(Path(run) / METRICS, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
-
-
 def show_losses(run_folders, *, size=(5.2, 3.6)):
     """Draw the logged losses of runs side by side: each relation's, their total, the head's.
 
@@ -293,7 +330,7 @@ def show_losses(run_folders, *, size=(5.2, 3.6)):
         1, len(run_folders), figsize=(size[0] * len(run_folders), size[1]), squeeze=False
     )
     for ax, run in zip(axes[0], run_folders, strict=True):
-        cfg, history = TrainConfig.from_yaml(Path(run) / CONFIG), _read_metrics(run)
+        cfg, history = TrainConfig.from_yaml(Path(run) / CONFIG), read_metrics(run)
         steps = history["step"]
         for name, setting in cfg.relation_settings().items():
             if (history[name] > 0).any():

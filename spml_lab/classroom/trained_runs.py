@@ -5,6 +5,7 @@ partial cross-entropy baseline, SPML with scribbles or points, a minute-long run
 shipped 1000-step one. These are the steps they share, as library calls:
 
 * `lesson_folder`: where a lesson writes (a temporary folder unless the user names one);
+* `loss_summary`: a run's logged losses in a few numbers, for a sweep's table;
 * `compared_runs`: the runs a lesson compares, shipped ones or tiny ones trained on the spot,
   all from the one recipe (`presets`), and `describe_runs` to tabulate them;
 * `embed_and_score`: one network's embedding and head labels on the same val images, with the
@@ -35,9 +36,11 @@ from spml_lab.nets import embedding_nets
 from spml_lab.pictures import embedding_stats, embedding_viz
 from spml_lab.prediction import evaluate, metrics, predict
 from spml_lab.training import presets, runs, train
+from spml_lab.training.config import TrainConfig
 
 __all__ = [
     "lesson_folder",
+    "loss_summary",
     "COMPARED",
     "compared_runs",
     "describe_runs",
@@ -76,6 +79,44 @@ def lesson_folder(out_dir, topic):
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"spml_{topic}_"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def loss_summary(run):
+    """Sum up a run's logged losses: where they ended, and how far the total fell.
+
+    Parameters
+    ----------
+    run : str or Path
+        A run folder with ``metrics.csv`` and ``config.yaml`` (or ``"shipped:NAME"``).
+
+    Returns
+    -------
+    summary : dict of str to float or int
+        ``steps`` (the last logged step); ``final_NAME`` for each enabled relation's loss,
+        ``total`` and ``softmax_ce`` in the last row; ``total_first_quarter`` and
+        ``total_last_quarter``, the mean total loss of the first and the last quarter of the
+        rows (at least one row each); ``images_per_s``, the mean training speed without the
+        first row (which pays for the start-up), unless it is the only one. Flat, as
+        `spml_lab.sweeps.runner.write_summary` takes it.
+
+    Examples
+    --------
+    >>> summary = loss_summary("shipped:spml_scribbles")
+    >>> summary["steps"], summary["total_last_quarter"] < summary["total_first_quarter"]
+    (1000, True)
+    """
+    history = runs.read_metrics(run)
+    cfg = TrainConfig.from_yaml(runs.run_folder(run) / runs.CONFIG)
+    total, speed = history["total"], history["images_per_s"]
+    quarter = max(1, len(total) // 4)
+    finals = [*cfg.relation_settings(), "total", "softmax_ce"]
+    return {
+        "steps": int(history["step"][-1]),
+        **{f"final_{name}": float(history[name][-1]) for name in finals},
+        "total_first_quarter": float(total[:quarter].mean()),
+        "total_last_quarter": float(total[-quarter:].mean()),
+        "images_per_s": float((speed[1:] if len(speed) > 1 else speed).mean()),
+    }
 
 
 # The trained networks the embedding lesson compares: its shipped run (`make sample-runs`, the

@@ -50,6 +50,7 @@ __all__ = [
     "instance_boxes",
     "box_label_map",
     "coverage",
+    "accuracy",
 ]
 
 KINDS = ("tags", "boxes", "points", "scribbles")
@@ -291,6 +292,47 @@ def coverage(label_map, ignore_index=IGNORE_INDEX):
     if label_map.ndim not in (2, 3):
         raise ValueError(f"label_map must be (H, W) or (N, H, W), got shape {label_map.shape}")
     fraction = (label_map != ignore_index).mean(axis=(-2, -1))
+    return float(fraction) if label_map.ndim == 2 else fraction
+
+
+def accuracy(label_map, truth, ignore_index=IGNORE_INDEX):
+    """Fraction of the labelled pixels whose label is the true class.
+
+    `coverage` says how much of an image a weak label map labels; this says how much of that
+    is right. Points and scribbles score 1 (clipped to their regions), boxes less (the
+    background inside a box carries the box's class).
+
+    Parameters
+    ----------
+    label_map : (H, W) or (N, H, W) int ndarray
+        Weak labels, `ignore_index` = unlabelled.
+    truth : same shape int ndarray
+        The true class of every pixel.
+    ignore_index : int, optional
+        The "unlabelled" value.
+
+    Returns
+    -------
+    fraction : float, or (N,) float64 ndarray for a stack
+        Right labels / labelled pixels, per image; NaN for an image with no labelled pixel
+        (tags).
+
+    Examples
+    --------
+    >>> accuracy(np.array([[1, 2], [255, 255]]), np.array([[1, 1], [0, 0]]))
+    0.5
+    """
+    label_map, truth = np.asarray(label_map), np.asarray(truth)
+    if label_map.ndim not in (2, 3) or label_map.shape != truth.shape:
+        raise ValueError(
+            f"label_map and truth must have one (H, W) or (N, H, W) shape, got "
+            f"{label_map.shape} and {truth.shape}"
+        )
+    labelled = label_map != ignore_index
+    right = (labelled & (label_map == truth)).sum(axis=(-2, -1))
+    count = labelled.sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):  # no labelled pixel: NaN
+        fraction = right / count
     return float(fraction) if label_map.ndim == 2 else fraction
 
 

@@ -19,6 +19,8 @@ __all__ = [
     "colorize",
     "overlay",
     "label_pictures",
+    "fade",
+    "outline_pictures",
     "show_grid",
     "show",
     "legend_handles",
@@ -137,18 +139,22 @@ def overlay(image, labels, colours, alpha=0.6, *, dim=0.0):
     return np.round(blended).astype(np.uint8)
 
 
-def label_pictures(labels, colours, *, images=None, dim=0.5):
+def label_pictures(labels, colours, *, images=None, alpha=1.0, dim=0.5):
     """One picture per label map of a batch: the classes' colours, or the labels over images.
 
     Parameters
     ----------
-    labels : (B, H, W) int tensor or ndarray
+    labels : (B, h, w) int tensor or ndarray
         Class per pixel, 255 = unlabelled.
     colours : (C, 3) uint8 ndarray
     images : (B, H, W, 3) uint8 ndarray, optional
-        Draw the labels opaque over these (`overlay`), their unlabelled pixels darkened by
-        `dim`, so that sparse weak labels stand out; without them, `colorize` (unlabelled:
-        white).
+        Draw the labels over these (`overlay`), their unlabelled pixels darkened by `dim`, so
+        that sparse weak labels stand out; without them, `colorize` (unlabelled: white).
+        Labels at a coarser resolution (at the embedding's, say) are first brought to the
+        images' size by nearest sampling, each label pixel a block.
+    alpha : float, optional
+        Opacity of the label colours over `images`: 1 (opaque) for sparse labels, less for
+        dense ones, so that the image shows through.
     dim : float, optional
 
     Returns
@@ -165,9 +171,66 @@ def label_pictures(labels, colours, *, images=None, dim=0.5):
     labels = to_numpy(labels)
     if images is None:
         return [colorize(label, colours) for label in labels]
+    images = np.asarray(images)
+    labels = nearest_resize(labels, images.shape[1:3])  # a no-op at the images' size
     return [
-        overlay(image, label, colours, alpha=1.0, dim=dim)
-        for image, label in zip(np.asarray(images), labels, strict=True)
+        overlay(image, label, colours, alpha=alpha, dim=dim)
+        for image, label in zip(images, labels, strict=True)
+    ]
+
+
+def fade(images, strength=0.65):
+    """Make a pale copy of images, so that labels drawn over them stand out.
+
+    Parameters
+    ----------
+    images : (..., 3) uint8 ndarray or sequence of them
+        One image or a batch.
+    strength : float, optional
+        How far each value moves towards a light grey (254): 0 keeps the images, 1 leaves
+        a flat grey.
+
+    Returns
+    -------
+    faded : (..., 3) uint8 ndarray
+        ``(1 - strength) * image + strength * 254``, rounded down: with the default, black
+        becomes 165 and white stays 254.
+
+    Examples
+    --------
+    >>> fade(np.array([[0, 100, 255]], np.uint8)).tolist()
+    [[165, 200, 254]]
+    """
+    images = np.asarray(images, np.float64)
+    return ((1 - strength) * images + strength * 254).astype(np.uint8)
+
+
+def outline_pictures(images, regions, colour=(255, 255, 0)):
+    """One picture per image of a batch: `outline` of its region map over it.
+
+    Parameters
+    ----------
+    images : (B, H, W, 3) uint8 ndarray
+    regions : (B, h, w) int ndarray or tensor
+        Region ids per image (segments, superpixels, clusters), at the images' resolution or
+        a coarser one (resized by nearest sampling).
+    colour : (int, int, int), optional
+        RGB of the borders.
+
+    Returns
+    -------
+    pictures : list of (H, W, 3) uint8 ndarray
+        A row for `show_grid`.
+
+    Examples
+    --------
+    >>> pics = outline_pictures(np.zeros((2, 1, 4, 3), np.uint8), np.array([[[0, 1]], [[0, 0]]]))
+    >>> [p[0, :, 0].tolist() for p in pics]  # a border only where the region changes
+    [[0, 255, 0, 0], [0, 0, 0, 0]]
+    """
+    return [
+        outline(image, region, colour)
+        for image, region in zip(np.asarray(images), to_numpy(regions), strict=True)
     ]
 
 

@@ -2,7 +2,8 @@
 
 Rows of the confusion matrix are ground truth and columns are predictions, as in
 ``sklearn.metrics.confusion_matrix(target, pred)``. `pseudo_label_quality` scores pseudo labels
-(CAM labels, `spml_lab.labelling`) on the pixels they claim, and how many they claim.
+(CAM labels, `spml_lab.labelling`) on the pixels they claim, and how many they claim;
+`pointing_game` asks whether class activation maps peak on their class.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ __all__ = [
     "background_miou",
     "PseudoLabelQuality",
     "pseudo_label_quality",
+    "PointingGame",
+    "pointing_game",
 ]
 
 
@@ -236,3 +239,72 @@ def pseudo_label_quality(pseudo, truth, num_classes, *, ignore_index=IGNORE_INDE
     )
     fraction = float(known.sum()) / max(known.numel(), 1)
     return PseudoLabelQuality(mean_iou(confusion)[0], fraction)
+
+
+class PointingGame(NamedTuple):
+    """Where class activation maps peak: on their class, against chance."""
+
+    hit_rate: float
+    chance: float
+
+
+def pointing_game(cams, tags, truth, *, background=0):
+    """Score whether each tagged class's activation map peaks on a pixel of that class.
+
+    Parameters
+    ----------
+    cams : (B, C, H, W) float tensor
+        One map per class at the ground truth's resolution (e.g.
+        `tag_classifier.TagClassifier.cams` with ``size=(H, W)``).
+    tags : (B, C) bool tensor
+        The classes each image holds; every tagged class but `background` is scored.
+    truth : (B, H, W) int tensor
+        Ground-truth class per pixel.
+    background : int, optional
+        The class that has no map of its own.
+
+    Returns
+    -------
+    score : PointingGame
+        ``hit_rate``: the fraction of (image, tagged class) pairs whose map's maximum (its
+        first pixel, if tied) lies on that class's true pixels; ``chance``: the mean share of
+        the image those classes cover, what a peak at a random pixel would hit. NaN for both
+        when no class is tagged.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree.
+
+    Notes
+    -----
+    The pointing game of Zhang et al. [1]_, with no tolerance around the peak: a crude check
+    that a classifier trained on tags alone looks at the objects, since it never saw where
+    they are.
+
+    References
+    ----------
+    .. [1] Zhang, Lin, Brandt, Shen, Sclaroff. "Top-down Neural Attention by Excitation
+       Backprop", ECCV 2016.
+
+    Examples
+    --------
+    >>> truth = torch.tensor([[[0, 1], [0, 0]]])  # class 1 covers a quarter of the image
+    >>> cams = torch.zeros(1, 2, 2, 2)
+    >>> cams[0, 1, 0, 1] = 1.0  # class 1's map peaks on its pixel
+    >>> pointing_game(cams, torch.tensor([[True, True]]), truth)
+    PointingGame(hit_rate=1.0, chance=0.25)
+    """
+    cams, tags, truth = torch.as_tensor(cams), torch.as_tensor(tags), torch.as_tensor(truth)
+    if cams.ndim != 4 or tuple(tags.shape) != tuple(cams.shape[:2]):
+        shapes = f"{tuple(cams.shape)} and {tuple(tags.shape)}"
+        raise ValueError(f"cams must be (B, C, H, W) and tags (B, C), got {shapes}")
+    if tuple(truth.shape) != (cams.shape[0], *cams.shape[2:]):
+        expected = (cams.shape[0], *cams.shape[2:])
+        raise ValueError(f"truth must be (B, H, W) = {expected}, got {tuple(truth.shape)}")
+    classes = torch.arange(cams.shape[1], device=truth.device)
+    peak = cams.flatten(2).argmax(2)  # (B, C) flat pixel of each map's maximum
+    hit = truth.flatten(1).gather(1, peak) == classes  # (B, C) the peak lies on the class
+    area = (truth.flatten(1)[:, None] == classes[:, None]).double().mean(2)  # (B, C) its share
+    scored = tags.bool() & (classes != background)  # (B, C) tagged foreground classes
+    return PointingGame(float(hit[scored].double().mean()), float(area[scored].mean()))

@@ -43,6 +43,8 @@ __all__ = [
     "study_rows",
     "check_relations_study",
     "relation_effects",
+    "STAGE2_CLAIM",
+    "stage2_effects",
 ]
 
 KINDS = ("tags", "boxes", "points", "scribbles")  # the weak annotations of the "objects" scenes
@@ -54,6 +56,8 @@ MECHANISM_TESTS = (
     ("H_occ", "objects_cooc1", "objects_cooc0", "tags", "cooccurrence"),
     ("H_low", "objects_sp48", "objects", "points", "low_level"),
 )
+# the claim that pits stage 2 + CRF against the stage-1 head + CRF of the same SPML runs
+STAGE2_CLAIM = "stage 2 + CRF > stage-1 softmax + CRF"
 STUDY = "relations_cpu_reduced.csv"  # the relations study's runs
 STUDY_REUSES = "accuracy_cpu_reduced.csv"  # whose "objects" rows the study reads, not reruns
 
@@ -446,7 +450,7 @@ def check_relations_study(rows, key="miou", split="test"):
             cell = (dataset, kind, "spml")
             if values.get(cell) and stage1.get(cell):
                 values[(dataset, kind, "stage 1 softmax + CRF")] = stage1[cell]
-                add(f"{dataset}/{kind}: stage 2 + CRF > stage-1 softmax + CRF", cell,
+                add(f"{dataset}/{kind}: {STAGE2_CLAIM}", cell,
                     (dataset, kind, "stage 1 softmax + CRF"), two_sided=True,
                     words=("stage 2 higher", "stage 1 higher"))  # fmt: skip
     for name, dataset_a, dataset_b, kind, relation in MECHANISM_TESTS:
@@ -498,6 +502,44 @@ def relation_effects(checked, relation=None, metric="miou"):
             continue  # another relation, or a cell of one seed: no effect to report
         effects.append({
             "setting": setting, "relation": name, "change": -float(entry["difference"]),
+            "two_se": round(2 * float(entry["se"]), 5), "n": int(entry["n"]),
+            "verdict": entry["holds"],
+        })  # fmt: skip
+    return effects
+
+
+def stage2_effects(checked, metric="miou"):
+    """Stage 2 + CRF against the stage-1 head + CRF of the same runs, per setting.
+
+    Parameters
+    ----------
+    checked : sequence of dict
+        `check_relations_study` entries, or the rows of the study's ``_claims.csv``.
+    metric : str, optional
+
+    Returns
+    -------
+    effects : list of dict
+        One per setting with a `STAGE2_CLAIM` entry of at least two seeds, in the order of
+        `checked`: ``setting`` ("dataset/kind"), ``difference`` (stage 2 + CRF minus stage-1
+        softmax + CRF), ``two_se`` (2 standard errors), ``n`` (seeds) and ``verdict``
+        ("stage 2 higher", "stage 1 higher" or "no measurable effect").
+
+    Examples
+    --------
+    >>> checked = [{"claim": f"parts/points: {STAGE2_CLAIM}", "metric": "miou",
+    ...             "difference": "0.15857", "se": "0.00541", "n": "3", "holds": "stage 2 higher"}]
+    >>> stage2_effects(checked)  # doctest: +NORMALIZE_WHITESPACE
+    [{'setting': 'parts/points', 'difference': 0.15857, 'two_se': 0.01082, 'n': 3,
+      'verdict': 'stage 2 higher'}]
+    """
+    effects = []
+    for entry in checked:
+        setting, _, name = entry["claim"].partition(": ")
+        if entry["metric"] != metric or name != STAGE2_CLAIM or entry["se"] in (None, ""):
+            continue  # another claim or metric, or a cell of one seed: no verdict
+        effects.append({
+            "setting": setting, "difference": float(entry["difference"]),
             "two_se": round(2 * float(entry["se"]), 5), "n": int(entry["n"]),
             "verdict": entry["holds"],
         })  # fmt: skip

@@ -18,15 +18,18 @@ with a ``FutureWarning`` that gives the new spelling.
 
 `load_run` is the one way to load a finished run. Its weights come from ``final.pt``, so it
 never reads the ImageNet file a ResNet run started from (``TrainConfig.pretrained``).
+`read_metrics` reads its training log, ``metrics.csv``, as columns of numbers.
 What may be written into a run folder, and by whom, is `spml_lab.training.run_folders`.
 """
 
 from __future__ import annotations
 
+import csv
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from spml_lab import devices
@@ -51,6 +54,7 @@ __all__ = [
     "load_weights",
     "shipped_runs",
     "run_folder",
+    "read_metrics",
     "Run",
     "load_run",
 ]
@@ -139,6 +143,33 @@ def run_folder(run):
     return SHIPPED_RUNS / name
 
 
+def read_metrics(run):
+    """Read a run's ``metrics.csv`` as columns of numbers.
+
+    Parameters
+    ----------
+    run : str or Path
+        The run folder (or ``"shipped:NAME"``, `run_folder`).
+
+    Returns
+    -------
+    columns : dict of str to (rows,) float64 ndarray
+        One entry per column (``step``, ``lr``, each enabled relation's loss, ``total``,
+        ``softmax_ce``, ``images_per_s``), one value per logged row.
+
+    Examples
+    --------
+    >>> history = read_metrics("shipped:spml_scribbles")
+    >>> int(history["step"][-1]), "total" in history
+    (1000, True)
+    """
+    with open(run_folder(run) / METRICS, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise ValueError(f"{run_folder(run) / METRICS} holds no logged row")
+    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
+
+
 @dataclass
 class Run:
     """A finished stage-1 run, ready to predict with.
@@ -178,6 +209,24 @@ class Run:
     def device(self):
         """Device the network's weights live on."""
         return next(self.net.parameters()).device
+
+    def describe(self):
+        """Say in one line what the run is: network, training, classes and heads.
+
+        Returns
+        -------
+        line : str
+
+        Examples
+        --------
+        >>> print(load_run("shipped:spml_scribbles").describe())
+        small net, 1000 steps on 'scribbles' labels, D = 32, 9 classes, stage-2 head: yes
+        """
+        stage2 = "yes" if self.stage2_head is not None else "not yet"
+        return (
+            f"{self.cfg.model} net, {self.step} steps on {self.cfg.annotation!r} labels, "
+            f"D = {self.cfg.embedding_dim}, {self.num_classes} classes, stage-2 head: {stage2}"
+        )
 
 
 def load_run(run, *, device=devices.DEFAULT):

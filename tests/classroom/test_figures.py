@@ -163,3 +163,24 @@ def test_show_failures_keeps_only_the_wrong_pixels_in_the_last_column():
     wrong = np.asarray(fig.axes[3].images[0].get_array())
     assert (wrong[0, 0] == colours[1]).all() and (wrong[1, 1] == 40).all()  # dimmed by 0.6
     assert fig.axes[0].get_ylabel() == "x: mIoU 0.40\nbg -> cat"
+
+
+def test_show_cams_draws_only_the_first_num_show_images():
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    tags = torch.tensor([[True, True], [True, True], [True, True]])
+    fig = figures.show_cams(images, torch.rand(3, 2, 8, 8), tags, ["bg", "a"],
+                            truth=torch.zeros(3, 8, 8, dtype=torch.long), num_show=2)  # fmt: skip
+    assert len(fig.axes) == 2 * 3  # two rows: image, truth, CAM a
+
+
+def test_show_distributions_draws_a_box_per_setting_at_its_quartiles():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(20), np.append(rng.random(9) + 1, np.nan)  # NaN: left out
+    fig = figures.show_distributions({"first": {"a": a, "b": b}, "second": {"c": [1.0, 2.0]}},
+                                     logy=["first"])  # fmt: skip
+    left, right = fig.axes
+    medians = [line.get_ydata()[0] for line in left.lines if line.get_linestyle() == "-"][4::5]
+    assert medians == pytest.approx([np.median(a), np.median(b[:-1])])
+    assert [t.get_text() for t in left.get_xticklabels()] == ["a", "b"]
+    assert left.get_yscale() == "log" and right.get_yscale() == "linear"
+    assert left.get_title() == "first"

@@ -145,3 +145,25 @@ def test_shipped_record_gives_the_time_the_run_recorded_itself():
     assert record["train_seconds"] == pytest.approx(timing["train_seconds"])
     assert record["stage2_seconds"] == pytest.approx(timing["stage2_seconds"])
     assert trained_runs.shipped_record("runs/mine") == {} and trained_runs.shipped_record("") == {}
+
+
+def test_loss_summary_sums_a_known_log_up(tmp_path):
+    from spml_lab.training.config import TrainConfig
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    TrainConfig(annotation="scribbles").to_yaml(folder / runs.CONFIG)
+    totals, speeds = [4.0, 3.0, 2.0, 1.5, 1.0, 0.5, 0.4, 0.2], [1.0, 8.0, 10.0, 9.0] * 2
+    columns = ["step", "lr", *TrainConfig().relation_settings(), "total", "softmax_ce",
+               "images_per_s"]  # fmt: skip
+    lines = [",".join(columns)] + [
+        ",".join([str(10 * (i + 1)), "0.01", *["0.5"] * (len(columns) - 5), str(t), "0.7", str(s)])
+        for i, (t, s) in enumerate(zip(totals, speeds, strict=True))
+    ]
+    (folder / runs.METRICS).write_text("\n".join(lines) + "\n")
+    summary = trained_runs.loss_summary(folder)
+    assert summary["steps"] == 80 and summary["final_total"] == 0.2
+    assert summary["final_softmax_ce"] == 0.7 and summary["final_low_level"] == 0.5
+    assert summary["total_first_quarter"] == pytest.approx((4.0 + 3.0) / 2)  # 8 rows: 2 each
+    assert summary["total_last_quarter"] == pytest.approx((0.4 + 0.2) / 2)
+    assert summary["images_per_s"] == pytest.approx(sum(speeds[1:]) / 7)  # the first row left out

@@ -332,3 +332,27 @@ def test_voc_palette():
     assert palette.shape == (256, 3) and palette.dtype == np.uint8
     assert palette[15].tolist() == [192, 128, 128]  # person
     assert len({tuple(c) for c in palette}) == 256
+
+
+def test_accuracy_is_the_right_share_of_the_labelled_pixels_by_brute_force():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, (3, 6, 7))
+    labels = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, 4, truth.shape))
+    labels[rng.random(truth.shape) < 0.4] = IGNORE_INDEX
+    labels[2] = IGNORE_INDEX  # nothing labelled: no accuracy
+    expected = []
+    for label, true in zip(labels, truth, strict=True):
+        pairs = [(a, b) for a, b in zip(label.ravel(), true.ravel(), strict=True) if a != 255]
+        expected.append(sum(a == b for a, b in pairs) / len(pairs) if pairs else np.nan)
+    np.testing.assert_allclose(annotations.accuracy(labels, truth), expected)
+    assert annotations.accuracy(labels[0], truth[0]) == pytest.approx(expected[0])
+    with pytest.raises(ValueError, match="one"):
+        annotations.accuracy(labels, truth[0])
+
+
+def test_points_and_scribbles_are_always_right_and_boxes_are_not():
+    scenes = synthetic.generate(3, kind="objects", size=64, seed=0)
+    for kind in ("points", "scribbles", "boxes"):
+        labels = annotations.weak_labels_batch(scenes.semantic, scenes.instance, kind, seed=0)
+        right = annotations.accuracy(labels, scenes.semantic)
+        assert (right == 1.0).all() if kind != "boxes" else (right < 1.0).any(), kind

@@ -110,3 +110,38 @@ def test_show_grid_takes_rows_as_a_dict_of_titles():
     assert [ax.get_ylabel() for ax in fig.axes[::2]] == ["first", "second"]
     with pytest.raises(ValueError, match="no row_titles"):
         viz.show_grid({"first": [picture]}, row_titles=["again"])
+
+
+def test_fade_moves_every_value_two_thirds_of_the_way_to_light_grey():
+    values = np.arange(256, dtype=np.uint8)
+    expected = (35 * values.astype(int) + 65 * 254) // 100  # 0.35 v + 0.65 * 254, rounded down
+    assert viz.fade(values).tolist() == expected.tolist()
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)
+    faded = viz.fade(list(images))  # a sequence of images works too
+    assert faded.shape == images.shape and faded.dtype == np.uint8
+    assert faded.min() >= 165 and (viz.fade(images, strength=0.0) == images).all()
+
+
+def test_label_pictures_blends_with_alpha_and_brings_coarse_labels_to_the_image_size():
+    colours = np.array([[0, 0, 0], [200, 100, 0]], np.uint8)
+    coarse = np.array([[[1, IGNORE_INDEX], [0, 1]]])  # (1, 2, 2) for a 4 x 4 image
+    images = np.full((1, 4, 4, 3), 100, np.uint8)
+    (picture,) = viz.label_pictures(coarse, colours, images=images, alpha=0.5, dim=0.0)
+    blocks = coarse[0].repeat(2, axis=0).repeat(2, axis=1)  # each label pixel a 2 x 2 block
+    expected = np.where(
+        (blocks == IGNORE_INDEX)[..., None],
+        100,
+        np.round(0.5 * 100 + 0.5 * np.where((blocks == 1)[..., None], colours[1], colours[0])),
+    )
+    assert picture.tolist() == expected.tolist()
+    with pytest.raises(ValueError):
+        viz.label_pictures(coarse, colours, images=np.concatenate([images, images]))
+
+
+def test_outline_pictures_draws_each_image_s_own_borders():
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    regions = torch.tensor([[[0, 1], [0, 1]], [[2, 2], [2, 2]]])  # halves; one region
+    first, second = viz.outline_pictures(images, regions, (0, 255, 0))
+    border = (first == (0, 255, 0)).all(-1)
+    assert border[:, 1].all() and border.sum() == 4  # the left half's last column
+    assert not second.any()  # no border where a single region covers the image

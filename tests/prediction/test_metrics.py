@@ -102,3 +102,22 @@ def test_pseudo_label_quality_of_no_claim_is_nan_and_shapes_must_agree():
     assert np.isnan(q.miou_on_labelled) and q.labelled_fraction == 0.0
     with pytest.raises(ValueError, match="differ"):
         metrics.pseudo_label_quality(torch.zeros(2, 2), torch.zeros(2, 3), 2)
+
+
+def test_pointing_game_by_a_loop_over_image_class_pairs():
+    rng = np.random.default_rng(0)
+    cams = torch.from_numpy(rng.random((3, 4, 5, 6)))
+    truth = torch.from_numpy(rng.integers(0, 4, (3, 5, 6)))
+    tags = torch.from_numpy(rng.random((3, 4)) < 0.6)
+    hits, areas = [], []
+    for b in range(3):
+        for k in range(1, 4):  # background (0) has no map of its own
+            if tags[b, k]:
+                y, x = np.unravel_index(int(cams[b, k].argmax()), (5, 6))
+                hits.append(int(truth[b, y, x]) == k)
+                areas.append(float((truth[b] == k).double().mean()))
+    score = metrics.pointing_game(cams, tags, truth)
+    assert score.hit_rate == pytest.approx(np.mean(hits))
+    assert score.chance == pytest.approx(np.mean(areas))
+    with pytest.raises(ValueError, match="truth"):
+        metrics.pointing_game(cams, tags, truth[:, :4])

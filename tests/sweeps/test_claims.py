@@ -159,3 +159,18 @@ def test_a_study_not_yet_run_reads_as_the_reused_rows_alone(tmp_path):
     assert rows == [r for r in reused if r["dataset"] == "objects"]
     with pytest.raises(FileNotFoundError, match="not_yet.csv"):
         claims.study_rows(tmp_path / "not_yet.csv")
+
+
+def test_stage2_effects_are_the_stage2_claims_of_the_committed_study():
+    committed = claims.read_results("relations_cpu_reduced_claims.csv")
+    effects = claims.stage2_effects(committed)
+    with open(claims.results_folder() / "relations_cpu_reduced_claims.csv", newline="") as handle:
+        lines = [r for r in csv.reader(handle) if "stage 2 + CRF > stage-1 softmax" in r[0]]
+    miou = [r for r in lines if r[1] == "miou" and r[3] != ""]
+    assert [e["setting"] for e in effects] == [r[0].split(":")[0] for r in miou]
+    for effect, row in zip(effects, miou, strict=True):
+        assert effect["difference"] == float(row[2]) and effect["two_se"] == pytest.approx(
+            2 * float(row[3])
+        )
+        assert effect["verdict"] == row[5] and effect["n"] == int(row[4])
+    assert len(claims.stage2_effects(committed, metric="miou_knn")) == 0  # a stage-1 score only

@@ -63,3 +63,20 @@ def test_every_shipped_run_loads_without_a_warning():
         warnings.simplefilter("error")
         for name in runs.shipped_runs():
             assert runs.load_run(f"shipped:{name}").path == runs.SHIPPED_RUNS / name
+
+
+def test_read_metrics_gives_each_column_as_numbers(tmp_path):
+    (tmp_path / runs.METRICS).write_text("step,total\n1,0.5\n2,0.25\n")
+    history = runs.read_metrics(tmp_path)
+    assert history["step"].tolist() == [1.0, 2.0] and history["total"].tolist() == [0.5, 0.25]
+    (tmp_path / runs.METRICS).write_text("step,total\n")
+    with pytest.raises(ValueError, match="no logged row"):
+        runs.read_metrics(tmp_path)
+
+
+def test_describe_says_what_a_run_is(resnet_run):
+    folder, _ = resnet_run
+    run = runs.load_run(folder)
+    assert run.describe() == (
+        "resnet50 net, 7 steps on 'scribbles' labels, D = 8, 3 classes, stage-2 head: not yet"
+    )
