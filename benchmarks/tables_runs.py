@@ -123,7 +123,34 @@ def one_image(results):
     return {"one_image": (header, rows)}
 
 
+def demo(root, results):
+    """`demo_spread.py` and the shipped runs: the demo's table, with its spread over CPU kernels.
+
+    The short runs' mIoU and time are those of this machine's own kernels (setting "native");
+    the spread is the lowest and highest mIoU over every kernel setting the script ran.
+    """
+    spread = claims.read_results("demo_spread.csv", results)
+    rows = []
+    for run in dict.fromkeys(r["run"] for r in spread):
+        runs = [r for r in spread if r["run"] == run]
+        native = next(r for r in runs if r["setting"] == "native")
+        scores = sorted(float(r["miou"]) for r in runs)
+        rows.append((run, native["steps"], PREDICTORS.get(native["method"], native["method"]),
+                     f"{float(native['miou']):.3f}",
+                     f"{scores[0]:.3f} to {scores[-1]:.3f} ({len(runs)} settings)",
+                     f"{float(native['seconds']):.0f} s"))  # fmt: skip
+    for name in ("baseline_scribbles", "spml_scribbles"):  # what the demo draws beside them
+        r = next(r for r in claims.read_results(root / SHIPPED_RUNS) if r["run"] == name)
+        label = "SPML" if name.startswith("spml") else "partial CE"
+        rows.append((f"{label}, {r['steps']} steps (shipped)", r["steps"],
+                     PREDICTORS.get(r["headline"], r["headline"]), _score(r["val_miou"]),
+                     "(stored run)", f"{float(r['train_seconds']):.0f} s"))  # fmt: skip
+    header = ("run", "steps", "predictor", "val mIoU (32 images)",
+              "over CPU kernel settings", "training time")  # fmt: skip
+    return {"demo": (header, rows)}
+
+
 def tables(root, results):
     """Every table of this module by name, as ``(header, rows)``."""
     return {**calibration(results), **difficulty(results), **shipped_runs(root),
-            **embedding(results), **one_image(results)}  # fmt: skip
+            **embedding(results), **one_image(results), **demo(root, results)}  # fmt: skip

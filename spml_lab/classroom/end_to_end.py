@@ -41,7 +41,8 @@ SHIPPED = {"baseline_scribbles": "baseline", "spml_scribbles": "spml"}
 # that last-bit difference into hundredths of mIoU (on one 2-core machine, partial CE 0.376 and
 # SPML 0.587 with one thread, 0.402 and 0.590 with two). So every run of the demo trains and
 # scores on the CPU with one torch thread, whatever the machine's cores or OMP_NUM_THREADS; only
-# the CPU's own kernels are left to differ between machines. For this small network one thread
+# the CPU's own kernels are left to differ between machines (`benchmarks/demo_spread.py`
+# measures that spread). For this small network one thread
 # is also the fastest on two cores (`benchmarks/bench_runs.run_all`).
 DEVICE = "cpu"
 THREADS = 1
