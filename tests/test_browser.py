@@ -19,7 +19,6 @@ import pytest
 from browser import (
     chromium,
     element_png,
-    find_chromium,
     find_slider,
     image_src,
     jupyter_lab,
@@ -100,16 +99,6 @@ def copy_with_parameters(source, path, parameters):
         injected = nbformat.v4.new_code_cell(lines, metadata={"tags": ["injected-parameters"]})
         notebook.cells.insert(first + 1, injected)
     nbformat.write(notebook, path)
-
-
-@pytest.fixture(scope="module")
-def browser_paths():
-    try:
-        return find_chromium()
-    except FileNotFoundError as error:
-        if os.environ.get("SPML_SKIP_BROWSER") == "1":
-            pytest.skip(f"SPML_SKIP_BROWSER=1 and no browser: {error}")
-        pytest.fail(f"{error} (or set SPML_SKIP_BROWSER=1 to skip the browser tests)")
 
 
 @pytest.mark.slow

@@ -17,7 +17,6 @@ import pytest
 from browser import (
     chromium,
     element_png,
-    find_chromium,
     jupyter_lab,
     open_notebook,
     run_all_cells,
@@ -40,16 +39,6 @@ pad = scribble_widget.ScribbleWidget(
     bands, class_names=["left", "middle", "right"], side=64, steps={STEPS}, radius=2
 )
 pad.widget"""
-
-
-@pytest.fixture(scope="module")
-def browser_paths():
-    try:
-        return find_chromium()
-    except FileNotFoundError as error:
-        if os.environ.get("SPML_SKIP_BROWSER") == "1":
-            pytest.skip(f"SPML_SKIP_BROWSER=1 and no browser: {error}")
-        pytest.fail(f"{error} (or set SPML_SKIP_BROWSER=1 to skip the browser tests)")
 
 
 def drag(driver, canvas, points):
