@@ -37,6 +37,7 @@ import csv
 import time
 from pathlib import Path
 
+import bench_runs
 import numpy as np
 import torch
 
@@ -206,11 +207,8 @@ def report(out):
     plot(summary, out.with_suffix(".png"))
     written = {"_summary": summary, "_claims": verdicts}  # what tables.py reads for the docs
     for suffix, rows in written.items():
-        path = out.with_name(out.stem + suffix + ".csv")
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, list(rows[0]))
-            writer.writeheader()
-            writer.writerows({k: _rounded(v) for k, v in row.items()} for row in rows)
+        rounded = [{k: _rounded(v) for k, v in row.items()} for row in rows]
+        bench_runs.write_csv(out.with_name(out.stem + suffix + ".csv"), rounded)
     print(f"\nwrote {out}, its _summary.csv, _claims.csv and {out.with_suffix('.png')}")
 
 
