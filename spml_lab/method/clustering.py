@@ -6,9 +6,9 @@ started from a regular ``gy x gx`` grid; each cluster is then split by superpixe
 weak semantic label, so that every segment is pure in both. A segment's prototype ``u_s`` is
 the normalised mean of its pixels' embeddings.
 
-Everything works on a whole batch at once: k-means forms every image's means and assignments
-with one ``bmm`` each, and the segments come from one ``torch.unique`` over a combined (image,
-cluster, superpixel, label) key.
+Everything works on a whole batch at once: k-means offsets each image's cluster ids into one
+shared id space (one ``index_add`` for all means, one ``bmm`` for all assignments), and the
+segments come from one ``torch.unique`` over a combined (image, cluster, superpixel, label) key.
 """
 
 from __future__ import annotations
@@ -159,12 +159,11 @@ def spherical_kmeans(
 
     Notes
     -----
-    Every round is two ``bmm`` over the batch: a (B, K, N) membership matrix times the
-    pixels forms every cluster sum, and the normalised sums times the pixels score every
-    pixel against its own image's K prototypes. A cluster that runs empty gets a zero
-    prototype, whose similarity 0 still wins for a pixel with negative similarity to every
-    other prototype (ties go to the lowest id), as in the paper's code. Runs without
-    autograd: assignments are not differentiable.
+    Image b's cluster k is row ``b * K + k`` of one ``(B * K, D)`` table: one ``index_add``
+    forms every cluster sum, one ``bmm`` scores every pixel against its own image's K
+    prototypes. A cluster that runs empty gets a zero prototype, whose similarity 0 still
+    wins for a pixel with negative similarity to every other prototype (ties go to the lowest
+    id), as in the paper's code. Runs without autograd: assignments are not differentiable.
 
     Examples
     --------
@@ -187,15 +186,15 @@ def spherical_kmeans(
     with torch.no_grad():
         embeddings = embeddings.detach().to(torch.promote_types(embeddings.dtype, torch.float32))
         weighted = embeddings if valid is None else embeddings * valid[..., None]
-        pixels = embeddings.transpose(1, 2)  # (B, D, N)
-        clusters = torch.arange(num_clusters, device=labels.device)[None, :, None]  # (1, K, 1)
+        weighted = weighted.reshape(-1, dim)  # (B * N, D)
+        offsets = torch.arange(num_images, device=labels.device)[:, None] * num_clusters
         for _ in range(iterations):
-            members = (labels[:, None, :] == clusters).to(embeddings.dtype)  # (B, K, N)
-            sums = torch.bmm(members, weighted)  # (B, K, D)
-            prototypes = F.normalize(sums, dim=2)  # empty cluster: 0 / eps = zero prototype
-            # (B, K, N): the K x N layout, and max over K, are several times faster on the
-            # CPU than N x K and argmax for the few clusters k-means starts from
-            labels = torch.bmm(prototypes, pixels).max(1).indices
+            sums = embeddings.new_zeros(num_images * num_clusters, dim)
+            sums.index_add_(0, (labels + offsets).reshape(-1), weighted)  # (B * K, D)
+            prototypes = F.normalize(sums, dim=1)  # empty cluster: 0 / eps = zero prototype
+            prototypes = prototypes.view(num_images, num_clusters, dim)
+            similarity = torch.bmm(embeddings, prototypes.transpose(1, 2))  # (B, N, K)
+            labels = similarity.argmax(2)
     return labels if valid is None else torch.where(valid, labels, -1)
 
 
