@@ -171,7 +171,9 @@ class _MaskedPart(NamedTuple):
     logit_cols: torch.Tensor  # (G, Sm, D + 1) base-2 logit factors [kappa log2(e) u, 1]
     scaled: torch.Tensor  # (G, Sm, D) kappa * u: the gradients' factor
     keys: torch.Tensor  # (G, Sm) int64 or (G, Sm, C) float: the columns' label keys
-    sorted_keys: torch.Tensor | None  # (G, Sm) single-label keys sorted, for positive counts
+    # (1, Sm) single-label keys sorted, to count positives by searching them: one group only
+    # (a batched search is slower than counting in the block), without a group mask
+    sorted_keys: torch.Tensor | None
     bias: torch.Tensor | None  # (G, 1, Sm) 0 / -inf: padded or ignored columns
     col_of: torch.Tensor | None  # (S,) flat column (group * Sm + column) of each prototype, or -1
     trainable: torch.Tensor | int  # (G, Sm) bool, or the leading trainable columns (G = 1)
@@ -346,9 +348,10 @@ class BlockPlan:
             bias = bias[None, None]  # (1, 1, S)
         num_pixels = self.embeddings.shape[0]
         keys = self.proto_keys[None]
+        search = not (self.multi_label or self.groups is not None)
         return _MaskedPart(
             None, None, None, self.logit_prototypes[None], self.scaled[None], keys,
-            None if self.multi_label else torch.sort(keys).values, bias, None, self.trainable,
+            torch.sort(keys).values if search else None, bias, None, self.trainable,
             self.groups is not None,
             self.chunk_size or default_chunk_size(self.prototypes.shape[0]), 1, num_pixels,
         )  # fmt: skip
@@ -380,7 +383,8 @@ class BlockPlan:
         return _MaskedPart(
             row_index, row_valid, col_index, _rows(self.logit_prototypes, col_index),
             _rows(self.scaled, col_index), keys,
-            None if self.multi_label else torch.sort(keys).values, bias, col_of, trainable,
+            torch.sort(keys).values if col_valid is None and not self.multi_label else None,
+            bias, col_of, trainable,
             False, rows_per_block, max(1, pixels // rows_per_block),
         )  # fmt: skip
 
@@ -586,13 +590,14 @@ class BlockPlan:
             masked = same.mul_(exp)
         else:
             torch.eq(keys[..., None], col_keys[:, None, :], out=mask)  # (g, r, c)
-            if part.group_mask:  # the sorted keys know nothing of groups: count in the block
+            if part.group_mask:  # every prototype is a column: only the pixel's group counts
                 mask.masked_fill_(outside, False)
+            if part.sorted_keys is None:  # count in the block
                 same_count = mask.sum(-1, keepdim=True)
-            else:  # prototypes per label from the sorted keys: no (g, r, c) reduction
-                sorted_keys = part.sorted_keys[group_slice]
-                same_count = torch.searchsorted(sorted_keys, keys, right=True)
-                same_count = (same_count - torch.searchsorted(sorted_keys, keys))[..., None]
+            else:  # prototypes per label from the sorted keys: no (r, c) reduction
+                sorted_keys = part.sorted_keys[0]
+                same_count = torch.searchsorted(sorted_keys, keys[0], right=True)
+                same_count = (same_count - torch.searchsorted(sorted_keys, keys[0]))[None, :, None]
             counted = own_same if here is None else own_same & here  # o(i) among the columns
             has_pos = same_count > counted.long()
             torch.where(mask, exp, exp.new_zeros(()), out=masked)  # exp is 0 at o(i)
