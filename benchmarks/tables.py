@@ -61,7 +61,9 @@ DOCUMENTS = {
         "sparsity",
         "mechanisms",
     ),
+    "docs/gpu.md": ("contrastive_speed", "train_speed"),
 }
+RELATION_SETS = {"scribble": "scribble run (3)", "all": "all four"}
 
 
 def _table(header, rows):
@@ -168,6 +170,56 @@ def relations_tables():
     return tables
 
 
+def _contrastive_row(row):
+    crop = int(row["crop"])
+    return (
+        f"{crop} x {crop} ({row['embedding'].replace('x', ' x ')})",
+        RELATION_SETS[row["config"]],
+        f"{int(row['segments']):,} / {int(row['memory_prototypes']):,}",
+        f"{float(row['ours_s']):.3f} s",
+        f"{float(row['loop_s']):.2f} s",
+        f"{float(row['speedup']):.1f}x",
+        f"{float(row['max_loss_diff']):.1e}",
+        f"{row['device']}, {row['threads']} thread(s)",
+        row["load_before"],
+    )
+
+
+def _train_speed_row(row):
+    device = "CPU" if row["device"] == "cpu" else row["device"]
+    if row["device"] == "cpu":
+        device += f", {row['threads']} thread(s)"
+    setting = f"{row['model']}, {row['crop']} px, batch {row['batch']}, {row['precision']}"
+    if row["status"] != "ok":
+        return (device, setting, row["status"], "—", "—", "—", "—")
+    return (
+        device,
+        setting,
+        f"{float(row['alone_img_s']):.1f} img/s",
+        f"{float(row['full_img_s']):.1f} img/s",
+        f"{float(row['ratio']):.0%} ({row['clock']}); {float(row['ratio_wall']):.0%} (wall clock)",
+        f"+{float(row['extra_mib']):.0f} MiB ({row['memory_kind']})",
+        f"{row['load_before']} -> {row['load_after']}",
+    )
+
+
+def speed_tables():
+    """Return the speed benchmarks' tables by name, from their committed CSVs."""
+    contrastive = _table(
+        ("crop (embedding map)", "relations", "segments / memory", "spml_lab", "loop",
+         "speed-up", "max loss diff", "device", "load"),
+        [_contrastive_row(r) for r in claims.read_results("contrastive_speed.csv", RESULTS)],
+    )  # fmt: skip
+    # the CUDA CSV appears once a GPU has measured it
+    names = [n for n in ("train_speed_cpu.csv", "train_speed_cuda.csv") if (RESULTS / n).is_file()]
+    train_speed = _table(
+        ("device", "model, crop, batch, precision", "network alone", "full SPML step",
+         "full / alone", "extra peak memory", "load"),
+        [_train_speed_row(r) for n in names for r in claims.read_results(n, RESULTS)],
+    )  # fmt: skip
+    return {"contrastive_speed": contrastive, "train_speed": train_speed}
+
+
 MARKER = "<!-- tables.py: {} -->"
 
 
@@ -191,7 +243,7 @@ def main():
     parser.add_argument("--check", action="store_true", help="each document holds its tables")
     parser.add_argument("--write", action="store_true", help="rewrite the documents' tables")
     args = parser.parse_args()
-    tables = {**accuracy_tables(args.tag), **relations_tables()}
+    tables = {**accuracy_tables(args.tag), **relations_tables(), **speed_tables()}
     if args.write:
         for document in DOCUMENTS:
             path = ROOT / document
