@@ -13,25 +13,31 @@ def _seconds(value):
     return f"{float(value):.3g} s"
 
 
+def _train_speed_row(r):
+    device = "CPU" if r["device"] == "cpu" else r["device"]
+    if r["device"] == "cpu":
+        device += f", {r['threads']} thread(s)"
+    setting = f"{r['model']}, {r['crop']} px, batch {r['batch']}, {r['precision']}"
+    if r.get("status", "ok") != "ok":  # out of memory: a row without numbers
+        return (device, setting, r["status"], "—", "—", "—", "—")
+    return (
+        device,
+        setting,
+        f"{float(r['alone_img_s']):.1f} img/s",
+        f"{float(r['full_img_s']):.1f} img/s",
+        f"{float(r['ratio']):.0%} ({r['clock']}); {float(r['ratio_wall']):.0%} (wall clock)",
+        f"+{float(r['extra_mib']):.0f} MiB ({r['memory_kind']})",
+        f"{r['load_before']} -> {r['load_after']}",
+    )
+
+
 def train_speed(results):
     """`train_speed.py`: images/s and peak memory, network alone against the full SPML step."""
-    rows = []
-    for path in sorted(results.glob("train_speed_*.csv")):
-        for r in claims.read_results(path):
-            if r.get("status", "ok") != "ok":  # out of memory: a row without numbers
-                rows.append((r["device"], f"{r['model']}, {r['crop']}, {r['batch']}",
-                             r["status"], "", "", ""))  # fmt: skip
-                continue
-            device = (f"CPU, {r['threads']} threads (load {float(r['load_before']):.1f})"
-                      if r["device"] == "cpu" else r["device"])  # fmt: skip
-            setup = f"{r['model']}, {r['crop']}, {r['batch']}"
-            if r["amp_bf16"] == "True":
-                setup += ", bf16"
-            rows.append((device, setup, f"{float(r['alone_img_s']):.1f} img/s",
-                         f"{float(r['full_img_s']):.1f} img/s", f"{100 * float(r['ratio']):.0f} %",
-                         f"+{float(r['extra_mib']):.0f} MiB ({r['memory_kind']})"))  # fmt: skip
-    header = ("device", "model, crop, batch", "network alone", "full SPML step", "ratio",
-              "extra peak memory")  # fmt: skip
+    # the CUDA CSV appears once a GPU has measured it
+    rows = [_train_speed_row(r) for path in sorted(results.glob("train_speed_*.csv"))
+            for r in claims.read_results(path)]  # fmt: skip
+    header = ("device", "model, crop, batch, precision", "network alone", "full SPML step",
+              "full / alone", "extra peak memory", "load")  # fmt: skip
     return {"train_speed": (header, rows)}
 
 
@@ -42,13 +48,15 @@ def contrastive_speed(results):
         (f"{r['crop']} x {r['crop']} ({r['embedding'].replace('x', ' x ')})",
          relations.get(r["config"], r["config"]),
          f"{int(r['segments']):,} / {int(r['memory_prototypes']):,}",
-         _seconds(r["ours_s"]), _seconds(r["loop_s"]), f"{float(r['speedup']):.1f}x",
-         f"{r['ours_repeats']} / {r['loop_repeats']}",
-         f"{float(r['max_loss_diff']):.1e}".replace("e-0", "e-"))
+         f"{float(r['ours_s']):.3f} s", f"{float(r['loop_s']):.2f} s",
+         f"{float(r['speedup']):.1f}x",
+         f"{float(r['max_loss_diff']):.1e}".replace("e-0", "e-"),
+         f"{r['device']}, {r['threads']} thread(s), {r.get('clock', 'wall clock')}",
+         f"{r['load_before']} -> {r['load_after']}")
         for r in claims.read_results("contrastive_speed.csv", results)
     ]  # fmt: skip
     header = ("crop (embedding map)", "relations", "segments / memory", "spml_lab", "loop",
-              "speed-up", "median of (ours / loop)", "max loss diff")  # fmt: skip
+              "speed-up", "max loss diff", "device", "load")  # fmt: skip
     return {"contrastive_speed": (header, rows)}
 
 

@@ -38,15 +38,16 @@ class MemoryBank:
     image_ids : (M,) int64 tensor
         Negative ids, distinct for every image ever pushed, so never equal to an image id
         (0 .. B-1) of the current batch.
-    affinity_labels : (M,) int64 tensor
-        Feature-affinity label of each segment (`relations.affinity_labels`), 255 if none.
+    affinity_labels : (M,) int64 tensor or None
+        Feature-affinity label of each segment (`relations.affinity_labels`), 255 if none;
+        None unless the memory keeps them (``keep_affinity``).
     """
 
     prototypes: torch.Tensor
     labels: torch.Tensor
     tags: torch.Tensor | None
     image_ids: torch.Tensor
-    affinity_labels: torch.Tensor
+    affinity_labels: torch.Tensor | None
 
     @property
     def num_prototypes(self):
@@ -64,6 +65,10 @@ class PrototypeMemory:
     affinity_threshold : float, optional
         Cosine threshold for the affinity labels computed at `push` time; use the same value
         as the feature-affinity relation.
+    keep_affinity : bool, optional
+        Compute and keep each pushed batch's feature-affinity labels. Only the
+        feature-affinity relation reads them: a run without it passes False and saves an
+        ``S x S`` prototype comparison per step (the bank's ``affinity_labels`` is then None).
 
     Notes
     -----
@@ -88,11 +93,12 @@ class PrototypeMemory:
     (2, 6, [-2, -2, -2, -3, -3, -3])
     """
 
-    def __init__(self, size, *, affinity_threshold=0.95):
+    def __init__(self, size, *, affinity_threshold=0.95, keep_affinity=True):
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"size must be a non-negative int (batches kept), got {size!r}")
         self.size = size
         self.affinity_threshold = float(affinity_threshold)
+        self.keep_affinity = bool(keep_affinity)
         self._batches = []  # oldest first; each a dict of _FIELDS
         self._images_pushed = 0
         self._bank = None  # cached concatenation, rebuilt after a change
@@ -109,7 +115,7 @@ class PrototypeMemory:
             The batch's segments (``segment_ids`` (B, ...), image ids 0 .. B-1).
         labels_per_segment : (S,) int tensor, optional
             Feature-affinity label of each segment; default `relations.affinity_labels` with
-            this memory's `affinity_threshold`.
+            this memory's `affinity_threshold` (none without ``keep_affinity``).
         tags : (B, C) bool tensor, optional
             Image tags; default ``segments.tags`` (may be None: then the bank has no tags).
 
@@ -139,9 +145,9 @@ class PrototypeMemory:
             raise ValueError(
                 f"tags have {segment_tags.shape[1]} classes, the memory holds {widths.pop()}"
             )
-        if labels_per_segment is None:
+        if labels_per_segment is None and self.keep_affinity:
             labels_per_segment = affinity_labels(segments, threshold=self.affinity_threshold)
-        if tuple(labels_per_segment.shape) != (num_segments,):
+        if labels_per_segment is not None and tuple(labels_per_segment.shape) != (num_segments,):
             raise ValueError(
                 f"labels_per_segment must have shape ({num_segments},), "
                 f"got {tuple(labels_per_segment.shape)}"
@@ -152,7 +158,9 @@ class PrototypeMemory:
             "labels": segments.labels.detach().long().clone(),
             "tags": None if segment_tags is None else segment_tags.detach().bool().clone(),
             "image_ids": -1 - (first + segments.image_ids.detach().long()),
-            "affinity_labels": labels_per_segment.detach().long().clone(),
+            "affinity_labels": None
+            if labels_per_segment is None
+            else labels_per_segment.detach().long().clone(),
         }
         self._batches = (self._batches + [batch])[-self.size :]
         self._bank = None
@@ -167,13 +175,10 @@ class PrototypeMemory:
         if not self._batches:
             return None
         if self._bank is None:
-            fields = {
-                name: torch.cat([b[name] for b in self._batches])
-                for name in _FIELDS
-                if name != "tags"
-            }
-            tags = [b["tags"] for b in self._batches]
-            fields["tags"] = None if any(t is None for t in tags) else torch.cat(tags)
+            fields = {}
+            for name in _FIELDS:  # tags and affinity labels: None unless every batch has them
+                values = [b[name] for b in self._batches]
+                fields[name] = None if any(v is None for v in values) else torch.cat(values)
             self._bank = MemoryBank(**fields)
         return self._bank
 

@@ -268,6 +268,10 @@ def _relation_inputs(
         proto_labels = affinity_labels(segments, threshold=threshold)  # (S,)
         pixel_labels = torch.where(kept, _gather(proto_labels, own, -1), -1)
         bank_labels = "affinity_labels"
+        if bank is not None and bank.affinity_labels is None:
+            raise ValueError(
+                "memory holds no affinity labels; make it with PrototypeMemory(keep_affinity=True)"
+            )
     if bank is not None:
         extra = getattr(bank, bank_labels)
         if bank_labels == "tags":

@@ -25,7 +25,7 @@ from spml_lab.prediction import probabilities
 from spml_lab.prediction.crf import dense_crf_batch
 from spml_lab.prediction.predict import check_images, to_uint8
 
-__all__ = ["PseudoLabels", "random_walk", "walk_size", "from_head", "tag_argmax"]
+__all__ = ["PseudoLabels", "random_walk", "walk_size", "from_head", "embed_views", "tag_argmax"]
 
 
 class PseudoLabels(NamedTuple):
@@ -192,6 +192,7 @@ def from_head(
     crf=True,
     crf_options=None,
     background=0,
+    embeddings=None,
 ):
     """Pseudo labels of training images: tag softmax -> random walk -> dense CRF -> argmax.
 
@@ -217,6 +218,9 @@ def from_head(
         Keyword arguments of `spml_lab.prediction.crf.dense_crf`.
     background : int or None, optional
         Class allowed in every image (`probabilities.restrict_to_tags`).
+    embeddings : (B, h, w, D) or (2B, h, w, D) float tensor, optional
+        `embed_views` of the images, given by a caller that keeps them (stage 2 trains its
+        head on them). Default: computed here.
 
     Returns
     -------
@@ -259,13 +263,20 @@ def from_head(
             f"{tuple(getattr(tags, 'shape', ()))}"
         )
     size = tuple(images.shape[-2:])
-
-    def maps(x):  # probabilities and embeddings together, so one flip average covers both
-        emb = embedding_nets.embed(net, x)  # (2B, h, w, D)
-        return torch.cat([torch.softmax(head(emb).float(), dim=1), emb.permute(0, 3, 1, 2)], 1)
+    if embeddings is None:
+        embeddings = embed_views(net, images, flip=flip)  # (2B or B, h, w, D)
+    if embeddings.shape[0] != num_images * (2 if flip else 1):
+        raise ValueError(
+            f"embeddings must hold {num_images * (2 if flip else 1)} images (the images"
+            f"{' and their mirror images' if flip else ''}), got {embeddings.shape[0]}"
+        )
 
     with torch.no_grad():
-        joint = probabilities.flip_average(maps, images) if flip else maps(images)
+        # probabilities and embeddings together, so one flip average covers both
+        joint = torch.softmax(head(embeddings).float(), dim=1)
+        joint = torch.cat([joint, embeddings.permute(0, 3, 1, 2)], 1)  # (2B or B, C + D, h, w)
+        if flip:  # as `probabilities.flip_average`
+            joint = (joint[:num_images] + joint[num_images:].flip(-1)) / 2
         small = walk_size(joint.shape[-2:], max_walk_pixels)
         if small != tuple(joint.shape[-2:]):
             joint = F.interpolate(joint, size=small, mode="bilinear", align_corners=False)
@@ -282,6 +293,32 @@ def from_head(
         refined = dense_crf_batch(to_uint8(images), walked, **(crf_options or {})) if crf else None
         labels = tag_argmax(walked if refined is None else refined, tags, background=background)
     return PseudoLabels(labels.to(torch.uint8), scaled, walked, refined)
+
+
+def embed_views(net, images, *, flip=True):
+    """Embed images and, with `flip`, their mirror images: what pseudo labels are made from.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Embedding network.
+    images : (B, 3, H, W) float tensor in [0, 1]
+    flip : bool, optional
+        Also embed the mirror images.
+
+    Returns
+    -------
+    embeddings : (2B, h, w, D) float tensor, or (B, h, w, D) without `flip`
+        `embedding_nets.embed` of the images, then of their mirror images (not mirrored back).
+
+    Notes
+    -----
+    Each view is embedded as a batch of its own: the network's convolutions round
+    differently at another batch size, and stage 2 caches these very embeddings for its head,
+    so its head is trained on exactly what the pseudo labels were made from.
+    """
+    views = [images, images.flip(-1)] if flip else [images]
+    return torch.cat([embedding_nets.embed(net, view) for view in views])
 
 
 def tag_argmax(maps, tags, *, background=0):

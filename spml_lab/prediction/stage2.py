@@ -20,7 +20,7 @@ from tqdm import tqdm
 from spml_lab import checks, devices, schedules
 from spml_lab.constants import IGNORE_INDEX
 from spml_lab.data import writers
-from spml_lab.nets import embedding_nets, heads
+from spml_lab.nets import heads
 from spml_lab.prediction import metrics, pseudo_labels
 from spml_lab.prediction.predict import dataset_for, image_batches
 from spml_lab.training import run_folders
@@ -272,18 +272,19 @@ def _fit_head(run, steps, lr, batch_size, momentum, weight_decay, seed, max_imag
     bar = tqdm(total=count, disable=not progress, desc="spml pseudo labels")
     for batch in image_batches(dataset, batch_size, max_images):
         images = batch["image"]
+        # each image (and its mirror image) is embedded once: for its pseudo label, and for
+        # the cache the head trains on
+        embeddings = pseudo_labels.embed_views(run.net, images, flip=flip)  # (2B or B, ...)
         pseudo = pseudo_labels.from_head(
-            run.net, run.head, images, batch["tags"], flip=flip, **(pseudo_options or {})
-        ).labels
+            run.net, run.head, images, batch["tags"], flip=flip, embeddings=embeddings,
+            **(pseudo_options or {}),
+        ).labels  # fmt: skip
         if truth is not None:
             target = torch.stack([truth[int(i)]["label"] for i in batch["index"]])
             confusion += metrics.confusion_matrix(pseudo, target, num_classes)
-        with torch.no_grad():
-            views = [(images, pseudo)] + ([(images.flip(-1), pseudo.flip(-1))] if flip else [])
-            for view, labels in views:
-                group = groups.setdefault(tuple(images.shape[-2:]), ([], []))
-                group[0].append(embedding_nets.embed(run.net, view).half().cpu())  # (b, h, w, D)
-                group[1].append(labels)
+        group = groups.setdefault(tuple(images.shape[-2:]), ([], []))
+        group[0].append(embeddings.half().cpu())
+        group[1].append(torch.cat([pseudo, pseudo.flip(-1)]) if flip else pseudo)
         bar.update(len(images))
     bar.close()
     groups = {k: (torch.cat(e), torch.cat(lab)) for k, (e, lab) in groups.items()}

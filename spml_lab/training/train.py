@@ -549,8 +549,9 @@ class _TrainingLoop:
             self.net_ddp = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
             self.head_ddp = torch.nn.parallel.DistributedDataParallel(self.head, device_ids=ids)
         self.memory = PrototypeMemory(
-            cfg.memory_batches(self.world), affinity_threshold=cfg.affinity_threshold
-        )
+            cfg.memory_batches(self.world), affinity_threshold=cfg.affinity_threshold,
+            keep_affinity=cfg.feature_affinity,
+        )  # fmt: skip
         settings = cfg.relation_settings()
         self.columns = ["step", "lr", *settings, "total", "softmax_ce", "images_per_s"]
         self.sums = torch.zeros(len(settings) + 2, device=device)  # loss sums since last row

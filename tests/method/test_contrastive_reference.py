@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from spml_lab.constants import IGNORE_INDEX
-from spml_lab.method import losses
+from spml_lab.method import loss_blocks
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "contrastive_speed.py"
 
@@ -60,7 +60,7 @@ def block_batches(num_batches=3, size=12, seed=0):
 @pytest.mark.parametrize("plan", [True, False])
 def test_library_equals_the_per_image_loop(bench, monkeypatch, config, plan):
     if not plan:  # the GPU code path: every pixel against every prototype under masks
-        monkeypatch.setattr(losses, "PLAN_DEVICES", ())
+        monkeypatch.setattr(loss_blocks, "PLAN_DEVICES", ())
     batches = block_batches()
     check = bench.compare(
         batches[0], bench.library_memory(batches), bench.loop_memory(batches),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from spml_lab.constants import IGNORE_INDEX
-from spml_lab.method import losses
+from spml_lab.method import loss_blocks, losses
 from spml_lab.method.losses import default_chunk_size, pixel_segment_loss
 
 
@@ -530,10 +530,8 @@ def test_bad_groups_raise():
 def test_detached_memory_gets_no_gradient_and_changes_nothing_else(
     case, plan, reduction, monkeypatch
 ):
-    from spml_lab.method import losses
-
     if not plan:  # the masked path that GPUs take: every pixel against every column
-        monkeypatch.setattr(losses, "PLAN_DEVICES", ())
+        monkeypatch.setattr(loss_blocks, "PLAN_DEVICES", ())
     v, labels, seg, u, plabels = case(11)
     seg = seg % 4  # own segments among the first 4 (the batch); the rest are memory
     results = []
@@ -671,3 +669,98 @@ def test_the_block_kernel_sums_over_relation_masks(case):
     expected = torch.where(positive.any(1), torch.log((pos + neg) / pos), 0.0)
     got = pixel_segment_loss(v, labels, seg, u, plabels, 4.0, reduction="none", chunk_size=7)
     torch.testing.assert_close(got, expected)
+
+
+# The three kernels of `loss_blocks` and how to make a call take each of them: set parts (the
+# CPU's co-occurrence path), masked parts (the CPU's other relations; padded groups with
+# groups), and one masked part of every pixel against every prototype (off the CPU).
+KERNELS = {
+    "set parts": {"SET_PART_PAIRS": 0},
+    "masked parts": {"SET_PART_PAIRS": 2**62},
+    "one masked part": {"PLAN_DEVICES": ()},
+}
+
+
+@pytest.fixture(params=list(KERNELS))
+def kernel(request, monkeypatch):
+    for name, value in KERNELS[request.param].items():
+        monkeypatch.setattr(loss_blocks, name, value)
+    return request.param
+
+
+def kernel_blocks(monkeypatch):
+    """Count the blocks each kernel computes (a spy on both block methods)."""
+    counts = {"set": 0, "masked": 0}
+    for key, name in (("set", "_set_block"), ("masked", "_masked_block")):
+        original = getattr(loss_blocks.BlockPlan, name)
+
+        def spy(self, *args, _original=original, _key=key):
+            counts[_key] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(loss_blocks.BlockPlan, name, spy)
+    return counts
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("case", [single_label_case, label_set_case])
+def test_every_kernel_gives_the_dense_loss_and_gradients(kernel, case, reduction, grouped):
+    v, labels, seg, u, plabels, groups = grouped_case(case, 5)
+    options = {"pixel_groups": groups[0], "prototype_groups": groups[1]} if grouped else {}
+    # prototypes 6.. are a detached memory: no gradient, the same loss
+    seg = seg % 6
+    results = []
+    for fn, extra in (
+        (losses.dense_pixel_segment_loss, {}),
+        (pixel_segment_loss, {"trainable_prototypes": 6, "chunk_size": 7}),
+    ):
+        v1, u1 = v.clone().requires_grad_(), u.clone().requires_grad_()
+        loss = fn(v1, labels, seg, u1, plabels, 6.0, reduction, **options, **extra)
+        loss.sum().backward()
+        results.append((loss.detach(), v1.grad, u1.grad[:6]))
+    for dense, blockwise in zip(*results, strict=True):
+        torch.testing.assert_close(blockwise, dense)
+    want = brute_force(v, labels, seg, u, plabels, 6.0, groups=groups if grouped else None)
+    torch.testing.assert_close(
+        pixel_segment_loss(v, labels, seg, u, plabels, 6.0, "none", **options), want
+    )
+
+
+@pytest.mark.parametrize("case", [single_label_case, label_set_case])
+def test_each_kernel_is_the_one_taken(kernel, case, monkeypatch):
+    v, labels, seg, u, plabels = case(2)
+    counts = kernel_blocks(monkeypatch)
+    pixel_segment_loss(v.requires_grad_(), labels, seg, u, plabels, 6.0).backward()
+    if kernel == "set parts":  # one part per label (set), no mask
+        assert counts["set"] >= 2 and counts["masked"] == 0
+    else:
+        assert counts["set"] == 0 and counts["masked"] >= 1
+
+
+def test_cooccurrence_sized_calls_take_set_parts_and_annotation_sized_ones_masks(monkeypatch):
+    # SET_PART_PAIRS picks the kernel by size: few label sets over many pairs (image tags
+    # against batch and memory) go to set parts, labels of fewer pairs each to one masked part
+    g = torch.Generator().manual_seed(0)
+    v, u = unit(2000, 8, 0, torch.float32), unit(600, 8, 1, torch.float32)
+    seg = torch.randint(0, 600, (2000,), generator=g)
+    tags = torch.eye(4, dtype=torch.bool)[torch.randint(0, 4, (2000,), generator=g)]
+    proto_tags = torch.eye(4, dtype=torch.bool)[torch.randint(0, 4, (600,), generator=g)]
+    counts = kernel_blocks(monkeypatch)
+    pixel_segment_loss(v, tags, seg, u, proto_tags, 8.0)
+    assert counts == {"set": 4, "masked": 0}
+    counts = kernel_blocks(monkeypatch)
+    labels = torch.randint(0, 9, (2000,), generator=g)
+    labels[200:] = 255  # a tenth of the pixels labelled, as scribbles are
+    pixel_segment_loss(v, labels, seg, u, torch.randint(0, 9, (600,), generator=g), 6.0)
+    assert counts == {"set": 0, "masked": 1}
+
+
+@pytest.mark.parametrize("scale", [0.25, 3.0])
+def test_rows_that_are_not_unit_keep_the_formula(kernel, scale):
+    # the logits' shift bounds them by the rows' norms, not by 1: nothing overflows, the
+    # loss is still the formula's
+    v, labels, seg, u, plabels = label_set_case(6)
+    v = v * scale
+    got = pixel_segment_loss(v, labels, seg, u, plabels, 8.0, reduction="none")
+    torch.testing.assert_close(got, brute_force(v, labels, seg, u, plabels, 8.0))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from spml_lab.constants import IGNORE_INDEX
 from spml_lab.method.clustering import Segments, build_segments
 from spml_lab.method.memory import MemoryBank, PrototypeMemory
-from spml_lab.method.relations import affinity_labels, semantic_annotation
+from spml_lab.method.relations import affinity_labels, feature_affinity, semantic_annotation
 
 
 def batch(seed, num_images=2, num_pixels=12, dim=4, requires_grad=False):
@@ -168,3 +168,22 @@ def test_memory_feeds_the_relations():
     memory.push(batch(7)[3])
     with_memory = semantic_annotation(emb, labels, segments, memory, concentration=6.0)
     assert torch.isfinite(with_memory) and with_memory.item() != without.item()
+
+
+def test_a_memory_without_affinity_labels_keeps_everything_else():
+    # a run without feature affinity leaves its S x S comparison out: the same bank otherwise,
+    # saved and restored with it; the feature-affinity relation then names what is missing
+    full, lean = PrototypeMemory(2), PrototypeMemory(2, keep_affinity=False)
+    for seed in range(3):
+        full.push(batch(seed)[3])
+        lean.push(batch(seed)[3])
+    bank = lean.bank()
+    assert bank.affinity_labels is None
+    for name in ("prototypes", "labels", "tags", "image_ids"):
+        assert torch.equal(getattr(bank, name), getattr(full.bank(), name))
+    restored = PrototypeMemory(2, keep_affinity=False)
+    restored.load_state_dict(save_and_load(lean.state_dict()))
+    assert restored.bank().affinity_labels is None
+    emb, labels, _, segments = batch(4)
+    with pytest.raises(ValueError, match="keep_affinity=True"):
+        feature_affinity(emb, segments, lean, concentration=12.0)

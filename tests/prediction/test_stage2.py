@@ -192,3 +192,21 @@ def test_pseudo_label_steps_score_each_step_and_end_at_fit_head_s_labels(fitted)
     assert len(steps.batch["name"]) == 4 and steps.truth.shape == steps.labels["crf"].shape
     without_crf = stage2.pseudo_label_steps(run, max_images=2, pseudo_options={"crf": False})
     assert list(without_crf.miou) == ["softmax", "walked"]
+
+
+def test_fit_head_embeds_each_training_image_once(run_dir, tmp_path, monkeypatch):
+    # once for its pseudo label and the cached embedding together, and once its mirror image
+    from spml_lab.nets import embedding_nets
+
+    embedded = []
+    original = embedding_nets.embed
+
+    def counting(net, images):
+        embedded.append(len(images))
+        return original(net, images)
+
+    monkeypatch.setattr(embedding_nets, "embed", counting)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    stage2.fit_head(copy, steps=2, batch_size=4, max_images=IMAGES)
+    assert sum(embedded) == 2 * IMAGES
