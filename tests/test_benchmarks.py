@@ -1,7 +1,9 @@
 """The benchmarks' CPU forms run end to end (tiny settings); their real runs are not timed tests."""
 
+import csv
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +131,36 @@ def test_one_image_speed_times_the_widgets_train(tmp_path):
         assert max(int(r["height"]), int(r["width"])) == 256
         assert r["masks"] == "2"  # the forest's, then SPML's after 5 steps (its last)
         assert 0 < float(r["first_mask_s"]) <= float(r["first_spml_s"]) == float(r["last_mask_s"])
+
+
+def _rows(scores):
+    """Results rows of one cell (objects/points/spml) and its baseline, from {seed: miou}."""
+    return [{"dataset": "objects", "kind": "points", "method": method, "seed": str(seed),
+             "split": "test", "miou": miou, "miou_knn": ""}
+            for method, by_seed in scores.items() for seed, miou in by_seed.items()]  # fmt: skip
+
+
+def test_rerun_compare_by_hand(tmp_path):
+    before = _rows({"spml": {0: "0.6000", 1: "0.7000", 2: "0.8000"},
+                    "baseline": {0: "0.1000", 1: "0.2000", 2: "0.3000"}})  # fmt: skip
+    after = _rows({"spml": {0: "0.6000", 1: "0.7090", 2: "0.8000"},
+                   "baseline": {0: "0.1000", 1: "0.2000", 2: "0.3000"}})  # fmt: skip
+    for name, rows in (("before.csv", before), ("after.csv", after)):
+        with (tmp_path / name).open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    out = run(ROOT / "benchmarks/rerun_compare.py", tmp_path / "before.csv",
+              tmp_path / "after.csv", "--name", "x", "--out", tmp_path)  # fmt: skip
+    assert "5 of 6 runs identical; 1 of 2 cells within 0.002" in out
+    with (tmp_path / "x_rerun_summary.csv").open() as handle:
+        cells = {r["method"]: r for r in csv.DictReader(handle)}
+    # spml: mean 0.7 -> 0.703, beyond 0.002; se from the two seed spreads
+    se = ((statistics.stdev([0.6, 0.7, 0.8]) ** 2 + statistics.stdev([0.6, 0.709, 0.8]) ** 2)
+          / 3) ** 0.5  # fmt: skip
+    assert float(cells["spml"]["difference"]) == pytest.approx(0.003, abs=1e-4)
+    assert cells["spml"]["within_tolerance"] == "False"
+    assert float(cells["spml"]["max_run_change"]) == pytest.approx(0.009)
+    assert float(cells["spml"]["se"]) == pytest.approx(se, abs=1e-4)
+    assert cells["spml"]["identical_runs"] == "2"
+    assert cells["baseline"]["identical_runs"] == "3"
