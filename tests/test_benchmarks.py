@@ -31,6 +31,13 @@ def test_train_speed_cpu_preset_reports_both_steps():
     assert "alone" in out and "full" in out and "targets:" in out
 
 
+def test_step_parts_times_every_relation_of_the_step():
+    out = run(ROOT / "benchmarks/step_parts.py", "--steps", "1", "--warmup", "1", "--no-write")
+    for part in ("network alone", "segments", "low_level", "semantic_annotation",
+                 "cooccurrence", "memory push", "rest", "full step"):  # fmt: skip
+        assert re.search(rf"{part}: +-?[0-9.]+ ms", out), out
+
+
 def test_contrastive_speed_small_crop_matches_the_loop():
     out = run(ROOT / "benchmarks/contrastive_speed.py", "--crops", "128", "--configs", "scribble",
               "--repeats", "1", "--loop-repeats", "1", "--threads", "1", "--no-write")  # fmt: skip
