@@ -171,3 +171,18 @@ def test_rerun_compare_by_hand(tmp_path):
     assert float(cells["spml"]["se"]) == pytest.approx(se, abs=1e-4)
     assert cells["spml"]["identical_runs"] == "2"
     assert cells["baseline"]["identical_runs"] == "3"
+
+
+def test_timed_appends_a_row_only_for_a_command_that_succeeds(tmp_path):
+    out = tmp_path / "times.csv"
+    script = ROOT / "benchmarks/timed.py"
+    run(script, "--out", out, "--", sys.executable, "-c", "import time; time.sleep(0.3)")
+    run(script, "--out", out, "--", sys.executable, "-c", "pass")
+    failed = subprocess.run([sys.executable, script, "--out", out, "--", sys.executable, "-c",
+                             "raise SystemExit(3)"], capture_output=True, text=True)  # fmt: skip
+    assert failed.returncode == 3 and "no row written" in failed.stderr
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2  # the failed command left no row
+    assert float(rows[0]["wall_s"]) >= 0.3 > float(rows[1]["wall_s"]) - 0.3
+    assert "time.sleep(0.3)" in rows[0]["command"]
