@@ -186,3 +186,30 @@ def test_timed_appends_a_row_only_for_a_command_that_succeeds(tmp_path):
     assert len(rows) == 2  # the failed command left no row
     assert float(rows[0]["wall_s"]) >= 0.3 > float(rows[1]["wall_s"]) - 0.3
     assert "time.sleep(0.3)" in rows[0]["command"]
+
+
+def test_the_cam_stage_runs_on_its_fixed_threads_whatever_the_process_has(tmp_path, monkeypatch):
+    # its labels change with the thread count, and every tags and boxes run trains on them
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import accuracy
+    import bench_runs
+    import torch
+
+    root = bench_runs.ensure_dataset(tmp_path / "objects", "objects", {"train": 2, "val": 1}, 0,
+                                     size=48)  # fmt: skip
+    seen = []
+
+    def classifier(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # stop here: the threads are what this test is about
+
+    monkeypatch.setattr(accuracy.tag_training, "train_tag_classifier", classifier)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            accuracy.ensure_cam_labels(root, steps=1, width=8, seed=0, device="cpu")
+        assert seen == [accuracy.CAM_THREADS]
+        assert torch.get_num_threads() == 1  # given back, even after an interruption
+    finally:
+        torch.set_num_threads(before)
