@@ -60,6 +60,57 @@ def contrastive_speed(results):
     return {"contrastive_speed": (header, rows)}
 
 
+def step_parts(results):
+    """`step_parts.py`: CPU time of each part of one SPML step, and its share of the step."""
+    rows = [(r["part"], f"{float(r['median_ms']):.1f} ms", f"{float(r['share_of_full']):.0%}")
+            for r in claims.read_results("step_parts_cpu.csv", results)]  # fmt: skip
+    return {"step_parts": (("part of the step", "CPU time per step", "share of the full step"),
+                           rows)}  # fmt: skip
+
+
+def wall_times(results):
+    """`timed.py`: the wall clock and CPU time of whole benchmark commands."""
+    rows = [(f"`{r['command']}`", r["commit"], f"{float(r['wall_s']) / 60:.1f} min",
+             f"{float(r['cpu_s']) / 60:.1f} min", f"{r['cores']} ({r['machine']})",
+             f"{r['load_before']} -> {r['load_after']}", r["started"][:10])
+            for r in claims.read_results("wall_times.csv", results)]  # fmt: skip
+    header = ("command", "commit", "wall clock", "CPU time", "cores", "load", "date")
+    return {"wall_times": (header, rows)}
+
+
+def speed_summary(results):
+    """Return the README's speed figures: the step, the reduced benchmark, a parallel sweep."""
+    rows = []
+    for r in claims.read_results("train_speed_cpu.csv", results):
+        rows.append(
+            (
+                f"SPML training step / network alone ({r['model']} net, batch {r['batch']} "
+                f"of {r['crop']} px, {r['threads']} thread)",
+                f"{float(r['ratio']):.0%} ({r['clock']})",
+                "`train_speed_cpu.csv`",
+            )
+        )
+    for r in claims.read_results("wall_times.csv", results):
+        if "accuracy.py --reduced" in r["command"]:
+            rows.append(
+                (
+                    f"reduced accuracy benchmark from an empty work folder, {r['cores']} cores",
+                    f"{float(r['wall_s']) / 60:.0f} min (wall clock)",
+                    "`wall_times.csv`",
+                )
+            )
+    for r in claims.read_results("sweep_speed.csv", results):
+        if r["jobs"] != "1":
+            rows.append(
+                (
+                    f"sweep of {r['runs']} notebook runs, `--jobs {r['jobs']}` against 1",
+                    f"{float(r['speedup']):.2f}x",
+                    "`sweep_speed.csv`",
+                )
+            )
+    return {"speed_summary": (("what", "measured", "file"), rows)}  # fmt: skip
+
+
 def sweep_speed(results):
     """`sweep_speed.py`: a 4-run sweep one at a time against ``--jobs 2``."""
     found = claims.read_results("sweep_speed.csv", results)
@@ -159,4 +210,5 @@ def tables(results):
     """Every table of this module by name, as ``(header, rows)``."""
     return {**train_speed(results), **contrastive_speed(results), **sweep_speed(results),
             **prepare_speed(results), **predict_memory(results), **synthetic_speed(results),
-            **run_times(results)}  # fmt: skip
+            **run_times(results), **step_parts(results), **wall_times(results),
+            **speed_summary(results)}  # fmt: skip
