@@ -55,8 +55,10 @@ numbers was looked at:
 
   Cells a and the spml / baseline / full cells of objects are those of the accuracy
   benchmark: its committed rows (``accuracy_cpu_reduced.csv``, same data, recipe and code
-  path) are read, not retrained; ``baseline_stage2`` retrains the baseline (its stage-1 head
-  + CRF, ``miou_softmax_crf``, must reproduce the committed baseline rows).
+  path) are read, not retrained (frozen in ``relations_cpu_reduced_reused.csv`` when the
+  accuracy benchmark was later rerun with the faster loss blocks, `claims.STUDY_REUSES`);
+  ``baseline_stage2`` retrains the baseline (its stage-1 head + CRF, ``miou_softmax_crf``,
+  must reproduce the committed baseline rows).
 * **Claims written** (``relations_cpu_reduced_claims.csv``): each relation x setting effect
   (helps / hurts / no measurable effect) on ``miou`` and ``miou_knn``; per kind "SPML >
   baseline_stage2" (the relations beyond the pipeline), "baseline_stage2 > partial CE" (the

@@ -105,8 +105,24 @@ def compare_cells(before, after, split="test", key="miou"):
                                         for r in mine), 4),
             "identical_runs": sum(r["identical"] for r in mine),
             "within_tolerance": abs(mean_a - mean_b) <= TOLERANCE + 1e-12,
+            **_mean_seconds(before, after, cell, split),
         })  # fmt: skip
     return rows
+
+
+def _mean_seconds(before, after, cell, split):
+    """Mean training and stage-2 seconds of a cell's runs before and after ("" if not timed)."""
+    out = {}
+    for column in ("train_seconds", "stage2_seconds"):
+        for name, rows in (("before", before), ("after", after)):
+            values = [
+                _float(r.get(column))
+                for r in rows
+                if (r["dataset"], r["kind"], r["method"]) == cell and r["split"] == split
+            ]
+            values = [v for v in values if not math.isnan(v)]
+            out[f"{column}_{name}"] = round(sum(values) / len(values), 1) if values else ""
+    return out  # fmt: skip
 
 
 def compare_claims(before, after, keys=("miou", "miou_knn")):

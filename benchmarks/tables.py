@@ -54,11 +54,13 @@ PROBES = (
 )
 # which document holds which tables (`--check`)
 DOCUMENTS = {
-    "README.md": ("demo", "relations"),
+    "README.md": ("demo", "relations", "speed_summary"),
     "docs/benchmarks.md": (
         "accuracy_cells",
         "accuracy_claims",
         "accuracy_probes",
+        "accuracy_rerun",
+        "wall_times",
         "relations",
         "relations_knn",
         "pipeline",
@@ -72,7 +74,7 @@ DOCUMENTS = {
     ),
     "docs/data.md": ("synthetic_speed",),
     "docs/embedding.md": ("embedding",),
-    "docs/gpu.md": ("prepare_speed", "contrastive_speed", "train_speed"),
+    "docs/gpu.md": ("prepare_speed", "contrastive_speed", "train_speed", "step_parts"),
     "docs/reference.md": ("predict_memory", "shipped_runs", "sweep_speed"),
 }
 
@@ -121,7 +123,29 @@ def accuracy_tables(tag="cpu_reduced"):
             values.append(f"{sum(numbers) / len(numbers):.2f}" if numbers else "—")
         probes.append((f"{dataset}/{kind}/{method}", *values))
     return {"accuracy_cells": cells, "accuracy_claims": verdicts,
-            "accuracy_probes": _table(("run", *PROBES), probes)}  # fmt: skip
+            "accuracy_probes": _table(("run", *PROBES), probes),
+            "accuracy_rerun": rerun_table(name)}  # fmt: skip
+
+
+def rerun_table(name):
+    """Return the table of `rerun_compare.py`: each cell before and after a rerun."""
+    rows = [(f"{r['dataset']}/{r['kind']}", LABELS.get(r["method"], r["method"]),
+             f"{float(r['mean_before']):.3f} ± {float(r['sd_before']):.3f}",
+             f"{float(r['mean_after']):.3f} ± {float(r['sd_after']):.3f}",
+             f"{float(r['difference']):+.3f} (SE {float(r['se']):.3f})",
+             f"{float(r['max_run_change']):.3f}", f"{r['identical_runs']} of {r['n']}",
+             _minutes(r, "train_seconds"))
+            for r in claims.read_results(f"{name}_rerun_summary.csv", RESULTS)]  # fmt: skip
+    return _table(("cell", "method", "committed", "rerun", "rerun - committed",
+                   "largest change of a run", "runs identical", "training min per run"),
+                  rows)  # fmt: skip
+
+
+def _minutes(row, column):
+    before, after = row[f"{column}_before"], row[f"{column}_after"]
+    if before == "" or after == "":
+        return "—"
+    return f"{float(before) / 60:.1f} -> {float(after) / 60:.1f}"
 
 
 def relations_tables():
