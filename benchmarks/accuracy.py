@@ -166,16 +166,13 @@ def ensure_cam_labels(root, steps, width, seed, device):
         return json.loads(quality_path.read_text())
     tic = time.perf_counter()
     tags = datasets.from_folder(root, "train", "tags")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(CAM_THREADS)
-    try:  # the classifier's batch and learning rate are tag_training's (CLASSIFIER_*)
+    with devices.torch_threads(CAM_THREADS):
+        # the classifier's batch and learning rate are tag_training's (CLASSIFIER_*)
         net = tag_training.train_tag_classifier(
             tags, steps=steps, seed=seed, width=width, device=device
         )
         for kind in ("tags", "boxes"):
             label_files.write_pseudo_labels(net, root, "train", kind)
-    finally:
-        torch.set_num_threads(threads)
     quality = {"classifier_steps": steps}
     truth = datasets.from_folder(root, "train", "full")
     for kind in ("tags", "boxes"):

@@ -11,9 +11,11 @@ and prediction layers share it without importing each other.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-__all__ = ["DEFAULT", "HELP", "check_device", "resolve_device"]
+__all__ = ["DEFAULT", "HELP", "check_device", "resolve_device", "torch_threads"]
 
 DEFAULT = "auto"
 # the help text of every --device flag and device field
@@ -103,3 +105,32 @@ def resolve_device(name=DEFAULT, *, argument="device"):
                 "CUDA device(s)"
             )
     return device
+
+
+@contextlib.contextmanager
+def torch_threads(count):
+    """Run the block (or the decorated function) on `count` torch threads, then restore.
+
+    Results of CPU kernels depend on the thread count (the order of their sums), so work
+    whose numbers must repeat on any machine pins it; the caller's count comes back even when
+    the block raises.
+
+    Parameters
+    ----------
+    count : int
+
+    Examples
+    --------
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -12,7 +12,6 @@ view.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -21,8 +20,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
+from spml_lab import devices
 from spml_lab.classroom import trained_runs
 from spml_lab.data import datasets
 from spml_lab.pictures import viz
@@ -117,25 +116,7 @@ def _has_head(folder, steps):
     return path.is_file() and checkpoints.load_checkpoint(path)["settings"]["steps"] == steps
 
 
-def _torch_threads(count):
-    """Run the decorated function with `count` torch threads, then restore the caller's."""
-
-    def decorate(function):
-        @functools.wraps(function)
-        def wrapper(*args, **kwargs):
-            previous = torch.get_num_threads()
-            torch.set_num_threads(count)
-            try:
-                return function(*args, **kwargs)
-            finally:
-                torch.set_num_threads(previous)
-
-        return wrapper
-
-    return decorate
-
-
-@_torch_threads(THREADS)
+@devices.torch_threads(THREADS)
 def run_demo(out="outputs/demo", *, steps=200, stage2_steps=100, seed=0, images=4, progress=True):
     """Train, score and draw SPML against partial cross-entropy on the embedded scribbles.
 
