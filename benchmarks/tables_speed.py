@@ -9,10 +9,6 @@ from __future__ import annotations
 from spml_lab.sweeps import claims
 
 
-def _seconds(value):
-    return f"{float(value):.3g} s"
-
-
 def _train_speed_row(r):
     device = "CPU" if r["device"] == "cpu" else r["device"]
     if r["device"] == "cpu":
