@@ -77,52 +77,65 @@ def compare_runs(before, after):
     return rows
 
 
-def compare_cells(before, after, split="test", key="miou"):
+def _by_cell(rows, split):
+    """Rows of `split` grouped by cell (dataset, kind, method)."""
+    cells = {}
+    for row in rows:
+        if row["split"] == split:
+            cells.setdefault((row["dataset"], row["kind"], row["method"]), []).append(row)
+    return cells
+
+
+def compare_cells(before, after, runs, split="test", key="miou"):
     """Each cell's mean before and after, with the seeds' standard error of the difference.
+
+    Parameters
+    ----------
+    before, after : list of dict of str to str
+        Rows of the two CSVs.
+    runs : list of dict
+        `compare_runs` of the two.
+    split, key : str, optional
+        The split and the score compared.
 
     Returns
     -------
     rows : list of dict
         ``dataset, kind, method, n, mean_before, sd_before, mean_after, sd_after, difference,
-        se, max_run_change, identical_runs, within_tolerance``.
+        se, max_run_change, identical_runs, within_tolerance`` and the mean training and
+        stage-2 seconds before and after.
     """
     old, new = claims.cell_values(before, split, key), claims.cell_values(after, split, key)
-    runs = compare_runs(before, after)
+    compared = _by_cell(runs, split)
+    rows_before, rows_after = _by_cell(before, split), _by_cell(after, split)
     rows = []
     for cell in old:
         mean_b, sd_b = claims.mean_std(old[cell])
         mean_a, sd_a = claims.mean_std(new[cell])
-        n = len(old[cell])
-        mine = [r for r in runs if (r["dataset"], r["kind"], r["method"]) == cell
-                and r["split"] == split]  # fmt: skip
+        difference, se = claims.compare(new[cell], old[cell])  # the claims rule's SE
+        changes = [abs(_float(r[f"{key}_after"]) - _float(r[f"{key}_before"]))
+                   for r in compared[cell]]  # fmt: skip
         rows.append({
-            "dataset": cell[0], "kind": cell[1], "method": cell[2], "n": n,
+            "dataset": cell[0], "kind": cell[1], "method": cell[2], "n": len(old[cell]),
             "mean_before": round(mean_b, 4), "sd_before": round(sd_b, 4),
             "mean_after": round(mean_a, 4), "sd_after": round(sd_a, 4),
-            "difference": round(mean_a - mean_b, 4),
-            "se": round(math.sqrt((sd_a**2 + sd_b**2) / n), 4),
-            "max_run_change": round(max(abs(_float(r[f"{key}_after"]) - _float(r[f"{key}_before"]))
-                                        for r in mine), 4),
-            "identical_runs": sum(r["identical"] for r in mine),
+            "difference": round(difference, 4), "se": round(se, 4),
+            "max_run_change": round(max(changes), 4),
+            "identical_runs": sum(r["identical"] for r in compared[cell]),
             "within_tolerance": abs(mean_a - mean_b) <= TOLERANCE + 1e-12,
-            **_mean_seconds(before, after, cell, split),
+            **_mean_seconds(rows_before[cell], rows_after[cell]),
         })  # fmt: skip
     return rows
 
 
-def _mean_seconds(before, after, cell, split):
+def _mean_seconds(before, after):
     """Mean training and stage-2 seconds of a cell's runs before and after ("" if not timed)."""
     out = {}
     for column in ("train_seconds", "stage2_seconds"):
         for name, rows in (("before", before), ("after", after)):
-            values = [
-                _float(r.get(column))
-                for r in rows
-                if (r["dataset"], r["kind"], r["method"]) == cell and r["split"] == split
-            ]
-            values = [v for v in values if not math.isnan(v)]
+            values = [v for v in (_float(r.get(column)) for r in rows) if not math.isnan(v)]
             out[f"{column}_{name}"] = round(sum(values) / len(values), 1) if values else ""
-    return out  # fmt: skip
+    return out
 
 
 def compare_claims(before, after, keys=("miou", "miou_knn")):
@@ -150,7 +163,7 @@ def main():
     after = claims.read_results(Path(args.after).resolve())
     out = Path(args.out)
     runs = compare_runs(before, after)
-    cells = compare_cells(before, after)
+    cells = compare_cells(before, after, runs)
     verdicts = compare_claims(before, after)
     bench_runs.write_csv(out / f"{args.name}_rerun.csv", runs)
     bench_runs.write_csv(out / f"{args.name}_rerun_summary.csv", cells)
