@@ -73,6 +73,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import provenance
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gpu"
 BUDGET_S = 480  # the whole check: 8 minutes; no step starts after it
@@ -119,22 +121,12 @@ def environment(out):
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
         "optional": {name: importlib.util.find_spec(name) is not None for name in OPTIONAL},
-        "commit": _git_commit(),
+        "commit": provenance.git_commit(),
     }
     if torch.cuda.is_available():
         info["memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     (out / "environment.json").write_text(json.dumps(info, indent=2) + "\n")
     return f"{info['device']}, torch {info['torch']}, CUDA {info['cuda']}"
-
-
-def _git_commit():
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() or None
 
 
 def pipeline(out, sizes):

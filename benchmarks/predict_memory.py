@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import provenance
 from PIL import Image
 
 from spml_lab.data import labelio
@@ -58,12 +58,7 @@ def write_photo(path, height, width, rng):
 
 def machine():
     """Describe the CPU, its cores and how busy it was, in one CSV-safe phrase."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line for line in info if line.startswith("model name")).split(":")[1]
-    except (OSError, StopIteration):
-        pass
+    cpu = provenance.cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{cpu.strip()}; {os.cpu_count()} cores; load {load:.1f} at start".replace(",", " ")
 

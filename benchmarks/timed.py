@@ -17,36 +17,17 @@ import argparse
 import csv
 import datetime
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import provenance
+
 RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = RESULTS.parent.parent
 COLUMNS = ("started", "command", "commit", "wall_s", "cpu_s", "peak_rss_mib", "cores",
            "machine", "load_before", "load_after", "clock_source")  # fmt: skip
-
-
-def commit():
-    """Return the commit, with ``+changes`` when the tracked files differ from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                          capture_output=True).stdout.strip()  # fmt: skip
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           text=True, capture_output=True).stdout.strip()  # fmt: skip
-    return head + ("+changes" if dirty else "")
-
-
-def machine():
-    """Return the CPU's model name (Linux), else the architecture."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def append_row(path, row):
@@ -70,7 +51,8 @@ def main(argv=None):
     if not command:
         parser.error("give the command to time after --")
     row = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
-           "command": " ".join(command), "commit": commit(),
+           "command": " ".join(command),
+           "commit": provenance.git_commit(short=True, mark_changes=True) or "",
            "load_before": round(os.getloadavg()[0], 2)}  # fmt: skip
     start = time.perf_counter()
     status = subprocess.call(command)
@@ -82,7 +64,7 @@ def main(argv=None):
     row.update(
         wall_s=round(wall, 1), cpu_s=round(usage.ru_utime + usage.ru_stime, 1),
         peak_rss_mib=round(usage.ru_maxrss / 1024), cores=os.cpu_count(),
-        machine=machine(),
+        machine=provenance.cpu_name(),
         load_after=round(os.getloadavg()[0], 2), clock_source="timed.py",
     )  # fmt: skip
     append_row(args.out, row)
