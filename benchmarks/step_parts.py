@@ -42,7 +42,6 @@ import train_speed
 from spml_lab.method import clustering, relations
 from spml_lab.method.label_maps import step_maps
 from spml_lab.method.memory import PrototypeMemory
-from spml_lab.nets.build import build_model
 from spml_lab.training import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,14 +51,7 @@ def time_parts(cfg, *, steps, warmup, num_batches=4):
     """Median CPU seconds of each part of the step (see the module notes), by part name."""
     device = torch.device("cpu")
     batches, num_classes = train_speed.make_batches(cfg, num_batches, device)
-    torch.manual_seed(cfg.seed)
-    net, head = build_model(cfg, num_classes)
-    net, head = net.train(), head.train()
-    optimizer = torch.optim.SGD(
-        train.param_groups(net, head, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0
-    )
-    memory = PrototypeMemory(cfg.memory_batches(), affinity_threshold=cfg.affinity_threshold,
-                             keep_affinity=cfg.feature_affinity)  # fmt: skip
+    net, head, optimizer, memory = train_speed.make_trainables(cfg, num_classes, device, "fp32")
     settings = cfg.relation_settings()
     seconds = {}
 

@@ -137,6 +137,27 @@ def make_batches(cfg, count, device):
     return batches, dataset.num_classes
 
 
+def make_trainables(cfg, num_classes, device, precision):
+    """Make the seeded network, head, SGD optimizer and prototype memory as the trainer does.
+
+    Returns ``(net, head, optimizer, memory)``; `precision` "bf16" lays the network out
+    channels-last, as `train.fit` does.
+    """
+    torch.manual_seed(cfg.seed)
+    net, head = build_model(cfg, num_classes)
+    net, head = net.to(device).train(), head.to(device).train()
+    if precision == "bf16":
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        train.param_groups(net, head, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * group["lr_mult"]
+    memory = PrototypeMemory(cfg.memory_batches(), affinity_threshold=cfg.affinity_threshold,
+                             keep_affinity=cfg.feature_affinity)  # fmt: skip
+    return net, head, optimizer, memory
+
+
 # --------------------------------------------------------------------------------- steps
 def network_step(batch, net, head, optimizer, cfg, device, precision):
     """Forward, head cross-entropy (reaching the network), backward, SGD: no contrastive part.
@@ -180,20 +201,7 @@ def measure(cfg, device, *, steps=10, warmup=2, num_batches=4, precision=None):
     """
     precision = precision or train.network_precision(cfg, device)
     batches, num_classes = make_batches(cfg, num_batches, device)
-    torch.manual_seed(cfg.seed)
-    net, head = build_model(cfg, num_classes)
-    net, head = net.to(device).train(), head.to(device).train()
-    if precision == "bf16":  # as `train.fit` lays it out
-        net = net.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        train.param_groups(net, head, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0
-    )
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * group["lr_mult"]
-    memory = PrototypeMemory(  # as the trainer makes it
-        cfg.memory_batches(), affinity_threshold=cfg.affinity_threshold,
-        keep_affinity=cfg.feature_affinity,
-    )  # fmt: skip
+    net, head, optimizer, memory = make_trainables(cfg, num_classes, device, precision)
     superpixels = True  # the embedded samples have them
 
     def alone(k):
